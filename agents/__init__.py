@@ -1,0 +1,1 @@
+"""nextframe agents: PPO in the dream, evaluation, inverse dynamics."""

@@ -1,0 +1,1 @@
+"""nextframe generator: codec, block-causal DiT, KV cache, sampler, training."""

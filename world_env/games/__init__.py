@@ -1,0 +1,1 @@
+"""Real games behind the dream, behind one small interface."""
