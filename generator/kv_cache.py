@@ -1,0 +1,97 @@
+"""KV cache of past frames with per-row frame positions and a bounded sliding window.
+
+Every batch row ("environment") owns `slots` frame slots per layer, used as a ring indexed by frame position
+(`slot = position % slots`). Each slot records the frame position it holds and whether it is valid, so rows can
+sit at different time steps, restart independently (`reset_rows`) and drop speculative frames (`truncate`).
+Memory is fixed at construction: a rollout of any length never allocates more.
+
+Slots = window_frames - 1 (the past frames a query may see) + speculation_depth (speculated frames kept so a
+rejected speculation can roll back without losing the frames the window still needs).
+"""
+from __future__ import annotations
+
+import torch
+
+
+class KVCache:
+    """Preallocated keys/values `(B, heads, slots, tokens, head_dim)` per layer, plus slot bookkeeping."""
+
+    def __init__(
+        self,
+        num_layers: int,
+        batch_size: int,
+        slots: int,
+        tokens_per_frame: int,
+        heads: int,
+        head_dim: int,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ):
+        if slots < 1:
+            raise ValueError(f"a KV cache needs at least one slot, got {slots}")
+        shape = (batch_size, heads, slots, tokens_per_frame, head_dim)
+        self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(num_layers)]
+        self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(num_layers)]
+        self.positions = torch.full((batch_size, slots), -1, dtype=torch.long, device=device)  # (B, S)
+        self.valid = torch.zeros((batch_size, slots), dtype=torch.bool, device=device)  # (B, S)
+        self.batch_size, self.slots, self.tokens_per_frame = batch_size, slots, tokens_per_frame
+
+    @property
+    def device(self) -> torch.device:
+        return self.positions.device
+
+    @property
+    def nbytes(self) -> int:
+        tensors = [*self.keys, *self.values, self.positions, self.valid]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    def _rows(self, rows: torch.Tensor | None) -> torch.Tensor:
+        if rows is None:
+            return torch.arange(self.batch_size, device=self.device)
+        return rows.to(self.device)
+
+    def layer(self, index: int, rows: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of one layer as `(R, heads, slots * tokens, head_dim)`."""
+        k, v = self.keys[index], self.values[index]
+        if rows is not None:
+            k, v = k[rows], v[rows]
+        return k.flatten(2, 3), v.flatten(2, 3)
+
+    def slot_state(self, rows: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Frame position and validity of every slot, `(R, slots)` each."""
+        if rows is None:
+            return self.positions, self.valid
+        return self.positions[rows], self.valid[rows]
+
+    def write(self, index: int, rows: torch.Tensor | None, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+        """Store one layer's keys/values `(R, heads, T, tokens, head_dim)` of frames at `positions` `(R, T)`."""
+        rows = self._rows(rows)
+        slots = positions % self.slots  # (R, T)
+        for t in range(positions.shape[1]):
+            self.keys[index][rows, :, slots[:, t]] = k[:, :, t]
+            self.values[index][rows, :, slots[:, t]] = v[:, :, t]
+
+    def commit(self, rows: torch.Tensor | None, positions: torch.Tensor) -> None:
+        """Mark frames at `positions` `(R, T)` as held, after every layer was written."""
+        rows = self._rows(rows)
+        slots = positions % self.slots
+        for t in range(positions.shape[1]):
+            self.positions[rows, slots[:, t]] = positions[:, t]
+            self.valid[rows, slots[:, t]] = True
+
+    def reset_rows(self, rows: torch.Tensor | None = None) -> None:
+        """Forget everything held by `rows` (all rows when None)."""
+        rows = self._rows(rows)
+        self.valid[rows] = False
+        self.positions[rows] = -1
+
+    def truncate(self, rows: torch.Tensor, last_position: torch.Tensor) -> None:
+        """Drop frames after `last_position` `(R,)` in `rows` (rolls back rejected speculation)."""
+        rows = self._rows(rows)
+        stale = self.positions[rows] > last_position.to(self.device)[:, None]  # (R, S)
+        self.valid[rows] = self.valid[rows] & ~stale
+
+    def latest_position(self, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Largest valid frame position per row, -1 where the row holds nothing, `(R,)`."""
+        positions, valid = self.slot_state(rows)
+        return torch.where(valid, positions, torch.full_like(positions, -1)).amax(dim=1)

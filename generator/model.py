@@ -1,0 +1,397 @@
+"""The Next-Frame Diffusion transformer: a DiT over the tokens of each frame with block-wise causal attention.
+
+Read top to bottom: the pure pieces (block-causal mask, 3D RoPE, embeddings), the adaLN-Zero block, the DiT,
+and the named size presets at the bottom. Follows NFD (arXiv 2506.01380): per-frame continuous latents are
+patchified into tokens; every token attends to all tokens of its own frame and of earlier frames inside a sliding
+window of `window_frames`; each frame is conditioned by adaLN-Zero on the sum of its noise-level embedding and
+the embedding of the action taken just before it. A pooled head predicts each transition's reward and termination.
+
+Flow-matching convention (rectified flow): `x_s = (1 - s) * x_0 + s * noise`, `s = 1` is pure noise, and the
+network predicts the velocity `noise - x_0`.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, replace
+from typing import TYPE_CHECKING, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from generator.actions import ActionEmbedding
+
+if TYPE_CHECKING:
+    from generator.kv_cache import KVCache
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Config
+
+
+@dataclass
+class DiTConfig:
+    """Sizes of the DiT. `latent_*` must match the codec; `action_space` is `generator.data.space_to_json(...)`."""
+
+    latent_channels: int = 3
+    latent_size: tuple[int, int] = (64, 64)  # (h, w) of one frame's latent
+    patch_size: int = 8
+    dim: int = 192
+    depth: int = 6
+    heads: int = 3
+    mlp_ratio: float = 4.0
+    window_frames: int = 16  # frames visible to a query frame, itself included
+    action_space: dict = field(default_factory=lambda: {"type": "Discrete", "n": 17, "start": 0})
+    rope_theta: float = 10000.0
+    qk_norm: bool = True
+
+    def __post_init__(self):
+        self.latent_size = tuple(self.latent_size)
+        h, w = self.latent_size
+        if h % self.patch_size or w % self.patch_size:
+            raise ValueError(f"latent size {self.latent_size} is not divisible by patch size {self.patch_size}")
+        if self.dim % self.heads:
+            raise ValueError(f"dim {self.dim} is not divisible by heads {self.heads}")
+        if self.head_dim % 2:
+            raise ValueError(f"head dim {self.head_dim} must be even for RoPE")
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.heads
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return self.latent_size[0] // self.patch_size, self.latent_size[1] // self.patch_size
+
+    @property
+    def tokens_per_frame(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["latent_size"] = list(self.latent_size)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DiTConfig":
+        known = set(cls.__dataclass_fields__)
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown DiT config fields: {sorted(unknown)}")
+        return cls(**d)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Pure pieces
+
+
+def block_causal_mask(
+    query_positions: torch.Tensor,
+    key_positions: torch.Tensor,
+    key_valid: torch.Tensor | None = None,
+    window_frames: int | None = None,
+    include_same_position: bool = True,
+) -> torch.Tensor:
+    """Frame-level block-causal attention mask, `True` where a query frame may attend to a key frame.
+
+    A query frame at position p sees key frames at positions q with `q <= p` (`q < p` when
+    `include_same_position` is False) and `p - q < window_frames`; invalid keys are never seen. Tokens of one
+    frame share their frame's row/column of this mask (expand with `expand_to_tokens`).
+
+    Args:
+        query_positions: `(B, Tq)` frame positions of the query frames.
+        key_positions: `(B, Tk)` frame positions of the key frames.
+        key_valid: `(B, Tk)` bool, keys that hold a frame.
+    Returns:
+        `(B, Tq, Tk)` bool.
+    """
+    offset = query_positions[:, :, None] - key_positions[:, None, :]  # (B, Tq, Tk)
+    allowed = offset >= 0 if include_same_position else offset > 0
+    if window_frames is not None:
+        allowed = allowed & (offset < window_frames)
+    if key_valid is not None:
+        allowed = allowed & key_valid[:, None, :]
+    return allowed
+
+
+def expand_to_tokens(frame_mask: torch.Tensor, tokens_per_frame: int) -> torch.Tensor:
+    """`(B, Tq, Tk)` frame mask -> `(B, 1, Tq * N, Tk * N)` token mask for attention."""
+    n = tokens_per_frame
+    return frame_mask.repeat_interleave(n, dim=1).repeat_interleave(n, dim=2)[:, None]
+
+
+def rope_axis_pairs(head_dim: int) -> tuple[int, int, int]:
+    """Split the head's `head_dim / 2` rotary pairs over (time, row, column), as in HunyuanVideo's 3D RoPE."""
+    pairs = head_dim // 2
+    spatial = (pairs - pairs // 4) // 2
+    return pairs - 2 * spatial, spatial, spatial
+
+
+def rope_angles(positions: torch.Tensor, grid: tuple[int, int], head_dim: int, theta: float) -> torch.Tensor:
+    """Rotary angles `(B, T, N, head_dim / 2)` for frames at `positions` `(B, T)` over a `grid` of tokens.
+
+    Computed in float64: frame positions grow with the episode, and float32 angles would lose the relative
+    offsets the attention depends on after a few thousand frames.
+    """
+    n_t, n_y, n_x = rope_axis_pairs(head_dim)
+
+    def inv_freq(n: int) -> torch.Tensor:
+        return 1.0 / theta ** (torch.arange(n, dtype=torch.float64, device=positions.device) / max(n, 1))
+
+    gh, gw = grid
+    rows = torch.arange(gh, dtype=torch.float64, device=positions.device)
+    cols = torch.arange(gw, dtype=torch.float64, device=positions.device)
+    ang_y = (rows[:, None] * inv_freq(n_y))[:, None, :].expand(gh, gw, n_y)  # (gh, gw, n_y)
+    ang_x = (cols[:, None] * inv_freq(n_x))[None, :, :].expand(gh, gw, n_x)  # (gh, gw, n_x)
+    spatial = torch.cat([ang_y, ang_x], dim=-1).reshape(gh * gw, n_y + n_x)  # (N, n_y + n_x)
+    ang_t = positions.to(torch.float64)[..., None] * inv_freq(n_t)  # (B, T, n_t)
+    b, t = positions.shape
+    return torch.cat(
+        [ang_t[:, :, None, :].expand(b, t, gh * gw, n_t), spatial.expand(b, t, *spatial.shape)], dim=-1
+    )  # (B, T, N, head_dim / 2)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate `x` `(B, H, L, D)` by angles given as cos/sin `(B, 1, L, D / 2)` (rotate-half layout)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal embedding of noise levels `t` in [0, 1] (scaled by 1000 as in DiT), `(...,) -> (..., dim)`."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    args = (t.float() * 1000.0)[..., None] * freqs
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+def math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Plain softmax attention; supports forward-mode AD (`torch.func.jvp`) where fused kernels may not."""
+    scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
+    scores = scores.masked_fill(~mask, float("-inf"))
+    return scores.softmax(dim=-1) @ v
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Layers
+
+
+class Attention(nn.Module):
+    def __init__(self, config: DiTConfig):
+        super().__init__()
+        self.heads = config.heads
+        self.qkv = nn.Linear(config.dim, 3 * config.dim)
+        self.proj = nn.Linear(config.dim, config.dim)
+        hd = config.head_dim
+        self.q_norm = nn.RMSNorm(hd, eps=1e-6) if config.qk_norm else nn.Identity()
+        self.k_norm = nn.RMSNorm(hd, eps=1e-6) if config.qk_norm else nn.Identity()
+        self.use_math = False  # set by DiT.math_attention(); fused SDPA otherwise
+
+    def forward(self, x, cos, sin, mask, cache=None, layer_index=0, rows=None, positions=None, write_cache=False):
+        b, t, n, _ = x.shape
+        q, k, v = rearrange(self.qkv(x), "b t n (three h d) -> three b h (t n) d", three=3, h=self.heads)
+        q = apply_rope(self.q_norm(q), cos, sin)
+        k = apply_rope(self.k_norm(k), cos, sin)  # (B, H, T*N, hd)
+        keys, values = k, v
+        if cache is not None:
+            cached_k, cached_v = cache.layer(layer_index, rows)  # (B, H, S*N, hd)
+            keys = torch.cat([cached_k.to(k.dtype), k], dim=2)
+            values = torch.cat([cached_v.to(v.dtype), v], dim=2)
+            if write_cache:
+                cache.write(
+                    layer_index,
+                    rows,
+                    positions,
+                    rearrange(k, "b h (t n) d -> b h t n d", t=t).to(cache.keys[0].dtype),
+                    rearrange(v, "b h (t n) d -> b h t n d", t=t).to(cache.values[0].dtype),
+                )
+        if self.use_math:
+            out = math_attention(q, keys, values, mask)
+        else:
+            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)  # (B, H, T*N, hd)
+        return self.proj(rearrange(out, "b h (t n) d -> b t n (h d)", t=t))
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return x * (1 + scale) + shift
+
+
+class DiTBlock(nn.Module):
+    """Pre-norm transformer block with per-frame adaLN-Zero modulation (DiT, Peebles & Xie 2023)."""
+
+    def __init__(self, config: DiTConfig):
+        super().__init__()
+        d = config.dim
+        self.norm1 = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
+        self.attn = Attention(config)
+        self.norm2 = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
+        hidden = int(d * config.mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(d, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, d))
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(d, 6 * d))
+
+    def forward(self, x, cond, cos, sin, mask, **cache_args):
+        # x: (B, T, N, D); cond: (B, T, D) -> six (B, T, 1, D) modulations, one set per frame
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.adaLN_modulation(cond)[:, :, None].chunk(6, dim=-1)
+        x = x + gate1 * self.attn(modulate(self.norm1(x), shift1, scale1), cos, sin, mask, **cache_args)
+        return x + gate2 * self.mlp(modulate(self.norm2(x), shift2, scale2))
+
+
+class DiTOutput(NamedTuple):
+    velocity: torch.Tensor  # (B, T, C, h, w)
+    reward: torch.Tensor  # (B, T) reward of the transition into each frame
+    termination_logit: torch.Tensor  # (B, T) logit that the transition into each frame ended the episode
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The model
+
+
+class DiT(nn.Module):
+    """Action-conditioned block-causal diffusion transformer over per-frame latents."""
+
+    def __init__(self, config: DiTConfig):
+        super().__init__()
+        self.config = config
+        d, p, c = config.dim, config.patch_size, config.latent_channels
+        self.patch_embed = nn.Linear(c * p * p, d)
+        self.time_embed = nn.Sequential(nn.Linear(256, d), nn.SiLU(), nn.Linear(d, d))
+        self.action_embed = ActionEmbedding(config.action_space, d)
+        self.blocks = nn.ModuleList(DiTBlock(config) for _ in range(config.depth))
+        self.final_norm = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
+        self.final_modulation = nn.Sequential(nn.SiLU(), nn.Linear(d, 2 * d))
+        self.final_proj = nn.Linear(d, c * p * p)
+        self.outcome_head = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, 2))  # reward, termination
+        self.initialize_weights()
+
+    def initialize_weights(self) -> None:
+        def basic(module):
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+
+        self.apply(basic)
+        nn.init.normal_(self.time_embed[0].weight, std=0.02)
+        nn.init.normal_(self.time_embed[2].weight, std=0.02)
+        # adaLN-Zero: every residual branch and the output start at zero.
+        for block in self.blocks:
+            nn.init.zeros_(block.adaLN_modulation[-1].weight)
+            nn.init.zeros_(block.adaLN_modulation[-1].bias)
+        nn.init.zeros_(self.final_modulation[-1].weight)
+        nn.init.zeros_(self.final_modulation[-1].bias)
+        nn.init.zeros_(self.final_proj.weight)
+        nn.init.zeros_(self.final_proj.bias)
+        nn.init.zeros_(self.outcome_head[-1].weight)
+        nn.init.zeros_(self.outcome_head[-1].bias)
+
+    def use_math_attention(self, enabled: bool = True) -> None:
+        """Switch attention to the plain math path (needed under forward-mode AD)."""
+        for block in self.blocks:
+            block.attn.use_math = enabled
+
+    def condition(self, noise_levels: torch.Tensor, actions: torch.Tensor, has_action: torch.Tensor | None):
+        """Per-frame conditioning vector `(B, T, D)`: noise-level embedding + action embedding."""
+        t_emb = self.time_embed(timestep_embedding(noise_levels, 256).to(self.patch_embed.weight.dtype))
+        return t_emb + self.action_embed(actions, has_action).to(t_emb.dtype)
+
+    def forward(
+        self,
+        latents: torch.Tensor,
+        noise_levels: torch.Tensor,
+        actions: torch.Tensor,
+        positions: torch.Tensor,
+        has_action: torch.Tensor | None = None,
+        valid: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        rows: torch.Tensor | None = None,
+        write_cache: bool = False,
+    ) -> DiTOutput:
+        """Predict the flow velocity of every frame, and each transition's reward and termination.
+
+        Args:
+            latents: `(B, T, C, h, w)` noisy latents of T frames.
+            noise_levels: `(B, T)` flow time of each frame in [0, 1] (0 = clean).
+            actions: `(B, T, ...)` action that led to each frame, in the dataset's storage format.
+            positions: `(B, T)` int frame positions (time since episode start) used by RoPE and the mask.
+            has_action: `(B, T)` bool, False where there is no previous action (episode start).
+            valid: `(B, T)` bool, False on padding frames (never attended to).
+            cache: past frames' keys/values; the T frames attend to it and to each other block-causally.
+            rows: which cache rows these B rows are (None: all rows, in order).
+            write_cache: store these frames' keys/values into the cache (call `cache.commit` afterwards).
+        """
+        cfg = self.config
+        b, t = latents.shape[:2]
+        gh, gw = cfg.grid
+        p = cfg.patch_size
+        tokens = rearrange(latents, "b t c (gh p) (gw q) -> b t (gh gw) (p q c)", p=p, q=p)
+        x = self.patch_embed(tokens.to(self.patch_embed.weight.dtype))  # (B, T, N, D)
+        cond = self.condition(noise_levels, actions, has_action)  # (B, T, D)
+
+        angles = rope_angles(positions, cfg.grid, cfg.head_dim, cfg.rope_theta)  # (B, T, N, hd/2) float64
+        angles = rearrange(angles, "b t n d -> b 1 (t n) d")
+        cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+
+        if valid is None:
+            valid = torch.ones(b, t, dtype=torch.bool, device=latents.device)
+        own = torch.eye(t, dtype=torch.bool, device=latents.device)[None]  # a frame always sees itself
+        frame_mask = block_causal_mask(positions, positions, valid, cfg.window_frames) | own  # (B, T, T)
+        if cache is not None:
+            cache_positions, cache_valid = cache.slot_state(rows)
+            past = block_causal_mask(
+                positions, cache_positions, cache_valid, cfg.window_frames, include_same_position=False
+            )  # (B, T, S)
+            frame_mask = torch.cat([past, frame_mask], dim=2)
+        mask = expand_to_tokens(frame_mask, cfg.tokens_per_frame)  # (B, 1, T*N, K*N)
+
+        cache_args = dict(cache=cache, rows=rows, positions=positions, write_cache=write_cache)
+        for index, block in enumerate(self.blocks):
+            x = block(x, cond, cos, sin, mask, layer_index=index, **cache_args)
+
+        shift, scale = self.final_modulation(cond)[:, :, None].chunk(2, dim=-1)
+        h = modulate(self.final_norm(x), shift, scale)  # (B, T, N, D)
+        velocity = rearrange(
+            self.final_proj(h), "b t (gh gw) (p q c) -> b t c (gh p) (gw q)", gh=gh, gw=gw, p=p, q=p
+        )
+        outcome = self.outcome_head(h.mean(dim=2)).float()  # (B, T, 2)
+        return DiTOutput(velocity.float(), outcome[..., 0], outcome[..., 1])
+
+    def new_cache(self, batch_size: int, speculation_depth: int = 0, device=None, dtype=None) -> "KVCache":
+        """A KV cache sized for this model's window plus `speculation_depth` speculated frames."""
+        from generator.kv_cache import KVCache
+
+        param = self.patch_embed.weight
+        return KVCache(
+            num_layers=self.config.depth,
+            batch_size=batch_size,
+            slots=self.config.window_frames - 1 + speculation_depth,
+            tokens_per_frame=self.config.tokens_per_frame,
+            heads=self.config.heads,
+            head_dim=self.config.head_dim,
+            device=device or param.device,
+            dtype=dtype or param.dtype,
+        )
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Named sizes. `latent_*` follow the codec: `pixels` at 64x64 gives (3, 64, 64) with patch 8 -> 64 tokens per frame;
+# the KL codec at 64x64 gives (4, 16, 16) with patch 2 -> 64 tokens. `paper` is NFD-310M's scale: 384x224 frames
+# through an 8x VAE (16, 28, 48), patch 2 -> 14 x 24 = 336 tokens per frame, a 32-frame window.
+
+PRESETS: dict[str, dict] = {
+    "tiny": dict(latent_channels=3, latent_size=(16, 16), patch_size=4, dim=32, depth=2, heads=2, window_frames=4),
+    "small": dict(latent_channels=3, latent_size=(64, 64), patch_size=8, dim=192, depth=6, heads=3, window_frames=16),
+    "base": dict(latent_channels=3, latent_size=(64, 64), patch_size=8, dim=512, depth=12, heads=8, window_frames=16),
+    "paper": dict(
+        latent_channels=16, latent_size=(28, 48), patch_size=2, dim=1024, depth=16, heads=16, window_frames=32
+    ),
+}
+
+
+def dit_config(name: str, **overrides) -> DiTConfig:
+    """The named size preset (`tiny`, `small`, `base`, `paper`) with field overrides."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown model size {name!r}; choose one of {sorted(PRESETS)}")
+    return replace(DiTConfig(**PRESETS[name]), **overrides)

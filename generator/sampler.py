@@ -1,0 +1,108 @@
+"""Frame-by-frame sampling with a KV cache: denoise one frame per row with N Euler steps, then commit it.
+
+One autoregressive step per row is
+1. `generate_frames`: start from that row's noise for this frame and integrate the flow ODE from s=1 to s=0 in
+   `sampler_steps` Euler steps; every step attends to the cached past and to the frame itself, writes nothing;
+2. `commit_frames`: re-noise the finished latent to the small `context_noise` level (NFD's context-noise
+   injection: generated context is trusted a little less), run it once with that level and write its keys/values
+   into the cache. This pass also yields the reward and termination of the transition into the frame.
+
+Noise is a pure function of (row seed, frame position) (`frame_noise`), never of a shared generator's state, so a
+row's frames do not depend on which other rows share the batch, on restarts of other rows, or on speculation.
+"""
+from __future__ import annotations
+
+import torch
+
+from generator.kv_cache import KVCache
+from generator.model import DiT
+
+_MASK64 = (1 << 64) - 1
+
+
+def mix_seed(*values: int) -> int:
+    """Hash integers into one 63-bit seed (splitmix64 finaliser), stable across runs and platforms."""
+    state = 0x9E3779B97F4A7C15
+    for value in values:
+        state = (state ^ (int(value) & _MASK64)) & _MASK64
+        state = (state + 0x9E3779B97F4A7C15) & _MASK64
+        z = state
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+        state = z ^ (z >> 31)
+    return state & ((1 << 63) - 1)
+
+
+def frame_noise(seeds: list[int], positions: list[int], shape: tuple[int, ...], device="cpu") -> torch.Tensor:
+    """Noise `(R, 2, *shape)` per row: `[:, 0]` starts the frame's ODE, `[:, 1]` re-noises it at commit.
+
+    Row r's noise is drawn from a generator seeded by `(seeds[r], positions[r])` alone.
+    """
+    device = torch.device(device)
+    generator = torch.Generator(device=device)
+    out = []
+    for seed, position in zip(seeds, positions):
+        generator.manual_seed(mix_seed(seed, position))
+        out.append(torch.randn((2, *shape), generator=generator, device=device))
+    return torch.stack(out)
+
+
+def flow_timesteps(steps: int, shift: float = 1.0, device="cpu") -> torch.Tensor:
+    """Flow times from 1 (noise) to 0 (clean), `(steps + 1,)`; `shift > 1` spends more steps at high noise (SD3)."""
+    if steps < 1:
+        raise ValueError(f"sampler_steps must be >= 1, got {steps}")
+    s = torch.linspace(1.0, 0.0, steps + 1, device=device)
+    return shift * s / (1 + (shift - 1) * s)
+
+
+def logit_normal(shape: tuple[int, ...], mean: float = 0.0, std: float = 1.0, generator=None, device="cpu"):
+    """SD3's logit-normal distribution of flow times, used independently for every frame in training."""
+    return torch.sigmoid(mean + std * torch.randn(shape, generator=generator, device=device))
+
+
+@torch.no_grad()
+def generate_frames(
+    model: DiT,
+    cache: KVCache | None,
+    rows: torch.Tensor | None,
+    actions: torch.Tensor,
+    positions: torch.Tensor,
+    noise: torch.Tensor,
+    sampler_steps: int,
+    shift: float = 1.0,
+) -> torch.Tensor:
+    """Denoise one new frame per row from `noise` `(R, C, h, w)`; returns clean latents `(R, C, h, w)`.
+
+    `actions` `(R, ...)` led to the new frames; `positions` `(R,)` are their frame positions.
+    """
+    times = flow_timesteps(sampler_steps, shift, device=noise.device)
+    x = noise
+    ones = torch.ones(noise.shape[0], 1, device=noise.device)
+    for s, s_next in zip(times[:-1], times[1:]):
+        out = model(x[:, None], s * ones, actions[:, None], positions[:, None], cache=cache, rows=rows)
+        x = x + (s_next - s) * out.velocity[:, 0]
+    return x
+
+
+@torch.no_grad()
+def commit_frames(
+    model: DiT,
+    cache: KVCache,
+    rows: torch.Tensor | None,
+    latents: torch.Tensor,
+    actions: torch.Tensor,
+    positions: torch.Tensor,
+    noise: torch.Tensor,
+    context_noise: float,
+    has_action: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Write T frames per row `(R, T, C, h, w)` into the cache at `positions` `(R, T)`.
+
+    Frames are re-noised to `context_noise` with `noise` (same shape as `latents`). Returns the predicted reward
+    and termination logit of each transition, `(R, T)` each.
+    """
+    level = torch.full(positions.shape, float(context_noise), device=latents.device)
+    noisy = (1 - context_noise) * latents + context_noise * noise
+    out = model(noisy, level, actions, positions, has_action=has_action, cache=cache, rows=rows, write_cache=True)
+    cache.commit(rows, positions)
+    return out.reward, out.termination_logit
