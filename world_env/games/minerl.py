@@ -121,7 +121,9 @@ class MineRLActionCodec:
         """
         code = np.asarray(code)
         if code.shape != self.action_space.shape or not np.issubdtype(code.dtype, np.integer):
-            raise ValueError(f"expected an integer code of shape {self.action_space.shape}, got {code.dtype} {code.shape}")
+            raise ValueError(
+                f"expected an integer code of shape {self.action_space.shape}, got {code.dtype} {code.shape}"
+            )
         if np.any(code < 0) or np.any(code >= self.action_space.nvec):
             raise ValueError(f"code {code.tolist()} is outside {self.action_space}")
         action: dict[str, Any] = {name: int(code[index]) for index, name in enumerate(VPT_BUTTONS)}
