@@ -90,7 +90,9 @@ def test_encode_drops_minerl_only_buttons_and_rejects_bad_actions():
 
 def _record(keys=(), dx=0.0, dy=0.0, buttons=(), new_buttons=(), hotbar=0) -> dict:
     return {
-        "mouse": {"x": 320.0, "y": 180.0, "dx": dx, "dy": dy, "buttons": list(buttons), "newButtons": list(new_buttons)},
+        "mouse": {
+            "x": 320.0, "y": 180.0, "dx": dx, "dy": dy, "buttons": list(buttons), "newButtons": list(new_buttons)
+        },
         "keyboard": {"keys": list(keys), "newKeys": [], "chars": ""},
         "isGuiOpen": False,
         "hotbar": hotbar,
