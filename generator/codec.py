@@ -1,0 +1,458 @@
+"""Per-frame codecs: uint8 frames <-> normalised float latents the DiT diffuses over.
+
+Frames are coded one at a time (no temporal compression, as in NFD). Every codec honours one interface::
+
+    codec.latent_shape                         # (C, h, w)
+    codec.encode(frames uint8 (..., H, W, 3))  # -> (..., C, h, w) float, normalised by latent_mean/latent_std
+    codec.decode(latents (..., C, h, w))       # -> (..., 3, H, W) float in [-1, 1]
+
+`PixelCodec` is the identity on frames scaled to [-1, 1]; `KLAutoencoder` is a small convolutional VAE
+(Rombach et al. 2022, "LDM", sec. 3.1: KL-regularised autoencoder with a weak KL term) trained by
+`generator.train_codec`. Both are saved as checkpoint folders (`save_codec` / `load_codec`).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Iterable
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from generator.checkpoint import (
+    CONFIG_NAME,
+    CheckpointError,
+    load_checkpoint,
+    load_state_into,
+    save_checkpoint,
+)
+
+CODEC_KINDS = ("pixels", "kl")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Frame <-> float conversion
+
+
+def frames_to_float(frames: torch.Tensor) -> torch.Tensor:
+    """uint8 ``(..., H, W, 3)`` -> float32 ``(..., 3, H, W)`` in [-1, 1]."""
+    frames = torch.as_tensor(frames)
+    if frames.dtype != torch.uint8:
+        raise ValueError(f"expected uint8 frames, got dtype {frames.dtype}")
+    if frames.ndim < 3 or frames.shape[-1] != 3:
+        raise ValueError(f"expected frames shaped (..., H, W, 3), got {tuple(frames.shape)}")
+    return frames.movedim(-1, -3).float() / 127.5 - 1.0
+
+
+def float_to_frames(images: torch.Tensor) -> torch.Tensor:
+    """float ``(..., 3, H, W)`` in [-1, 1] -> uint8 ``(..., H, W, 3)`` (clamped and rounded)."""
+    if images.ndim < 3 or images.shape[-3] != 3:
+        raise ValueError(f"expected images shaped (..., 3, H, W), got {tuple(images.shape)}")
+    pixels = ((images.detach().float().clamp(-1.0, 1.0) + 1.0) * 127.5).round()
+    return pixels.to(torch.uint8).movedim(-3, -1)
+
+
+def psnr(original: torch.Tensor, reconstruction: torch.Tensor, max_value: float = 255.0) -> torch.Tensor:
+    """Per-frame PSNR in dB of two uint8 ``(..., H, W, 3)`` frame tensors; identical frames give +inf."""
+    if original.shape != reconstruction.shape:
+        raise ValueError(f"shape mismatch: {tuple(original.shape)} vs {tuple(reconstruction.shape)}")
+    error = (original.double() - reconstruction.double()).square().mean(dim=(-3, -2, -1))
+    return 10.0 * torch.log10(max_value**2 / error)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Config
+
+
+@dataclass
+class CodecConfig:
+    """What a codec is; everything `build_codec` needs. Defaults give the 64x64 KL codec, latents (4, 16, 16).
+
+    For ``kind="pixels"`` only `frame_size` matters: latents are the frames themselves, (3, H, W).
+    """
+
+    kind: str = "kl"  # "pixels" | "kl"
+    frame_size: tuple[int, int] = (64, 64)  # (H, W)
+    latent_channels: int = 4
+    downsample: int = 4  # spatial factor H/h; one stride-2 stage per factor of 2
+    channels: tuple[int, ...] = (32, 64, 64)  # widths at each resolution, full -> latent; len = log2(downsample)+1
+    res_blocks: int = 1  # ResNet blocks per resolution (the decoder gets one more)
+    norm_groups: int = 8
+    kl_weight: float = 1e-4  # on the per-element mean KL; recon is a per-pixel mean too
+    recon_loss: str = "l1"  # "l1" | "l2" | "l1+l2"
+    logvar_clamp: tuple[float, float] = (-30.0, 20.0)
+
+    def __post_init__(self) -> None:
+        self.frame_size = tuple(int(s) for s in self.frame_size)
+        self.channels = tuple(int(c) for c in self.channels)
+        self.logvar_clamp = tuple(float(v) for v in self.logvar_clamp)
+        if self.kind not in CODEC_KINDS:
+            raise ValueError(f"codec kind must be one of {CODEC_KINDS}, got {self.kind!r}")
+        if len(self.frame_size) != 2 or min(self.frame_size) < 1:
+            raise ValueError(f"frame_size must be (H, W), got {self.frame_size}")
+        if self.kind == "pixels":
+            return
+        stages = int(math.log2(self.downsample)) if self.downsample >= 1 else -1
+        if stages < 0 or 2**stages != self.downsample:
+            raise ValueError(f"downsample must be a power of 2, got {self.downsample}")
+        if any(s % self.downsample for s in self.frame_size):
+            raise ValueError(f"frame_size {self.frame_size} is not divisible by downsample {self.downsample}")
+        if len(self.channels) != stages + 1:
+            raise ValueError(f"channels needs log2(downsample) + 1 = {stages + 1} widths for downsample "
+                             f"{self.downsample}, got {self.channels}")
+        bad = [c for c in self.channels if c % self.norm_groups]
+        if bad:
+            raise ValueError(f"channel widths {bad} are not divisible by norm_groups={self.norm_groups}")
+        if self.recon_loss not in ("l1", "l2", "l1+l2"):
+            raise ValueError(f"recon_loss must be 'l1', 'l2' or 'l1+l2', got {self.recon_loss!r}")
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        height, width = self.frame_size
+        if self.kind == "pixels":
+            return (3, height, width)
+        return (self.latent_channels, height // self.downsample, width // self.downsample)
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in data.items()}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "CodecConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown CodecConfig fields {unknown} (known: {sorted(known)})")
+        return cls(**data)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Shared interface
+
+
+class Codec(nn.Module):
+    """Base of every codec: shape handling and latent normalisation around `_encode` / `_decode`.
+
+    Subclasses implement ``_encode(x (N, 3, H, W) in [-1, 1]) -> raw latents (N, C, h, w)`` and
+    ``_decode(raw latents) -> (N, 3, H, W)`` (unclamped). The public `encode` / `decode` accept any leading
+    dims, e.g. ``(B, T, ...)``, and apply ``(raw - latent_mean) / latent_std`` per channel.
+    """
+
+    def __init__(self, config: CodecConfig):
+        super().__init__()
+        self.config = config
+        channels = config.latent_shape[0]
+        self.register_buffer("latent_mean", torch.zeros(channels))
+        self.register_buffer("latent_std", torch.ones(channels))
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        return self.config.latent_shape
+
+    @property
+    def frame_size(self) -> tuple[int, int]:
+        return self.config.frame_size
+
+    @property
+    def device(self) -> torch.device:
+        return self.latent_mean.device
+
+    def _encode(self, images: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _decode(self, raw_latents: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _check_frames(self, frames: torch.Tensor) -> torch.Tensor:
+        frames = torch.as_tensor(frames)
+        expected = (*self.frame_size, 3)
+        if frames.dtype != torch.uint8 or frames.ndim < 3 or tuple(frames.shape[-3:]) != expected:
+            raise ValueError(f"encode expects uint8 frames shaped (..., {expected[0]}, {expected[1]}, 3), "
+                             f"got {frames.dtype} {tuple(frames.shape)}")
+        return frames
+
+    def normalize(self, raw_latents: torch.Tensor) -> torch.Tensor:
+        return (raw_latents - self.latent_mean[:, None, None]) / self.latent_std[:, None, None]
+
+    def denormalize(self, latents: torch.Tensor) -> torch.Tensor:
+        return latents * self.latent_std[:, None, None] + self.latent_mean[:, None, None]
+
+    def encode_raw(self, frames: torch.Tensor) -> torch.Tensor:
+        """Unnormalised latents ``(..., C, h, w)`` of uint8 frames ``(..., H, W, 3)``."""
+        frames = self._check_frames(frames)
+        lead = frames.shape[:-3]
+        images = frames_to_float(frames.to(self.device)).reshape(-1, 3, *self.frame_size)  # (N, 3, H, W)
+        raw = self._encode(images)  # (N, C, h, w)
+        return raw.reshape(*lead, *raw.shape[1:])
+
+    def encode(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 frames ``(..., H, W, 3)`` -> normalised latents ``(..., C, h, w)`` float32."""
+        return self.normalize(self.encode_raw(frames))
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Normalised latents ``(..., C, h, w)`` -> images ``(..., 3, H, W)`` float in [-1, 1]."""
+        if tuple(latents.shape[-3:]) != self.latent_shape:
+            raise ValueError(f"decode expects latents shaped (..., {', '.join(map(str, self.latent_shape))}), "
+                             f"got {tuple(latents.shape)}")
+        lead = latents.shape[:-3]
+        raw = self.denormalize(latents.reshape(-1, *self.latent_shape))  # (N, C, h, w)
+        images = self._decode(raw).clamp(-1.0, 1.0)  # (N, 3, H, W)
+        return images.reshape(*lead, *images.shape[1:])
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> "Codec":
+        codec = load_codec(directory, map_location=map_location)
+        if not isinstance(codec, cls):
+            raise CheckpointError(f"{directory}: holds a {type(codec).__name__}, not a {cls.__name__}")
+        return codec
+
+
+class PixelCodec(Codec):
+    """The identity codec: latents are the frames in [-1, 1], shape (3, H, W). Nothing to train."""
+
+    def __init__(self, config: CodecConfig | None = None):
+        config = config or CodecConfig(kind="pixels")
+        if config.kind != "pixels":
+            raise ValueError(f"PixelCodec needs kind='pixels', got {config.kind!r}")
+        super().__init__(config)
+
+    def _encode(self, images: torch.Tensor) -> torch.Tensor:
+        return images
+
+    def _decode(self, raw_latents: torch.Tensor) -> torch.Tensor:
+        return raw_latents
+
+
+# ----------------------------------------------------------------------------------------------------------
+# KL autoencoder
+
+
+class ResBlock(nn.Module):
+    """GroupNorm -> SiLU -> conv3x3, twice, with a (1x1-projected when widths differ) skip."""
+
+    def __init__(self, in_channels: int, out_channels: int, groups: int):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(groups, in_channels)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.norm2 = nn.GroupNorm(groups, out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        self.skip = nn.Identity() if in_channels == out_channels else nn.Conv2d(in_channels, out_channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv2(F.silu(self.norm2(h)))
+        return self.skip(x) + h
+
+
+class Downsample(nn.Module):
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, 3, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)  # (N, C', H/2, W/2)
+
+
+class Upsample(nn.Module):
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))  # (N, C', 2H, 2W)
+
+
+class Encoder(nn.Module):
+    """(N, 3, H, W) -> (N, 2C, H/f, W/f): posterior mean and log-variance stacked on channels."""
+
+    def __init__(self, config: CodecConfig):
+        super().__init__()
+        widths, groups = config.channels, config.norm_groups
+        self.conv_in = nn.Conv2d(3, widths[0], 3, padding=1)
+        layers: list[nn.Module] = []
+        for level, width in enumerate(widths):
+            layers += [ResBlock(width, width, groups) for _ in range(config.res_blocks)]
+            if level + 1 < len(widths):
+                layers.append(Downsample(width, widths[level + 1]))
+        self.body = nn.Sequential(*layers)
+        self.norm_out = nn.GroupNorm(groups, widths[-1])
+        self.conv_out = nn.Conv2d(widths[-1], 2 * config.latent_channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.body(self.conv_in(x))  # (N, widths[-1], h, w)
+        return self.conv_out(F.silu(self.norm_out(h)))  # (N, 2C, h, w)
+
+
+class Decoder(nn.Module):
+    """(N, C, h, w) -> (N, 3, H, W), mirroring the encoder with one extra ResBlock per level."""
+
+    def __init__(self, config: CodecConfig):
+        super().__init__()
+        widths, groups = tuple(reversed(config.channels)), config.norm_groups
+        self.conv_in = nn.Conv2d(config.latent_channels, widths[0], 3, padding=1)
+        layers: list[nn.Module] = []
+        for level, width in enumerate(widths):
+            layers += [ResBlock(width, width, groups) for _ in range(config.res_blocks + 1)]
+            if level + 1 < len(widths):
+                layers.append(Upsample(width, widths[level + 1]))
+        self.body = nn.Sequential(*layers)
+        self.norm_out = nn.GroupNorm(groups, widths[-1])
+        self.conv_out = nn.Conv2d(widths[-1], 3, 3, padding=1)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h = self.body(self.conv_in(z))  # (N, widths[0] of the encoder, H, W)
+        return self.conv_out(F.silu(self.norm_out(h)))  # (N, 3, H, W)
+
+
+@dataclass
+class DiagonalGaussian:
+    """Posterior q(z | x) = N(mean, exp(logvar)) over raw (unnormalised) latents ``(N, C, h, w)``."""
+
+    mean: torch.Tensor
+    logvar: torch.Tensor
+
+    def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        noise = torch.randn(self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype)
+        return self.mean + torch.exp(0.5 * self.logvar) * noise
+
+    def kl(self) -> torch.Tensor:
+        """KL(q || N(0, I)) per latent element, shape like `mean`."""
+        return 0.5 * (self.mean.square() + self.logvar.exp() - 1.0 - self.logvar)
+
+
+class KLAutoencoder(Codec):
+    """Small convolutional VAE with a diagonal Gaussian posterior; `encode` returns its normalised mean.
+
+    ResNet blocks + GroupNorm + SiLU, stride-2 convs down, nearest + conv up. The default config (64x64,
+    downsample 4, widths (32, 64, 64)) has ~0.5M parameters and latents (4, 16, 16).
+    """
+
+    def __init__(self, config: CodecConfig | None = None):
+        config = config or CodecConfig()
+        if config.kind != "kl":
+            raise ValueError(f"KLAutoencoder needs kind='kl', got {config.kind!r}")
+        super().__init__(config)
+        self.encoder = Encoder(config)
+        self.decoder = Decoder(config)
+
+    def encode_posterior(self, images: torch.Tensor) -> DiagonalGaussian:
+        """float images ``(N, 3, H, W)`` in [-1, 1] -> posterior over raw latents ``(N, C, h, w)``."""
+        moments = self.encoder(images)  # (N, 2C, h, w)
+        mean, logvar = moments.chunk(2, dim=1)
+        return DiagonalGaussian(mean, logvar.clamp(*self.config.logvar_clamp))
+
+    def _encode(self, images: torch.Tensor) -> torch.Tensor:
+        return self.encode_posterior(images).mean
+
+    def _decode(self, raw_latents: torch.Tensor) -> torch.Tensor:
+        return self.decoder(raw_latents)
+
+    def training_losses(self, images: torch.Tensor, generator: torch.Generator | None = None) -> dict:
+        """Losses on float images ``(N, 3, H, W)`` in [-1, 1]: ``{"loss", "recon", "kl", "reconstruction"}``.
+
+        recon is the per-pixel mean L1/L2 of a decoded posterior sample; kl the per-element mean KL to N(0, I).
+        """
+        posterior = self.encode_posterior(images)
+        reconstruction = self.decoder(posterior.sample(generator))  # (N, 3, H, W)
+        error = reconstruction - images
+        if self.config.recon_loss == "l1":
+            recon = error.abs().mean()
+        elif self.config.recon_loss == "l2":
+            recon = error.square().mean()
+        else:
+            recon = error.abs().mean() + error.square().mean()
+        kl = posterior.kl().mean()
+        return {"loss": recon + self.config.kl_weight * kl, "recon": recon, "kl": kl,
+                "reconstruction": reconstruction}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Building, statistics, saving, loading
+
+
+def build_codec(config: CodecConfig) -> Codec:
+    """An untrained codec for `config` (PixelCodec needs no training)."""
+    if config.kind == "pixels":
+        return PixelCodec(config)
+    return KLAutoencoder(config)
+
+
+@torch.no_grad()
+def fit_latent_statistics(
+    codec: Codec, frames_iter: Iterable[torch.Tensor], max_frames: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Set ``codec.latent_mean`` / ``latent_std`` to the per-channel statistics of its raw latents.
+
+    `frames_iter` yields uint8 frame batches with any leading dims, ``(..., H, W, 3)``. Normalising by these
+    makes the DiT's latents roughly zero-mean, unit-variance per channel (the LDM "scale factor", per channel).
+    Returns ``(mean, std)``.
+    """
+    channels = codec.latent_shape[0]
+    total = torch.zeros(channels, dtype=torch.float64)
+    total_sq = torch.zeros(channels, dtype=torch.float64)
+    count = 0
+    frames_seen = 0
+    for frames in frames_iter:
+        frames = torch.as_tensor(frames)
+        frames = frames.reshape(-1, *frames.shape[-3:])  # (N, H, W, 3)
+        if max_frames is not None:
+            frames = frames[: max_frames - frames_seen]
+        if len(frames) == 0:
+            break
+        raw = codec.encode_raw(frames).double().cpu()  # (N, C, h, w)
+        total += raw.sum(dim=(0, 2, 3))
+        total_sq += raw.square().sum(dim=(0, 2, 3))
+        count += raw.shape[0] * raw.shape[2] * raw.shape[3]
+        frames_seen += len(frames)
+        if max_frames is not None and frames_seen >= max_frames:
+            break
+    if count == 0:
+        raise ValueError("fit_latent_statistics: frames_iter yielded no frames")
+    mean = total / count
+    std = (total_sq / count - mean.square()).clamp_min(0.0).sqrt().clamp_min(1e-6)
+    codec.latent_mean.copy_(mean.float())
+    codec.latent_std.copy_(std.float())
+    return codec.latent_mean.clone(), codec.latent_std.clone()
+
+
+def save_codec(codec: Codec, directory: str | Path, extra_config: dict | None = None) -> Path:
+    """Save `codec` as a checkpoint folder: config.json (``{"codec": CodecConfig}``) + codec.safetensors."""
+    config = {"codec": codec.config.to_dict(), **(extra_config or {})}
+    return save_checkpoint(directory, config=config, tensors={"codec": codec.state_dict()})
+
+
+def _resolve_codec_folder(directory: Path) -> Path:
+    # A codec training run (`generator.train_codec`) keeps its checkpoint in <out_dir>/checkpoint.
+    if not (directory / CONFIG_NAME).exists() and (directory / "checkpoint" / CONFIG_NAME).exists():
+        return directory / "checkpoint"
+    return directory
+
+
+def load_codec(directory: str | Path, map_location: str | torch.device = "cpu") -> Codec:
+    """Load a codec from any checkpoint folder holding ``config["codec"]`` and ``codec.safetensors``.
+
+    That is a `save_codec` folder, a codec training run folder, or a world-model checkpoint. Returns the codec
+    in eval mode; raises CheckpointError if the folder is unusable or does not fit its own config.
+    """
+    directory = _resolve_codec_folder(Path(directory))
+    config, states = load_checkpoint(directory, names=["codec"])
+    if "codec" not in config:
+        raise CheckpointError(f"{directory / CONFIG_NAME}: no 'codec' config (not a codec checkpoint)")
+    try:
+        codec_config = CodecConfig.from_dict(config["codec"])
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"{directory / CONFIG_NAME}: invalid codec config ({error})") from error
+    codec = build_codec(codec_config)
+    load_state_into(codec, states["codec"], "codec")
+    return codec.to(map_location).eval()
+
+
+codec_from_pretrained = load_codec
+
+__all__ = [
+    "CodecConfig", "Codec", "PixelCodec", "KLAutoencoder", "DiagonalGaussian", "build_codec", "save_codec",
+    "load_codec", "codec_from_pretrained", "fit_latent_statistics", "frames_to_float", "float_to_frames", "psnr",
+]
