@@ -175,3 +175,76 @@ def test_load_codec_reports_mismatches(tmp_path):
     with pytest.raises(CheckpointError, match="no 'codec' config"):
         load_codec(tmp_path / "none")
     assert load_checkpoint(tmp_path / "none")[0] == {}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Training loop (generator.train_codec) on an in-memory stand-in for EpisodeDataset(window=1)
+
+
+class FakeFrames:
+    """The slice of the EpisodeDataset interface train_codec uses, over `blocky_frames`."""
+
+    def __init__(self, count: int, seed: int = 0, crash_after: int | None = None):
+        self.frames = blocky_frames(count, seed=seed)  # (N, 16, 16, 3)
+        self.frame_size = (16, 16)
+        self.crash_after, self.calls = crash_after, 0
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def __getitem__(self, index: int) -> dict:
+        return {"frames": self.frames[index: index + 1], "valid": torch.ones(1, dtype=torch.bool)}
+
+    def sample(self, batch_size: int, generator: torch.Generator) -> dict:
+        self.calls += 1
+        if self.crash_after is not None and self.calls > self.crash_after:
+            raise RuntimeError("simulated crash")
+        picks = torch.randint(len(self), (batch_size,), generator=generator)
+        return {"frames": self.frames[picks][:, None], "valid": torch.ones(batch_size, 1, dtype=torch.bool)}
+
+
+def run_tiny_training(out, datasets, steps=4, **kwargs):
+    from generator.train_codec import train_codec
+
+    return train_codec(None, out, steps=steps, batch_size=4, lr=3e-3, config=CodecConfig(**TINY), device="cpu",
+                       log_every=2, ckpt_every=2, progress=False, eval_frames=8, stats_frames=16,
+                       datasets=datasets, **kwargs)
+
+
+def test_train_codec_writes_a_loadable_run(tmp_path):
+    metrics = run_tiny_training(tmp_path / "run", (FakeFrames(12), FakeFrames(6, seed=1)), steps=3)
+    assert metrics["step"] == 3 and metrics["eval_split"] == "val" and metrics["eval_frames"] == 6
+    assert 0 < metrics["val_psnr"] < 100 and metrics["latent_shape"] == [4, 8, 8]
+    run = tmp_path / "run"
+    assert (run / "reconstructions.png").is_file() and (run / "metrics.json").is_file()
+    assert any((run / "tb").iterdir())
+    codec = load_codec(run)  # the run folder resolves to run/checkpoint
+    assert torch.equal(codec.latent_std, torch.tensor(metrics["latent_std"]))
+    config, _ = load_checkpoint(run / "checkpoint", names=["codec"])
+    assert config["training"]["finished"] and config["training"]["step"] == 3
+
+
+def test_train_codec_resumes_exactly_after_a_crash(tmp_path):
+    run_tiny_training(tmp_path / "straight", (FakeFrames(12), None))
+    straight = load_codec(tmp_path / "straight")
+
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_tiny_training(tmp_path / "crashed", (FakeFrames(12, crash_after=3), None))  # dies in step 4
+    assert load_checkpoint(tmp_path / "crashed" / "checkpoint")[0]["training"]["step"] == 2
+    metrics = run_tiny_training(tmp_path / "crashed", (FakeFrames(12), None))
+    assert metrics["steps_this_run"] == 2 and metrics["eval_split"] == "train"
+    resumed = load_codec(tmp_path / "crashed")
+    for key, value in straight.state_dict().items():
+        assert torch.equal(resumed.state_dict()[key], value), key
+
+
+def test_train_codec_refuses_to_resume_a_different_codec(tmp_path):
+    run_tiny_training(tmp_path / "run", (FakeFrames(8), None), steps=1)
+    from generator.train_codec import train_codec
+
+    with pytest.raises(ValueError, match="different|not"):
+        train_codec(None, tmp_path / "run", steps=1, config=CodecConfig(**{**TINY, "latent_channels": 8}),
+                    device="cpu", progress=False, datasets=(FakeFrames(8), None))
+    with pytest.raises(ValueError, match="nothing to train"):
+        train_codec(None, tmp_path / "other", steps=1, config=CodecConfig(kind="pixels"), device="cpu",
+                    progress=False, datasets=(FakeFrames(8), None))
