@@ -20,7 +20,7 @@ from world_env.games.minerl import (
     noop_action,
     vpt_records_to_actions,
 )
-from world_env.games.vpt import find_vpt_recordings, read_vpt_recording
+from world_env.games.vpt import find_vpt_recordings, import_vpt_recordings, read_vpt_recording
 
 codec = MineRLActionCodec()
 
@@ -165,3 +165,27 @@ def test_read_vpt_recording_short_jsonl_and_resize(tmp_path):
     assert episode["actions"].shape == (5, 22)
     assert episode["terminated"].tolist() == [False] * 4 + [True] and not episode["truncated"].any()
     assert find_vpt_recordings(tmp_path) == [(video_path, jsonl_path)]
+
+
+def test_import_vpt_recordings_writes_a_dataset_that_reopens(tmp_path):
+    from generator.data import EpisodeDataset
+
+    recordings = tmp_path / "vpt"
+    recordings.mkdir()
+    _write_recording(recordings, "a", n_frames=6, n_records=6)
+    _write_recording(recordings, "b", n_frames=5, n_records=5)
+    names = import_vpt_recordings(recordings, tmp_path / "dataset", frame_size=(32, 32))
+    assert len(names) == 2
+
+    dataset = EpisodeDataset(tmp_path / "dataset", window=None, verify="checksum")
+    assert dataset.num_episodes == 2 and dataset.episode_lengths == [5, 4]
+    assert dataset.action_space == codec.action_space and dataset.frame_size == (32, 32)
+    assert dataset.meta["game"] == "minerl:vpt" and dataset.meta["fps"] == 20
+    expected = read_vpt_recording(recordings / "a.mp4", recordings / "a.jsonl", frame_size=(32, 32))
+    stored = dataset.episode(0)
+    for key, array in expected.items():
+        assert np.array_equal(stored[key].numpy(), array), key
+
+    # importing more into the same folder resumes it
+    import_vpt_recordings([(recordings / "b.mp4", recordings / "b.jsonl")], tmp_path / "dataset", frame_size=(32, 32))
+    assert EpisodeDataset(tmp_path / "dataset").num_episodes == 3

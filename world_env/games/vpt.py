@@ -110,13 +110,14 @@ def import_vpt_recordings(
     frame_size: tuple[int, int] = (64, 64),
     *,
     end: Literal["truncated", "terminated"] = "truncated",
+    game: str = "minerl:vpt",
     policy: dict | None = None,
     skip_errors: bool = False,
 ) -> list[str]:
     """Write VPT recordings into the episode dataset at ``out_dir``; returns what ``EpisodeWriter.write`` returned.
 
     ``recordings`` is a folder (searched with `find_vpt_recordings`) or a list of ``(mp4, jsonl)`` pairs. The
-    dataset's game is ``"minerl:vpt"`` with the `MineRLActionCodec` action space and fps 20. With
+    dataset's ``game`` defaults to ``"minerl:vpt"``, with the `MineRLActionCodec` action space and fps 20. With
     ``skip_errors`` an unreadable recording is skipped (its error is printed) instead of raising.
     """
     from generator.data import EpisodeWriter
@@ -131,7 +132,7 @@ def import_vpt_recordings(
     codec = MineRLActionCodec()
     writer = EpisodeWriter(
         out_dir,
-        game="minerl:vpt",
+        game=game,
         frame_size=frame_size,
         action_space=codec.action_space,
         fps=VPT_FPS,
