@@ -11,7 +11,8 @@ Layout of a dataset folder (see ``docs/data-format.md`` for the full contract)::
 
 An episode of ``L`` transitions is stored as ``L + 1`` step-aligned rows: ``frames[i]`` is the observation at step
 ``i`` (``frames[0]`` the reset frame), ``actions[i]`` the action that led to it (``actions[0]`` zero padding),
-``rewards[i]`` / ``terminated[i]`` / ``truncated[i]`` belong to the transition into step ``i``, ``is_first[i] = i == 0``.
+``rewards[i]`` / ``terminated[i]`` / ``truncated[i]`` belong to the transition into step ``i``;
+``is_first[i] = i == 0``.
 
 `EpisodeWriter` appends episodes atomically (shard under a temporary name, then ``os.rename``; index rewritten with
 ``os.replace``). `EpisodeDataset` reads back only the rows a window needs and yields fixed-length windows.
@@ -120,7 +121,10 @@ def action_array_spec(space: gymnasium.Space) -> tuple[tuple[int, ...], np.dtype
     raise ValueError(f"unsupported action space {space!r}: only Discrete, MultiDiscrete and Box can be stored")
 
 
-def array_specs(frame_size: tuple[int, int], action_space: gymnasium.Space) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+ArraySpec = tuple[tuple[int, ...], np.dtype]  # per-step shape and dtype of one stored array
+
+
+def array_specs(frame_size: tuple[int, int], action_space: gymnasium.Space) -> dict[str, ArraySpec]:
     """Per-step ``(shape, dtype)`` of every stored array (the leading ``L + 1`` step axis excluded)."""
     height, width = frame_size
     return {
@@ -173,22 +177,25 @@ def validate_episode(
             raise ValueError(f"episode 'frames' must be uint8, got {array.dtype}")
         if key in FLAG_KEYS and array.dtype != np.bool_:
             raise ValueError(f"episode {key!r} must be bool, got {array.dtype}")
-        if key == "rewards" and not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
+        real = np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)
+        if key == "rewards" and not real:
             raise ValueError(f"episode 'rewards' must be a real number dtype, got {array.dtype}")
         if key == "actions":
             integer_space = dtype == np.int64
             if integer_space and not np.issubdtype(array.dtype, np.integer):
                 raise ValueError(f"episode 'actions' must be integers for {action_space}, got {array.dtype}")
-            if not integer_space and not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
+            if not integer_space and not real:
                 raise ValueError(f"episode 'actions' must be real numbers for {action_space}, got {array.dtype}")
         out[key] = np.ascontiguousarray(array.astype(dtype, copy=False))
 
     if not np.all(np.isfinite(out["rewards"])):
         raise ValueError("episode 'rewards' contains NaN or infinity")
     if out["rewards"][0] != 0:
-        raise ValueError(f"episode rewards[0] must be 0 (no transition leads to the reset frame), got {out['rewards'][0]}")
+        raise ValueError(
+            f"episode rewards[0] must be 0 (no transition leads to the reset frame), got {out['rewards'][0]}"
+        )
     if np.any(out["actions"][0] != 0):
-        raise ValueError(f"episode actions[0] is padding and must be zeros, got {out['actions'][0]!r}")
+        raise ValueError(f"episode actions[0] is padding and must be zeros, got {out['actions'][0].tolist()}")
     _check_actions_in_space(out["actions"][1:], action_space)
     if not np.array_equal(out["is_first"], np.arange(steps) == 0):
         raise ValueError("episode 'is_first' must be True at step 0 and False elsewhere")
@@ -197,7 +204,7 @@ def validate_episode(
         if early.size:
             raise ValueError(f"episode {key!r} is True at step {int(early[0])}; only the last step may end the episode")
         if out[key][0]:
-            raise ValueError(f"episode {key!r} is True at step 0 (the reset frame); an episode needs a transition to end")
+            raise ValueError(f"episode {key!r} is True at step 0 (the reset frame); only a transition can end it")
     return out
 
 
@@ -209,7 +216,8 @@ def _check_actions_in_space(actions: np.ndarray, space: gymnasium.Space) -> None
         bad = np.flatnonzero((actions < low) | (actions > high))
         if bad.size:
             step = int(bad[0]) + 1
-            raise ValueError(f"episode actions[{step}] = {actions[bad[0]].tolist()} is outside {space} ([{low}, {high}])")
+            value = actions[bad[0]].tolist()
+            raise ValueError(f"episode actions[{step}] = {value} is outside {space} ([{low}, {high}])")
     elif isinstance(space, gymnasium.spaces.MultiDiscrete):
         low = np.asarray(space.start, dtype=np.int64)
         high = low + np.asarray(space.nvec, dtype=np.int64) - 1
@@ -221,7 +229,8 @@ def _check_actions_in_space(actions: np.ndarray, space: gymnasium.Space) -> None
         low = np.asarray(space.low, dtype=np.float64)
         high = np.asarray(space.high, dtype=np.float64)
         values = actions.astype(np.float64)
-        bad = np.flatnonzero(np.any(~np.isfinite(values) | (values < low) | (values > high), axis=tuple(range(1, actions.ndim))))
+        outside = ~np.isfinite(values) | (values < low) | (values > high)
+        bad = np.flatnonzero(np.any(outside, axis=tuple(range(1, actions.ndim))))
         if bad.size:
             step = int(bad[0]) + 1
             raise ValueError(f"episode actions[{step}] = {actions[bad[0]].tolist()} is outside {space}")
@@ -298,7 +307,7 @@ def _read_meta(root: Path) -> dict:
 # Reading one shard
 
 
-def _check_shard_files(shard: Path, steps: int, specs: Mapping[str, tuple[tuple[int, ...], np.dtype]]) -> None:
+def _check_shard_files(shard: Path, steps: int, specs: Mapping[str, ArraySpec]) -> None:
     """Presence, tensordict metadata, shapes, dtypes and exact file sizes of one shard; stat calls only."""
     if not shard.is_dir():
         raise DatasetError(f"{shard}: shard missing")
@@ -334,7 +343,7 @@ def _check_shard_files(shard: Path, steps: int, specs: Mapping[str, tuple[tuple[
 
 
 def _read_rows(
-    shard: Path, key: str, spec: tuple[tuple[int, ...], np.dtype], start: int, stop: int, out: np.ndarray | None = None
+    shard: Path, key: str, spec: ArraySpec, start: int, stop: int, out: np.ndarray | None = None
 ) -> np.ndarray:
     """Rows ``start:stop`` of one array of a shard, read with one positioned read into ``out`` (or a new array).
 
@@ -365,7 +374,7 @@ def _read_rows(
     return out
 
 
-def _read_shard(shard: Path, steps: int, specs: Mapping[str, tuple[tuple[int, ...], np.dtype]]) -> dict[str, np.ndarray]:
+def _read_shard(shard: Path, steps: int, specs: Mapping[str, ArraySpec]) -> dict[str, np.ndarray]:
     return {key: _read_rows(shard, key, spec, 0, steps) for key, spec in specs.items()}
 
 

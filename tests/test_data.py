@@ -73,7 +73,8 @@ def test_space_json_round_trip_and_array_specs():
 )
 def test_round_trip(tmp_path, space):
     writer = new_writer(tmp_path / "ds", space)
-    episodes = [make_episode(n, space, seed=n, end=end) for n, end in ((5, "truncated"), (0, "truncated"), (3, "terminated"))]
+    ends = ((5, "truncated"), (0, "truncated"), (3, "terminated"))
+    episodes = [make_episode(n, space, seed=n, end=end) for n, end in ends]
     names = [writer.write(episode, seed=100 + k) for k, episode in enumerate(episodes)]
     assert names == ["episode_000000", "episode_000001", "episode_000002"]
 
