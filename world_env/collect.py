@@ -2,8 +2,9 @@
 
 Reproducibility: episode ``j`` of a dataset (``j`` counts from 0 over all runs into the same folder) is reset with
 seed ``seed + j`` and acted on by a policy whose random stream is seeded from that same number, so its content
-depends on ``(seed, j)`` only, not on the number of workers or on which worker ran it. Episodes are written in
-index order. The vector env runs with ``AutoresetMode.DISABLED`` and the collector resets finished sub-envs
+depends on ``(seed, j)`` only, not on the number of workers or on which worker ran it (provided the game is
+deterministic given seed and actions; see docs/data-format.md for crafter 1.8.3's exception). Episodes are written
+in index order. The vector env runs with ``AutoresetMode.DISABLED`` and the collector resets finished sub-envs
 itself (``options={"reset_mask": ...}``), so every reset gets its episode's seed and no fake post-done
 transition ever reaches the dataset.
 
