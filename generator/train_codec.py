@@ -91,7 +91,7 @@ def evaluate_codec(codec: Codec, dataset: Any, max_frames: int = 512, batch_size
     """Reconstruction PSNR of `codec` on up to `max_frames` frames spread evenly over `dataset`.
 
     Returns ``{"psnr", "psnr_min", "frames", "originals", "reconstructions"}``; PSNR (dB, on uint8 frames) is
-    the mean over frames, each capped at `PSNR_CAP_DB`; the last two entries hold the first 8 frames.
+    the mean over frames, each capped at `PSNR_CAP_DB`; the last two entries hold 8 frames spread over the set.
     """
     was_training = codec.training
     codec.eval()
@@ -99,19 +99,18 @@ def evaluate_codec(codec: Codec, dataset: Any, max_frames: int = 512, batch_size
     picks = [int(i * len(dataset) / count) for i in range(count)]
     frames = [valid_frames(dataset[i]) for i in picks]
     frames = torch.cat(frames)[:max_frames] if frames else torch.empty(0)
-    scores, shown = [], None
+    if len(frames) == 0:
+        raise ValueError("evaluate_codec: the dataset has no frames")
+    scores, rebuilt = [], []
     for start in range(0, len(frames), batch_size):
         chunk = frames[start: start + batch_size]  # (n, H, W, 3)
-        rebuilt = float_to_frames(codec.decode(codec.encode(chunk))).cpu()  # (n, H, W, 3)
-        scores.append(psnr(chunk, rebuilt).clamp(max=PSNR_CAP_DB))
-        if shown is None:
-            shown = (chunk[:8], rebuilt[:8])
+        rebuilt.append(float_to_frames(codec.decode(codec.encode(chunk))).cpu())  # (n, H, W, 3)
+        scores.append(psnr(chunk, rebuilt[-1]).clamp(max=PSNR_CAP_DB))
     codec.train(was_training)
-    if not scores:
-        raise ValueError("evaluate_codec: the dataset has no frames")
-    scores = torch.cat(scores)
+    scores, rebuilt = torch.cat(scores), torch.cat(rebuilt)
+    shown = torch.linspace(0, len(frames) - 1, min(8, len(frames))).round().long()
     return {"psnr": float(scores.mean()), "psnr_min": float(scores.min()), "frames": len(scores),
-            "originals": shown[0], "reconstructions": shown[1]}
+            "originals": frames[shown], "reconstructions": rebuilt[shown]}
 
 
 # ----------------------------------------------------------------------------------------------------------
