@@ -19,7 +19,6 @@ from typing import Iterable
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from torch import nn
 
 from generator.checkpoint import (
