@@ -1,0 +1,114 @@
+"""A trained world model as one loadable artefact: DiT + codec + sampling defaults + a dataset reference.
+
+`WorldModel.from_pretrained(dir)` is the one way to load any trained generator (teacher, distilled, post-trained);
+the folder is `config.json` + `model.safetensors` + `codec.safetensors` (see `generator.checkpoint`).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from generator.checkpoint import CheckpointError, load_checkpoint, load_state_into, save_checkpoint
+from generator.codec import CodecConfig, build_codec
+from generator.model import DiT, DiTConfig
+
+KIND = "nextframe-world-model"
+
+
+@dataclass
+class SamplingConfig:
+    """How frames are drawn from this model; the env's `sampler_steps` overrides `sampler_steps`."""
+
+    sampler_steps: int = 8
+    context_noise: float = 0.1  # flow time generated context frames are re-noised to before caching
+    shift: float = 1.0  # timestep shift of the Euler schedule (SD3); > 1 spends more steps at high noise
+    solver: str = "euler"  # "euler" (flow teacher) or "consistency" (distilled students)
+
+
+@dataclass
+class WorldModelInfo:
+    """What the model was trained on, so the env can draw real prompts and present the real game's spaces."""
+
+    game: str = "crafter"
+    frame_size: tuple[int, int] = (64, 64)
+    fps: int = 15
+    action_space: dict = field(default_factory=lambda: {"type": "Discrete", "n": 17, "start": 0})
+    dataset: str | None = None  # path of the training dataset (its val split gives prompts)
+    training: dict = field(default_factory=dict)  # steps, commands, metrics
+
+
+class WorldModel(nn.Module):
+    """The generator's trained parts together: `dit`, `codec`, `sampling`, `info`, and `prompts`.
+
+    `prompts` (optional) are short real clips from the training data's validation split that start dream episodes
+    without the dataset at hand: `frames` `(M, P, H, W, 3)` uint8, `actions` `(M, P, ...)`, `has_action` `(M, P)`.
+    """
+
+    def __init__(
+        self,
+        dit: DiT,
+        codec: nn.Module,
+        sampling: SamplingConfig,
+        info: WorldModelInfo,
+        prompts: dict[str, torch.Tensor] | None = None,
+    ):
+        super().__init__()
+        self.dit, self.codec, self.sampling, self.info = dit, codec, sampling, info
+        self.prompts = prompts
+
+    @property
+    def device(self) -> torch.device:
+        return self.dit.patch_embed.weight.device
+
+    def config_dict(self) -> dict:
+        info = asdict(self.info)
+        info["frame_size"] = list(self.info.frame_size)
+        return {
+            "kind": KIND,
+            "dit": self.dit.config.to_dict(),
+            "codec": self.codec.config.to_dict(),
+            "sampling": asdict(self.sampling),
+            "info": info,
+        }
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        return save_checkpoint(
+            directory,
+            config=self.config_dict(),
+            tensors={
+                "model": self.dit.state_dict(),
+                "codec": self.codec.state_dict(),
+                **({"prompts": self.prompts} if self.prompts else {}),
+            },
+        )
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> "WorldModel":
+        config, tensors = load_checkpoint(directory)
+        if config.get("kind") != KIND:
+            raise CheckpointError(f"{directory}: config.json is not a nextframe world model (kind={config.get('kind')!r})")
+        try:
+            dit_config = DiTConfig.from_dict(config["dit"])
+            codec_config = CodecConfig.from_dict(config["codec"])
+            sampling = SamplingConfig(**config.get("sampling", {}))
+            info = WorldModelInfo(**config.get("info", {}))
+        except (KeyError, TypeError, ValueError) as err:
+            raise CheckpointError(f"{directory}: invalid config.json: {err}") from err
+        info.frame_size = tuple(info.frame_size)
+        dit = DiT(dit_config)
+        codec = build_codec(codec_config)
+        for name, module in (("model", dit), ("codec", codec)):
+            if name not in tensors:
+                raise CheckpointError(f"{directory}: missing {name}.safetensors")
+            load_state_into(module, tensors[name], what=f"{directory}/{name}.safetensors")
+        expected = tuple(codec.latent_shape)
+        found = (dit_config.latent_channels, *dit_config.latent_size)
+        if expected != found:
+            raise CheckpointError(f"{directory}: codec latents {expected} do not match the DiT's input {found}")
+        prompts = tensors.get("prompts")
+        if prompts is not None and not {"frames", "actions", "has_action"} <= set(prompts):
+            raise CheckpointError(f"{directory}/prompts.safetensors lacks frames/actions/has_action")
+        return cls(dit, codec, sampling, info, prompts).to(device).eval()

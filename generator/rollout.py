@@ -1,0 +1,133 @@
+"""Open-loop rollouts from real context, and the metrics that compare them with the real frames.
+
+An open-loop rollout starts the model from P real frames (and the actions that led to them), then generates K
+frames driven by the recorded real actions, never seeing real frames again: the standard test of a world model.
+"""
+from __future__ import annotations
+
+import torch
+
+from generator.codec import float_to_frames
+from generator.sampler import commit_frames, frame_noise, generate_frames
+
+
+@torch.no_grad()
+def open_loop_rollout(
+    world,
+    prompt_frames: torch.Tensor,
+    prompt_actions: torch.Tensor,
+    actions: torch.Tensor,
+    seeds: list[int],
+    sampler_steps: int | None = None,
+    prompt_has_action: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """Generate K frames per row after a real prompt.
+
+    Args:
+        world: a `generator.pretrained.WorldModel`.
+        prompt_frames: `(B, P, H, W, 3)` uint8 real frames.
+        prompt_actions: `(B, P, ...)` actions that led to them.
+        actions: `(B, K, ...)` actions driving the K generated frames.
+        seeds: one noise seed per row.
+    Returns: frames `(B, K, H, W, 3)` uint8, latents `(B, K, C, h, w)`, reward and termination_logit `(B, K)`.
+    """
+    dit, codec, sampling = world.dit, world.codec, world.sampling
+    device = world.device
+    steps = sampler_steps or sampling.sampler_steps
+    b, p = prompt_frames.shape[:2]
+    k = actions.shape[1]
+    latents = codec.encode(prompt_frames.to(device))  # (B, P, C, h, w)
+    shape = tuple(latents.shape[2:])
+    cache = dit.new_cache(b)
+    positions = torch.arange(p, device=device)[None].repeat(b, 1)
+    if prompt_has_action is None:
+        prompt_has_action = torch.ones(b, p, dtype=torch.bool)
+        prompt_has_action[:, 0] = False
+    ctx = torch.stack([frame_noise(seeds, [i] * b, shape, device)[:, 1] for i in range(p)], dim=1)
+    commit_frames(dit, cache, None, latents, prompt_actions.to(device), positions, ctx, sampling.context_noise,
+                  prompt_has_action.to(device))
+    frames, out_latents, rewards, terminations = [], [], [], []
+    actions = actions.to(device)
+    for i in range(k):
+        pos = torch.full((b,), p + i, device=device)
+        noise = frame_noise(seeds, pos.tolist(), shape, device)
+        x = generate_frames(dit, cache, None, actions[:, i], pos, noise[:, 0], steps, sampling.shift)
+        reward, termination = commit_frames(
+            dit, cache, None, x[:, None], actions[:, i, None], pos[:, None], noise[:, 1, None], sampling.context_noise
+        )
+        out_latents.append(x)
+        frames.append(float_to_frames(codec.decode(x)))
+        rewards.append(reward[:, 0])
+        terminations.append(termination[:, 0])
+    return {
+        "frames": torch.stack(frames, dim=1).cpu(),
+        "latents": torch.stack(out_latents, dim=1),
+        "reward": torch.stack(rewards, dim=1).cpu(),
+        "termination_logit": torch.stack(terminations, dim=1).cpu(),
+    }
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """PSNR in dB between uint8 frames `(..., H, W, 3)`, one value per frame `(...)`; capped at 100 dB."""
+    mse = ((a.float() - b.float()) ** 2).mean(dim=(-3, -2, -1))
+    return (10 * torch.log10(255.0**2 / mse.clamp_min(1e-10))).clamp(max=100.0)
+
+
+@torch.no_grad()
+def evaluate_open_loop(
+    world,
+    dataset,
+    context_frames: int,
+    horizon: int,
+    windows: int = 32,
+    batch_size: int = 16,
+    sampler_steps: int | None = None,
+    seed: int = 0,
+    progress: bool = False,
+) -> dict:
+    """Mean PSNR per horizon (1..horizon) of open-loop rollouts on `dataset` windows, and copy-last-frame's.
+
+    `dataset` yields windows of at least `context_frames + horizon` steps (`generator.data.EpisodeDataset`);
+    `windows` of them, evenly spaced over the dataset, are used; padding frames are excluded.
+    """
+    from tqdm.auto import tqdm
+
+    length = context_frames + horizon
+    total = len(dataset)
+    chosen = sorted({int(i * total / windows) for i in range(min(windows, total))})
+    model_sum = torch.zeros(horizon)
+    copy_sum = torch.zeros(horizon)
+    count = torch.zeros(horizon)
+    for start in tqdm(range(0, len(chosen), batch_size), disable=not progress, desc="open-loop eval"):
+        items = [dataset[i] for i in chosen[start : start + batch_size]]
+        frames = torch.stack([it["frames"][:length] for it in items])
+        actions = torch.stack([it["actions"][:length] for it in items])
+        valid = torch.stack([it["valid"][:length] for it in items])
+        is_first = torch.stack([it["is_first"][:length] for it in items])
+        if frames.shape[1] < length:
+            raise ValueError(f"dataset windows hold {frames.shape[1]} steps; need {length}")
+        seeds = [seed * 1_000_003 + chosen[start + j] for j in range(len(items))]
+        out = open_loop_rollout(
+            world,
+            frames[:, :context_frames],
+            actions[:, :context_frames],
+            actions[:, context_frames:],
+            seeds,
+            sampler_steps,
+            prompt_has_action=~is_first[:, :context_frames],
+        )
+        real = frames[:, context_frames:]
+        last = frames[:, context_frames - 1 : context_frames].expand_as(real)
+        mask = valid[:, context_frames:].float() * valid[:, context_frames - 1 : context_frames].float()
+        model_sum += (psnr(out["frames"], real) * mask).sum(0)
+        copy_sum += (psnr(last, real) * mask).sum(0)
+        count += mask.sum(0)
+    count = count.clamp_min(1)
+    return {
+        "horizons": list(range(1, horizon + 1)),
+        "psnr": (model_sum / count).tolist(),
+        "copy_last_psnr": (copy_sum / count).tolist(),
+        "windows": len(chosen),
+        "context_frames": context_frames,
+        "sampler_steps": sampler_steps or world.sampling.sampler_steps,
+    }

@@ -1,0 +1,336 @@
+"""Teacher training: flow matching with an independent noise level per frame (diffusion forcing), one pass per clip.
+
+Runs as one process on CPU or GPU, or as many under `torchrun` (DDP over gloo on CPU, NCCL on GPU). Exact resume:
+the training state (model, EMA, optimizer, scheduler, step, every RNG the loop draws from) is one checkpoint.
+
+Layout of `out/`: `train_state/` (resumable, rewritten atomically every `ckpt_every` steps), `model/` (EMA weights as a
+`WorldModel` for `from_pretrained`), `tb/` (TensorBoard), `samples/` (open-loop rollout videos), `metrics.json`.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from generator.checkpoint import (
+    atomic_write_json,
+    capture_rng_state,
+    flatten_state,
+    load_checkpoint,
+    load_state_into,
+    restore_rng_state,
+    save_checkpoint,
+    unflatten_state,
+)
+from generator.codec import CodecConfig, build_codec, load_codec
+from generator.data import EpisodeDataset
+from generator.model import DiT, dit_config
+from generator.pretrained import SamplingConfig, WorldModel, WorldModelInfo
+from generator.sampler import logit_normal
+
+
+@dataclass
+class TrainConfig:
+    data: str
+    out: str
+    model: str = "small"  # size preset of generator.model
+    codec: str = "pixels"  # "pixels" or the folder of a trained codec (scripts/train_codec.py)
+    steps: int = 20_000
+    batch_size: int = 16  # per process
+    clip_frames: int = 16  # frames per training clip; at most the model's window
+    lr: float = 3e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 500
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    noise_mean: float = 0.0  # logit-normal flow-time distribution (SD3)
+    noise_std: float = 1.0
+    # Context-noise augmentation: a fraction of frames are drawn as "slightly noised context" in
+    # [0, context_noise_max], the regime generated context is fed at inference (SamplingConfig.context_noise).
+    context_frame_prob: float = 0.3
+    context_noise_max: float = 0.2
+    context_noise: float = 0.1  # inference level stored with the model
+    sampler_steps: int = 8  # default sampler steps stored with the model
+    outcome_weight: float = 0.1  # weight of the reward + termination losses
+    seed: int = 0
+    device: str = "auto"
+    log_every: int = 50
+    ckpt_every: int = 1000
+    eval_every: int = 0  # open-loop PSNR on validation windows (0: only at the end)
+    eval_windows: int = 16
+    sample_every: int = 0  # rollout videos (0: only at the end)
+    progress: bool = True
+    stop_at: int = 0  # end this process at this step (resumable chunks, e.g. a short GPU lease); 0: run to `steps`
+    model_overrides: dict = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The objective
+
+
+def sample_noise_levels(shape, config: TrainConfig, generator: torch.Generator) -> torch.Tensor:
+    """Independent flow time per frame: logit-normal, or for context-augmented frames uniform in [0, max]."""
+    levels = logit_normal(shape, config.noise_mean, config.noise_std, generator=generator)
+    context = torch.rand(shape, generator=generator) < config.context_frame_prob
+    low = torch.rand(shape, generator=generator) * config.context_noise_max
+    return torch.where(context, low, levels)
+
+
+def flow_matching_loss(
+    model: torch.nn.Module,
+    latents: torch.Tensor,
+    batch: dict[str, torch.Tensor],
+    config: TrainConfig,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Loss of one clip batch: velocity MSE on every valid frame + reward MSE + termination BCE.
+
+    latents: `(B, T, C, h, w)` clean latents; batch holds actions, rewards, terminated, is_first, valid `(B, T, ...)`.
+    """
+    b, t = latents.shape[:2]
+    device = latents.device
+    levels = sample_noise_levels((b, t), config, generator).to(device)  # (B, T)
+    noise = torch.randn(latents.shape, generator=generator).to(device)
+    s = levels[:, :, None, None, None]
+    noisy = (1 - s) * latents + s * noise
+    valid = batch["valid"].to(device)
+    has_action = ~batch["is_first"].to(device)
+    positions = torch.arange(t, device=device)[None].expand(b, t)
+    out = model(noisy, levels, batch["actions"].to(device), positions, has_action=has_action, valid=valid)
+    target = noise - latents
+    per_frame = ((out.velocity - target) ** 2).mean(dim=(2, 3, 4))  # (B, T)
+    weight = valid.float()
+    flow = (per_frame * weight).sum() / weight.sum().clamp_min(1)
+    transition = (valid & has_action).float()  # the reward/termination of a transition into the frame
+    reward = (((out.reward - batch["rewards"].to(device).float()) ** 2) * transition).sum() / transition.sum().clamp_min(1)
+    termination = (
+        F.binary_cross_entropy_with_logits(out.termination_logit, batch["terminated"].to(device).float(), reduction="none")
+        * transition
+    ).sum() / transition.sum().clamp_min(1)
+    loss = flow + config.outcome_weight * (reward + termination)
+    return loss, {"loss": loss.item(), "flow": flow.item(), "reward": reward.item(), "termination": termination.item()}
+
+
+def lr_factor(step: int, config: TrainConfig) -> float:
+    """Linear warm-up then cosine decay to `min_lr_ratio`."""
+    if step < config.warmup_steps:
+        return (step + 1) / config.warmup_steps
+    progress = min(1.0, (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps))
+    return config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Set-up helpers
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def setup_distributed() -> tuple[int, int, int]:
+    """(rank, local_rank, world_size) from torchrun's environment; initialises the process group if > 1."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    return rank, local_rank, world_size
+
+
+def make_codec(spec: str, frame_size: tuple[int, int]):
+    if spec == "pixels":
+        return build_codec(CodecConfig(kind="pixels", frame_size=tuple(frame_size)))
+    return load_codec(spec)
+
+
+def build_world_model(config: TrainConfig, dataset: EpisodeDataset) -> WorldModel:
+    """The untrained WorldModel for this dataset: codec, DiT sized to its latents and the game's action space."""
+    from generator.data import space_to_json
+
+    codec = make_codec(config.codec, dataset.frame_size)
+    channels, h, w = codec.latent_shape
+    overrides = dict(latent_channels=channels, latent_size=(h, w), action_space=space_to_json(dataset.action_space))
+    if config.model in ("small", "base") and (h, w) != (64, 64):
+        overrides["patch_size"] = max(1, h // 8)  # keep 64 tokens per frame
+    overrides.update(config.model_overrides)
+    dit = DiT(dit_config(config.model, **overrides))
+    if config.clip_frames > dit.config.window_frames:
+        raise ValueError(f"clip_frames {config.clip_frames} exceeds the model window {dit.config.window_frames}")
+    meta = dataset.meta
+    info = WorldModelInfo(
+        game=meta["game"],
+        frame_size=tuple(dataset.frame_size),
+        fps=int(meta.get("fps", 15)),
+        action_space=space_to_json(dataset.action_space),
+        dataset=str(Path(config.data).resolve()),
+    )
+    sampling = SamplingConfig(sampler_steps=config.sampler_steps, context_noise=config.context_noise)
+    return WorldModel(dit, codec, sampling, info)
+
+
+def build_prompts(data: str, context_frames: int = 4, count: int = 32) -> dict[str, torch.Tensor]:
+    """Real starting clips for dream episodes, taken evenly from the validation split (train if it is empty)."""
+    dataset = EpisodeDataset(data, window=context_frames, split="val")
+    if len(dataset) == 0:
+        dataset = EpisodeDataset(data, window=context_frames, split="train")
+    picks = sorted({int(i * len(dataset) / count) for i in range(min(count, len(dataset)))})
+    items = [dataset[i] for i in picks]
+    items = [it for it in items if bool(it["valid"].all())] or items
+    return {
+        "frames": torch.stack([it["frames"] for it in items]).contiguous(),
+        "actions": torch.stack([it["actions"] for it in items]).contiguous(),
+        "has_action": torch.stack([~it["is_first"] for it in items]).contiguous(),
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The loop
+
+
+def train(config: TrainConfig) -> dict:
+    """Train (or resume) a teacher; returns final metrics. See the module docstring for the output layout."""
+    from torch.utils.tensorboard import SummaryWriter
+    from tqdm.auto import tqdm
+
+    rank, local_rank, world_size = setup_distributed()
+    device = resolve_device(config.device)
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    out = Path(config.out)
+    main = rank == 0
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+
+    torch.manual_seed(config.seed)  # identical initial weights on every rank
+    dataset = EpisodeDataset(config.data, window=config.clip_frames, split="train")
+    world = build_world_model(config, dataset).to(device)
+    world.prompts = build_prompts(config.data)
+    model, codec = world.dit, world.codec
+    codec.requires_grad_(False)
+    ema = copy.deepcopy(model).requires_grad_(False)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.99))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, config))
+    data_generator = torch.Generator().manual_seed(config.seed * 1000 + rank)
+    noise_generator = torch.Generator().manual_seed(config.seed * 1000 + 500 + rank)
+    step = 0
+
+    state_dir = out / "train_state" / f"rank{rank}" if world_size > 1 else out / "train_state"
+    if (state_dir / "config.json").exists():
+        saved_config, tensors = load_checkpoint(state_dir)
+        load_state_into(model, tensors["model"], what=f"{state_dir}/model.safetensors")
+        load_state_into(ema, tensors["ema"], what=f"{state_dir}/ema.safetensors")
+        rest = unflatten_state(tensors["state"], saved_config["state"])
+        optimizer.load_state_dict(rest["optimizer"])
+        scheduler.load_state_dict(rest["scheduler"])
+        data_generator.set_state(rest["data_generator"])
+        noise_generator.set_state(rest["noise_generator"])
+        restore_rng_state(rest["rng"])
+        step = int(saved_config["step"])
+
+    ddp_model = model
+    if world_size > 1:
+        ddp_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[local_rank] if device.type == "cuda" else None
+        )
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+
+    def save_state():
+        rest = {
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "data_generator": data_generator.get_state(),
+            "noise_generator": noise_generator.get_state(),
+            "rng": capture_rng_state(),
+        }
+        tensors, skeleton = flatten_state(rest)
+        save_checkpoint(
+            state_dir,
+            config={"step": step, "train_config": asdict(config), "state": skeleton},
+            tensors={"model": model.state_dict(), "ema": ema.state_dict(), "state": tensors},
+        )
+        if main:
+            export = WorldModel(ema, codec, world.sampling, world.info, world.prompts)
+            export.info.training = {"step": step, "train_config": asdict(config)}
+            export.save_pretrained(out / "model")
+
+    writer = SummaryWriter(out / "tb") if main else None
+    bar = tqdm(total=config.steps, initial=step, disable=not (main and config.progress), desc="train")
+    model.train()
+    history = []
+    started = time.time()
+    stop = min(config.stop_at or config.steps, config.steps)
+    while step < stop:
+        batch = dataset.sample(config.batch_size, data_generator)
+        with torch.no_grad():
+            latents = codec.encode(batch["frames"].to(device))  # (B, T, C, h, w)
+        with autocast:
+            loss, metrics = flow_matching_loss(ddp_model, latents, batch, config, noise_generator)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        with torch.no_grad():
+            for ema_p, p in zip(ema.parameters(), model.parameters()):
+                ema_p.lerp_(p, 1 - config.ema_decay)
+        step += 1
+        metrics.update(grad_norm=float(grad_norm), lr=scheduler.get_last_lr()[0])
+        history.append(metrics["loss"])
+        bar.update(1)
+        if main and (step % config.log_every == 0 or step == config.steps):
+            for key, value in metrics.items():
+                writer.add_scalar(f"train/{key}", value, step)
+            bar.set_postfix(loss=f"{metrics['loss']:.4f}")
+        if step % config.ckpt_every == 0 or step == stop:
+            save_state()
+        if main and config.eval_every and step % config.eval_every == 0 and step < config.steps:
+            evaluate_and_log(WorldModel(ema, codec, world.sampling, world.info), config, writer, step, out)
+            model.train()
+    bar.close()
+    result = {"step": step, "final_loss": history[-1] if history else None, "seconds": time.time() - started}
+    if main and step == config.steps:
+        export = WorldModel(ema, codec, world.sampling, world.info, world.prompts)
+        result.update(evaluate_and_log(export, config, writer, step, out, videos=True))
+        atomic_write_json(out / "metrics.json", result)
+    if writer is not None:
+        writer.close()
+    if world_size > 1:
+        dist.barrier()
+    return result
+
+
+def evaluate_and_log(world: WorldModel, config: TrainConfig, writer, step: int, out: Path, videos: bool = False) -> dict:
+    """Open-loop PSNR on validation windows (context 4, horizon clip-4) and, optionally, a rollout video."""
+    from generator.rollout import evaluate_open_loop
+
+    world.eval()
+    context = min(4, config.clip_frames // 2)
+    horizon = config.clip_frames - context
+    try:
+        val = EpisodeDataset(config.data, window=config.clip_frames, split="val")
+    except ValueError:
+        return {}
+    if len(val) == 0:
+        return {}
+    metrics = evaluate_open_loop(world, val, context, horizon, windows=config.eval_windows, seed=config.seed)
+    for h, (p_model, p_copy) in enumerate(zip(metrics["psnr"], metrics["copy_last_psnr"]), start=1):
+        if writer is not None and h in (1, horizon):
+            writer.add_scalar(f"eval/psnr_h{h}", p_model, step)
+            writer.add_scalar(f"eval/copy_last_psnr_h{h}", p_copy, step)
+    if videos:
+        from generator.videos import save_rollout_video
+
+        save_rollout_video(world, val, out / "samples" / f"rollout_step{step:07d}.gif", context, horizon)
+    return {"eval": metrics}

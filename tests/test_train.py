@@ -1,0 +1,135 @@
+"""Teacher training: loss falls, exact resume, checkpoints refuse corruption, 2-process DDP trains."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import gymnasium
+import numpy as np
+import pytest
+import torch
+
+from generator.checkpoint import CheckpointError
+from generator.data import EpisodeWriter
+from generator.pretrained import WorldModel
+from generator.train import TrainConfig, train
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = dict(latent_size=[16, 16], patch_size=4, dim=32, depth=2, heads=2, window_frames=4)
+
+
+def make_dataset(root: Path, episodes: int = 4, length: int = 12, seed: int = 0) -> Path:
+    """A synthetic 16x16 game: a bright square moves by the action (0 stay, 1 right, 2 down)."""
+    rng = np.random.default_rng(seed)
+    writer = EpisodeWriter(root, game="synthetic", frame_size=(16, 16), action_space=gymnasium.spaces.Discrete(3),
+                           fps=10, policy={"name": "random"})
+    for e in range(episodes):
+        y, x = rng.integers(0, 12, size=2)
+        frames, actions = [], [0]
+        for i in range(length + 1):
+            frame = np.zeros((16, 16, 3), np.uint8)
+            frame[y : y + 4, x : x + 4] = 255
+            frames.append(frame)
+            if i < length:
+                a = int(rng.integers(0, 3))
+                actions.append(a)
+                x = (x + (a == 1)) % 12
+                y = (y + (a == 2)) % 12
+        n = length + 1
+        terminated = np.zeros(n, bool)
+        terminated[-1] = e % 2 == 0
+        writer.write(
+            {
+                "frames": np.stack(frames),
+                "actions": np.array(actions, np.int64),
+                "rewards": (np.arange(n) % 5 == 4).astype(np.float32),
+                "terminated": terminated,
+                "truncated": ~terminated & (np.arange(n) == n - 1),
+            },
+            seed=e,
+        )
+    return root
+
+
+def tiny_config(data: Path, out: Path, **kw) -> TrainConfig:
+    base = dict(
+        data=str(data), out=str(out), model="tiny", steps=30, batch_size=4, clip_frames=4, lr=3e-3, warmup_steps=5,
+        ckpt_every=1000, log_every=5, eval_windows=2, progress=False, model_overrides=dict(TINY),
+    )
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    return make_dataset(tmp_path_factory.mktemp("data") / "synthetic")
+
+
+def test_training_loss_falls(dataset, tmp_path):
+    torch.set_num_threads(1)
+    result = train(tiny_config(dataset, tmp_path / "run", steps=150, log_every=1))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "run" / "tb"))
+    events.Reload()
+    losses = [e.value for e in events.Scalars("train/flow")]
+    assert np.mean(losses[-20:]) < 0.6 * np.mean(losses[:5])
+    assert (tmp_path / "run" / "model" / "model.safetensors").exists()
+    assert list((tmp_path / "run" / "samples").glob("*.gif"))
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert len(metrics["eval"]["psnr"]) == 2 and result["step"] == 150
+
+
+def test_resume_gives_the_same_next_loss_as_an_uninterrupted_run(dataset, tmp_path):
+    torch.set_num_threads(1)
+    straight = train(tiny_config(dataset, tmp_path / "a", steps=12, ckpt_every=6, eval_windows=0))
+    train(tiny_config(dataset, tmp_path / "b", steps=12, stop_at=6, ckpt_every=4, eval_windows=0))  # "killed"
+    resumed = train(tiny_config(dataset, tmp_path / "b", steps=12, ckpt_every=6, eval_windows=0))
+    assert resumed["final_loss"] == pytest.approx(straight["final_loss"], rel=1e-6, abs=1e-7)
+    a = WorldModel.from_pretrained(tmp_path / "a" / "model")
+    b = WorldModel.from_pretrained(tmp_path / "b" / "model")
+    for (name, pa), pb in zip(a.dit.state_dict().items(), b.dit.state_dict().values()):
+        assert torch.allclose(pa, pb, atol=1e-6), name
+
+
+def test_world_model_refuses_corrupt_or_mismatched_checkpoints(dataset, tmp_path):
+    train(tiny_config(dataset, tmp_path / "run", steps=2, eval_windows=0))
+    model_dir = tmp_path / "run" / "model"
+    WorldModel.from_pretrained(model_dir)  # loads fine
+
+    config = json.loads((model_dir / "config.json").read_text())
+    config["dit"]["dim"] = 64
+    (model_dir / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="shape"):
+        WorldModel.from_pretrained(model_dir)
+
+    train(tiny_config(dataset, tmp_path / "run2", steps=2, eval_windows=0))
+    weights = tmp_path / "run2" / "model" / "model.safetensors"
+    raw = bytearray(weights.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    weights.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match="model.safetensors"):
+        WorldModel.from_pretrained(tmp_path / "run2" / "model")
+
+
+def test_two_process_gloo_torchrun_trains(dataset, tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
+        str(REPO / "scripts" / "train.py"), "--data", str(dataset), "--out", str(out), "--model", "tiny",
+        "--steps", "4", "--batch-size", "2", "--clip-frames", "4", "--eval-windows", "0", "--no-progress",
+        "--model-overrides", json.dumps(TINY), "--device", "cpu",
+    ]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    world = WorldModel.from_pretrained(out / "model")
+    assert world.info.training["step"] == 4
+    # DDP keeps the ranks' weights identical.
+    from generator.checkpoint import load_checkpoint
+
+    _, r0 = load_checkpoint(out / "train_state" / "rank0")
+    _, r1 = load_checkpoint(out / "train_state" / "rank1")
+    for name, tensor in r0["model"].items():
+        assert torch.equal(tensor, r1["model"][name]), name
