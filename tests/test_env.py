@@ -1,0 +1,221 @@
+"""The dream env's Gymnasium contract: spaces, autoreset modes, seeding, errors, speculation, long rollouts."""
+import gymnasium
+import numpy as np
+import pytest
+import torch
+from gymnasium.utils.env_checker import check_env
+from gymnasium.vector import AutoresetMode
+
+import world_env  # noqa: F401  (registers the ids)
+from tiny_world import make_tiny_world
+from world_env.env import WorldModelEnv, WorldModelVecEnv
+
+
+def sticky_actions(steps, num_envs, n=5, mean_repeat=3, seed=0):
+    rng = np.random.default_rng(seed)
+    current = rng.integers(0, n, num_envs)
+    out = []
+    for _ in range(steps):
+        change = rng.random(num_envs) < 1 / mean_repeat
+        current = np.where(change, rng.integers(0, n, num_envs), current)
+        out.append(current.copy())
+    return np.stack(out)
+
+
+def rollout(env, seeds, actions):
+    obs, _ = env.reset(seed=seeds)
+    frames = [obs]
+    for a in actions:
+        obs, *_ = env.step(a)
+        frames.append(obs)
+    return np.stack(frames)
+
+
+def test_single_env_passes_gymnasium_check_env(tiny_world):
+    env = WorldModelEnv(tiny_world, device="cpu")
+    check_env(env, skip_render_check=True)
+    assert env.observation_space == gymnasium.spaces.Box(0, 255, (16, 16, 3), np.uint8)
+    assert env.action_space == gymnasium.spaces.Discrete(5)
+
+
+def test_make_and_make_vec_from_the_registry(tiny_checkpoint):
+    env = gymnasium.make("nextframe/WorldModel-v0", checkpoint=str(tiny_checkpoint), device="cpu")
+    obs, _ = env.reset(seed=1)
+    assert obs.shape == (16, 16, 3) and obs.dtype == np.uint8
+    env.close()
+    vec = gymnasium.make_vec("nextframe/Crafter-v0", num_envs=3, checkpoint=str(tiny_checkpoint), device="cpu",
+                             max_episode_steps=2)
+    obs, _ = vec.reset(seed=0)
+    assert obs.shape == (3, 16, 16, 3)
+    assert isinstance(vec.metadata["autoreset_mode"], AutoresetMode)
+    vec.step(np.zeros(3, dtype=np.int64))
+    _, _, _, truncated, _ = vec.step(np.zeros(3, dtype=np.int64))
+    assert truncated.all()
+    vec.close()
+
+
+def test_shipped_model_missing_gives_a_clear_error(monkeypatch, tmp_path):
+    import world_env.assets as assets
+
+    monkeypatch.setattr(assets, "DEFAULT_MODEL", tmp_path / "none")
+    with pytest.raises(FileNotFoundError, match="checkpoint="):
+        WorldModelVecEnv(None, device="cpu")
+
+
+def test_next_step_autoreset():
+    env = WorldModelVecEnv(make_tiny_world(termination_bias=20.0), num_envs=2, device="cpu")
+    first, _ = env.reset(seed=[3, 4])
+    obs, rewards, terminated, truncated, _ = env.step(np.array([1, 2]))
+    assert terminated.all() and not truncated.any()
+    obs2, rewards2, terminated2, truncated2, _ = env.step(np.array([1, 2]))  # reset step: action ignored
+    assert not terminated2.any() and (rewards2 == 0).all()
+    assert obs2.shape == first.shape
+    obs3, _, terminated3, _, _ = env.step(np.array([1, 2]))
+    assert terminated3.all()
+
+
+def test_same_step_autoreset_reports_final_obs():
+    env = WorldModelVecEnv(make_tiny_world(termination_bias=20.0), num_envs=2, device="cpu",
+                           autoreset_mode=AutoresetMode.SAME_STEP)
+    assert env.metadata["autoreset_mode"] == AutoresetMode.SAME_STEP
+    env.reset(seed=0)
+    obs, _, terminated, _, infos = env.step(np.array([0, 1]))
+    assert terminated.all()
+    assert infos["_final_obs"].all()
+    assert infos["final_obs"][0].shape == (16, 16, 3)
+    assert not np.array_equal(infos["final_obs"][0], obs[0])  # obs is already the next episode's first frame
+
+
+def test_disabled_autoreset_needs_a_masked_reset():
+    env = WorldModelVecEnv(make_tiny_world(termination_bias=20.0), num_envs=2, device="cpu",
+                           autoreset_mode="DISABLED", max_episode_steps=None)
+    env.reset(seed=0)
+    env.step(np.array([0, 0]))
+    with pytest.raises(RuntimeError, match="reset_mask"):
+        env.step(np.array([0, 0]))
+    obs, _ = env.reset(options={"reset_mask": np.array([True, True])})
+    env.step(np.array([1, 1]))
+
+
+def test_reset_mask_leaves_other_envs_untouched():
+    env = WorldModelVecEnv(make_tiny_world(), num_envs=3, device="cpu", autoreset_mode="DISABLED")
+    env.reset(seed=10)
+    before, *_ = env.step(np.array([1, 2, 3]))
+    after, _ = env.reset(options={"reset_mask": np.array([False, True, False])})
+    assert np.array_equal(after[0], before[0]) and np.array_equal(after[2], before[2])
+    with pytest.raises(ValueError, match="reset_mask"):
+        env.reset(options={"reset_mask": np.array([1, 0, 1])})
+
+
+def test_identical_seeds_give_identical_rollouts_whatever_the_batch():
+    world = make_tiny_world()
+    actions = sticky_actions(8, 3)
+    together = rollout(WorldModelVecEnv(world, num_envs=3, device="cpu"), [7, 8, 9], actions)
+    again = rollout(WorldModelVecEnv(world, num_envs=3, device="cpu"), [7, 8, 9], actions)
+    assert np.array_equal(together, again)
+    alone = rollout(WorldModelVecEnv(world, num_envs=1, device="cpu"), [8], actions[:, 1:2])
+    reordered = rollout(WorldModelVecEnv(world, num_envs=2, device="cpu"), [8, 99], np.stack([actions[:, 1], actions[:, 0]], 1))
+    assert np.abs(alone[:, 0].astype(int) - together[:, 1].astype(int)).max() <= 1
+    assert np.abs(reordered[:, 0].astype(int) - together[:, 1].astype(int)).max() <= 1
+
+
+def test_bad_actions_raise_clear_errors_and_leave_the_env_usable():
+    env = WorldModelVecEnv(make_tiny_world(), num_envs=2, device="cpu")
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match="shape"):
+        env.step(np.array([1, 2, 3]))
+    with pytest.raises(ValueError, match="integers"):
+        env.step(np.array([1.5, 2.0]))
+    with pytest.raises(ValueError, match="outside"):
+        env.step(np.array([1, 5]))
+    obs, *_ = env.step(np.array([1, 4]))
+    assert obs.shape == (2, 16, 16, 3)
+
+
+@pytest.mark.parametrize(
+    "space, good, bad",
+    [
+        ({"type": "MultiDiscrete", "nvec": [2, 3]}, [[1, 2]], [[1, 3]]),
+        ({"type": "Box", "shape": [2], "low": [-1.0, -1.0], "high": [1.0, 1.0], "dtype": "float32"},
+         [[0.5, -0.5]], [[0.5, 1.5]]),
+    ],
+)
+def test_other_action_spaces(space, good, bad):
+    env = WorldModelVecEnv(make_tiny_world(action_space=space), num_envs=1, device="cpu")
+    env.reset(seed=0)
+    env.step(np.array(good, dtype=np.float32 if space["type"] == "Box" else np.int64))
+    with pytest.raises(ValueError, match="outside"):
+        env.step(np.array(bad, dtype=np.float32 if space["type"] == "Box" else np.int64))
+
+
+@pytest.mark.parametrize("async_speculation", [False, True])
+def test_speculation_is_exact_and_rolls_back(async_speculation):
+    world = make_tiny_world()
+    actions = sticky_actions(12, 4, mean_repeat=3, seed=1)
+    plain = rollout(WorldModelVecEnv(world, num_envs=4, device="cpu"), [1, 2, 3, 4], actions)
+    spec_env = WorldModelVecEnv(world, num_envs=4, device="cpu", speculation_depth=2, async_speculation=async_speculation)
+    speculative = rollout(spec_env, [1, 2, 3, 4], actions)
+    stats = spec_env.speculation_stats
+    assert stats["accepted"] > 0 and stats["rejected"] > 0
+    assert np.abs(speculative.astype(int) - plain.astype(int)).max() <= 1
+    assert np.mean(speculative == plain) > 0.999
+    spec_env.core.wait()
+    assert all(len(queue) == 2 for queue in spec_env.core.queues)  # speculation never holds more than its depth
+
+
+def test_observations_are_not_aliased_and_torch_output_stays_on_device():
+    env = WorldModelVecEnv(make_tiny_world(), num_envs=2, device="cpu")
+    first, _ = env.reset(seed=0)
+    keep = first.copy()
+    env.step(np.array([1, 1]))
+    assert np.array_equal(first, keep)
+    torch_env = WorldModelVecEnv(make_tiny_world(), num_envs=2, device="cpu", output="torch")
+    obs, _ = torch_env.reset(seed=0)
+    assert isinstance(obs, torch.Tensor) and obs.dtype == torch.uint8
+
+
+def test_user_prompt_starts_the_episode_from_it():
+    env = WorldModelVecEnv(make_tiny_world(), num_envs=2, device="cpu")
+    frames = np.full((2, 16, 16, 3), 77, dtype=np.uint8)
+    obs, _ = env.reset(seed=0, options={"prompt": {"frames": frames, "actions": np.array([0, 1])}})
+    assert (obs == 77).all()
+    with pytest.raises(ValueError, match="prompt frames"):
+        env.reset(options={"prompt": {"frames": np.zeros((2, 8, 8, 3), np.uint8)}})
+
+
+def test_long_rollout_keeps_memory_bounded_and_finite():
+    world = make_tiny_world(sampler_steps=1)
+    world.dit.blocks = world.dit.blocks[:1]  # one layer: the test is about memory over 10,000 steps, not depth
+    world.dit.config.depth = 1
+    env = WorldModelVecEnv(world, num_envs=1, device="cpu")
+    env.reset(seed=0)
+    cache = env.core.cache
+    pointers = [k.data_ptr() for k in cache.keys]
+    actions = sticky_actions(10_000, 1, seed=3)
+    for a in actions:
+        obs, rewards, *_ = env.step(a)
+    assert [k.data_ptr() for k in cache.keys] == pointers
+    assert env.core.positions[0] == 10_000 + 1
+    assert np.isfinite(rewards).all() and obs.dtype == np.uint8
+    assert all(torch.isfinite(k).all() for k in cache.keys)
+
+
+def test_record_episode_statistics_and_video(tmp_path):
+    from gymnasium.wrappers.vector import RecordEpisodeStatistics
+
+    env = RecordEpisodeStatistics(WorldModelVecEnv(make_tiny_world(), num_envs=2, device="cpu", max_episode_steps=3))
+    env.reset(seed=0)
+    episodes = []
+    for _ in range(4):
+        _, _, _, _, infos = env.step(np.array([0, 1]))
+        if "episode" in infos:
+            episodes.append(infos["episode"]["l"][infos["_episode"]])
+    assert episodes and episodes[0].tolist() == [3, 3]
+
+    from world_env.recording import record_video
+
+    single = WorldModelEnv(make_tiny_world(), device="cpu", render_mode="rgb_array")
+    path = record_video(single, tmp_path / "dream.gif", steps=5, seed=0)
+    import imageio.v3 as iio
+
+    assert iio.imread(path, index=None).shape[0] == 6

@@ -1,0 +1,179 @@
+"""The batched dream: B rows of the learned simulator stepping together, with speculative rollouts.
+
+`DreamCore` owns the model, one KV cache row per environment and each row's state (noise seed, frame position,
+speculated frames). It knows nothing of Gymnasium; `world_env.env` wraps it in the Gymnasium contract.
+
+Speculation (NFD's speculative sampling, generalised to a batch): after every step each row generates the next
+`speculation_depth` frames assuming its action repeats, one batched pass per depth across all rows that need one.
+At the next step a row whose action equals the speculated one takes its stored frame; the others roll their cache
+back to the last accepted frame, drop their speculation and are generated fresh, together. Noise depends only on
+(row seed, frame position), so an accepted speculated frame is the frame plain stepping would have produced.
+With `async_speculation` the speculative passes run in a background thread while the caller chooses its actions.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from generator.codec import float_to_frames
+from generator.sampler import commit_frames, frame_noise, generate_frames, mix_seed
+
+
+@dataclass
+class Speculated:
+    action: torch.Tensor  # the repeated action it assumed
+    frame: torch.Tensor  # (H, W, 3) uint8
+    reward: float
+    termination_logit: float
+
+
+class DreamCore:
+    """Rows of dream environments sharing one model and one batched KV cache."""
+
+    def __init__(
+        self,
+        world,
+        num_envs: int,
+        sampler_steps: int | None = None,
+        speculation_depth: int = 0,
+        async_speculation: bool = False,
+    ):
+        if speculation_depth < 0:
+            raise ValueError(f"speculation_depth must be >= 0, got {speculation_depth}")
+        self.world = world
+        self.num_envs = num_envs
+        self.sampler_steps = int(sampler_steps or world.sampling.sampler_steps)
+        self.speculation_depth = speculation_depth
+        self.async_speculation = async_speculation
+        self.device = world.device
+        self.cache = world.dit.new_cache(num_envs, speculation_depth)
+        self.latent_shape = tuple(world.codec.latent_shape)
+        self.row_seeds = [0] * num_envs  # noise seed of each row's current episode
+        self.positions = np.full(num_envs, -1, dtype=np.int64)  # position of each row's last accepted frame
+        self.queues: list[list[Speculated]] = [[] for _ in range(num_envs)]
+        self.last_actions: list[torch.Tensor | None] = [None] * num_envs
+        self.stats = {"accepted": 0, "rejected": 0, "generated": 0, "speculated": 0}
+        self._worker: threading.Thread | None = None
+        self._worker_error: BaseException | None = None
+
+    # -- episodes --------------------------------------------------------------------------------------------
+
+    def reset_rows(self, rows: list[int], seeds: list[int], prompts: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Start new episodes in `rows` from real prompt clips; returns each row's last prompt frame (uint8).
+
+        prompts: frames `(R, P, H, W, 3)` uint8, actions `(R, P, ...)`, has_action `(R, P)` bool.
+        """
+        self.wait()
+        index = torch.tensor(rows, device=self.device)
+        self.cache.reset_rows(index)
+        p = prompts["frames"].shape[1]
+        for row, seed in zip(rows, seeds):
+            self.row_seeds[row] = int(seed)
+            self.queues[row] = []
+            self.last_actions[row] = None
+            self.positions[row] = p - 1
+        latents = self.world.codec.encode(prompts["frames"].to(self.device))  # (R, P, C, h, w)
+        positions = torch.arange(p, device=self.device)[None].repeat(len(rows), 1)
+        noise = torch.stack(
+            [frame_noise(seeds, [i] * len(rows), self.latent_shape, self.device)[:, 1] for i in range(p)], dim=1
+        )
+        commit_frames(
+            self.world.dit, self.cache, index, latents, prompts["actions"].to(self.device), positions, noise,
+            self.world.sampling.context_noise, prompts["has_action"].to(self.device),
+        )
+        return prompts["frames"][:, -1].to(self.device)
+
+    # -- stepping --------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def step(self, rows: list[int], actions: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Advance `rows` by one frame under `actions` `(R, ...)` (already validated, on this device).
+
+        Returns frames `(R, H, W, 3)` uint8, reward `(R,)`, termination_logit `(R,)`, accepted `(R,)` bool.
+        """
+        self.wait()
+        r = len(rows)
+        frames = [None] * r
+        rewards = torch.zeros(r)
+        logits = torch.zeros(r)
+        accepted = torch.zeros(r, dtype=torch.bool)
+        fresh = []
+        for i, row in enumerate(rows):
+            queue = self.queues[row]
+            if queue and torch.equal(queue[0].action, actions[i]):
+                spec = queue.pop(0)
+                frames[i], rewards[i], logits[i], accepted[i] = spec.frame, spec.reward, spec.termination_logit, True
+                self.stats["accepted"] += 1
+            else:
+                if queue:
+                    self.stats["rejected"] += 1
+                    last = torch.tensor([self.positions[row]], device=self.device)
+                    self.cache.truncate(torch.tensor([row], device=self.device), last)
+                    self.queues[row] = []
+                fresh.append(i)
+        if fresh:
+            fresh_rows = [rows[i] for i in fresh]
+            out = self._advance(fresh_rows, actions[fresh], [int(self.positions[row]) + 1 for row in fresh_rows])
+            for j, i in enumerate(fresh):
+                frames[i], rewards[i], logits[i] = out["frames"][j], out["reward"][j], out["termination_logit"][j]
+            self.stats["generated"] += len(fresh)
+        for i, row in enumerate(rows):
+            self.positions[row] += 1
+            self.last_actions[row] = actions[i]
+        if self.speculation_depth:
+            if self.async_speculation:
+                self._worker = threading.Thread(target=self._speculate_safely, args=(list(rows),), daemon=True)
+                self._worker.start()
+            else:
+                self._speculate(rows)
+        return {"frames": torch.stack(frames), "reward": rewards, "termination_logit": logits, "accepted": accepted}
+
+    def _advance(self, rows: list[int], actions: torch.Tensor, positions: list[int]) -> dict:
+        """Generate and commit one frame for each of `rows` at `positions`, batched."""
+        dit, sampling = self.world.dit, self.world.sampling
+        index = torch.tensor(rows, device=self.device)
+        pos = torch.tensor(positions, device=self.device)
+        noise = frame_noise([self.row_seeds[row] for row in rows], positions, self.latent_shape, self.device)
+        x = generate_frames(dit, self.cache, index, actions, pos, noise[:, 0], self.sampler_steps, sampling.shift)
+        reward, logit = commit_frames(
+            dit, self.cache, index, x[:, None], actions[:, None], pos[:, None], noise[:, 1, None], sampling.context_noise
+        )
+        frames = float_to_frames(self.world.codec.decode(x))  # (R, H, W, 3) uint8
+        return {"frames": frames, "reward": reward[:, 0].cpu(), "termination_logit": logit[:, 0].cpu()}
+
+    @torch.no_grad()
+    def _speculate(self, rows: list[int]) -> None:
+        """Fill each row's queue to `speculation_depth` frames assuming its last action repeats, depth by depth."""
+        while True:
+            need = [row for row in rows if len(self.queues[row]) < self.speculation_depth]
+            if not need:
+                return
+            actions = torch.stack([self.last_actions[row] for row in need])
+            positions = [int(self.positions[row]) + len(self.queues[row]) + 1 for row in need]
+            out = self._advance(need, actions, positions)
+            for j, row in enumerate(need):
+                self.queues[row].append(
+                    Speculated(actions[j], out["frames"][j], float(out["reward"][j]), float(out["termination_logit"][j]))
+                )
+            self.stats["speculated"] += len(need)
+
+    def _speculate_safely(self, rows: list[int]) -> None:
+        try:
+            self._speculate(rows)
+        except BaseException as err:  # surfaced on the caller's thread by wait()
+            self._worker_error = err
+
+    def wait(self) -> None:
+        """Block until background speculation is done (re-raising its error, if any)."""
+        if self._worker is not None:
+            self._worker.join()
+            self._worker = None
+        if self._worker_error is not None:
+            err, self._worker_error = self._worker_error, None
+            raise RuntimeError("background speculation failed") from err
+
+    def episode_seed(self, base_seed: int, episode: int) -> int:
+        return mix_seed(base_seed, episode)
