@@ -67,6 +67,15 @@ def open_loop_rollout(
     }
 
 
+def mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Mean squared error between uint8 frames `(..., H, W, 3)` in 8-bit units, one value per frame `(...)`."""
+    return ((a.float() - b.float()) ** 2).mean(dim=(-3, -2, -1))
+
+
+def psnr_from_mse(value: torch.Tensor | float) -> torch.Tensor:
+    return 10 * torch.log10(255.0**2 / torch.as_tensor(value).clamp_min(1e-10))
+
+
 def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """PSNR in dB between uint8 frames `(..., H, W, 3)`, one value per frame `(...)`; capped at 100 dB."""
     mse = ((a.float() - b.float()) ** 2).mean(dim=(-3, -2, -1))
@@ -85,9 +94,11 @@ def evaluate_open_loop(
     seed: int = 0,
     progress: bool = False,
 ) -> dict:
-    """Mean PSNR per horizon (1..horizon) of open-loop rollouts on `dataset` windows, and copy-last-frame's.
+    """PSNR per horizon (1..horizon) of open-loop rollouts on `dataset` windows, and copy-last-frame's.
 
-    `dataset` yields windows of at least `context_frames + horizon` steps (`generator.data.EpisodeDataset`);
+    `psnr` is the PSNR of the mean squared error over all evaluated frames at that horizon (well defined even when
+    a real frame repeats exactly, where copy-last-frame's per-frame PSNR is infinite); `psnr_frame_mean` is the
+    mean of per-frame PSNRs capped at 100 dB. `dataset` yields windows of at least `context_frames + horizon` steps (`generator.data.EpisodeDataset`);
     `windows` of them, evenly spaced over the dataset, are used; padding frames are excluded.
     """
     from tqdm.auto import tqdm
@@ -95,8 +106,8 @@ def evaluate_open_loop(
     length = context_frames + horizon
     total = len(dataset)
     chosen = sorted({int(i * total / windows) for i in range(min(windows, total))})
-    model_sum = torch.zeros(horizon)
-    copy_sum = torch.zeros(horizon)
+    model_sum, copy_sum = torch.zeros(horizon), torch.zeros(horizon)  # summed MSE
+    model_psnr_sum, copy_psnr_sum = torch.zeros(horizon), torch.zeros(horizon)
     count = torch.zeros(horizon)
     for start in tqdm(range(0, len(chosen), batch_size), disable=not progress, desc="open-loop eval"):
         items = [dataset[i] for i in chosen[start : start + batch_size]]
@@ -119,14 +130,18 @@ def evaluate_open_loop(
         real = frames[:, context_frames:]
         last = frames[:, context_frames - 1 : context_frames].expand_as(real)
         mask = valid[:, context_frames:].float() * valid[:, context_frames - 1 : context_frames].float()
-        model_sum += (psnr(out["frames"], real) * mask).sum(0)
-        copy_sum += (psnr(last, real) * mask).sum(0)
+        model_sum += (mse(out["frames"], real) * mask).sum(0)
+        copy_sum += (mse(last, real) * mask).sum(0)
+        model_psnr_sum += (psnr(out["frames"], real) * mask).sum(0)
+        copy_psnr_sum += (psnr(last, real) * mask).sum(0)
         count += mask.sum(0)
     count = count.clamp_min(1)
     return {
         "horizons": list(range(1, horizon + 1)),
-        "psnr": (model_sum / count).tolist(),
-        "copy_last_psnr": (copy_sum / count).tolist(),
+        "psnr": psnr_from_mse(model_sum / count).tolist(),
+        "copy_last_psnr": psnr_from_mse(copy_sum / count).tolist(),
+        "psnr_frame_mean": (model_psnr_sum / count).tolist(),
+        "copy_last_psnr_frame_mean": (copy_psnr_sum / count).tolist(),
         "windows": len(chosen),
         "context_frames": context_frames,
         "sampler_steps": sampler_steps or world.sampling.sampler_steps,
