@@ -24,15 +24,38 @@ class SB3DreamVecEnv(VecEnv):
         self.dream = WorldModelVecEnv(checkpoint, num_envs=num_envs, **kwargs)
         super().__init__(num_envs, self.dream.single_observation_space, self.dream.single_action_space)
         self._actions: np.ndarray | None = None
+        # `get_images` always works, so rgb_array rendering does too; VecVideoRecorder reads `render_fps` here.
         self.render_mode = "rgb_array"
+        self.metadata = {"render_modes": ["human", "rgb_array"], "render_fps": self.dream.metadata["render_fps"]}
 
     def reset(self) -> np.ndarray:
+        """Reset every env with the seeds of `seed()` and the options of `set_options()` (both used once)."""
         seeds = [s for s in self._seeds] if any(s is not None for s in self._seeds) else None
         if seeds is not None:
             seeds = [int(s) if s is not None else int(np.random.randint(2**31)) for s in seeds]
-        obs, _ = self.dream.reset(seed=seeds)
+        obs, _ = self.dream.reset(seed=seeds, options=self._dream_options())
         self._reset_seeds()
+        self._reset_options()
         return obs
+
+    def _dream_options(self) -> dict | None:
+        """SB3 keeps one options dict per env; the dream takes one batch: stack per-env prompt clips."""
+        if not any(self._options):
+            return None
+        keys = {key for options in self._options for key in options}
+        if keys != {"prompt"} or not all(self._options):
+            raise ValueError(
+                f"SB3DreamVecEnv.set_options takes {{'prompt': {{'frames': ..., 'actions': ...}}}} for every env; "
+                f"got keys {sorted(keys)}"
+            )
+        prompts = [options["prompt"] for options in self._options]
+        batch = {"frames": np.stack([np.asarray(prompt["frames"]) for prompt in prompts])}  # (N, P, H, W, 3)
+        with_actions = ["actions" in prompt for prompt in prompts]
+        if any(with_actions) and not all(with_actions):
+            raise ValueError("give prompt 'actions' for every env or for none")
+        if all(with_actions):
+            batch["actions"] = np.stack([np.asarray(prompt["actions"]) for prompt in prompts])  # (N, P, ...)
+        return {"prompt": batch}
 
     def step_async(self, actions: np.ndarray) -> None:
         actions = np.asarray(actions)
