@@ -1,0 +1,115 @@
+"""The benchmark library on the tiny config: a handful of steps, valid JSON and Markdown, honest bookkeeping."""
+import json
+
+import gymnasium
+import numpy as np
+import torch
+
+from generator.data import EpisodeDataset, EpisodeWriter
+from world_env.bench import (
+    BenchSettings,
+    add_gains,
+    mean_run_length,
+    recorded_actions,
+    run_benchmark,
+    sticky_actions,
+    to_markdown,
+    write_results,
+)
+
+CRAFTER_SPACE = gymnasium.spaces.Discrete(17)
+
+
+def write_dataset(root, lengths=(5, 7)):
+    writer = EpisodeWriter(root, game="synthetic", frame_size=(8, 8), action_space=CRAFTER_SPACE, fps=15,
+                           policy={"name": "test"})
+    for k, length in enumerate(lengths):
+        actions = (np.arange(length + 1) + 100 * k) % 17
+        actions[0] = 0
+        writer.write({
+            "frames": np.zeros((length + 1, 8, 8, 3), np.uint8), "actions": actions.astype(np.int64),
+            "rewards": np.zeros(length + 1, np.float32), "terminated": np.eye(1, length + 1, length, dtype=bool)[0],
+            "truncated": np.zeros(length + 1, bool),
+        })
+    return root
+
+
+def test_recorded_actions_play_real_episodes_in_order(tmp_path):
+    dataset = EpisodeDataset(write_dataset(tmp_path / "data"), window=None)
+    first = [dataset.episode(k)["actions"][1:].numpy() for k in range(2)]
+    actions = recorded_actions(dataset, num_envs=3, length=9)  # (9, 3)
+    assert actions.shape == (9, 3)
+    np.testing.assert_array_equal(actions[:, 0], np.concatenate([first[0], first[1]])[:9])
+    np.testing.assert_array_equal(actions[:, 1], np.concatenate([first[1], first[0]])[:9])
+    np.testing.assert_array_equal(actions[:, 2], actions[:, 0])  # env 2 starts again at episode 0
+
+
+def test_sticky_actions_repeat_and_differ_from_the_collector_stream():
+    actions = sticky_actions(CRAFTER_SPACE, num_envs=4, length=2000, mean_repeat=4.0, seed=0)
+    assert actions.shape == (2000, 4) and actions.dtype == np.int64
+    # a new draw can repeat the old action (1/17), so runs are a little longer than the mean repeat
+    assert 3.6 < mean_run_length(actions) < 4.9
+    np.testing.assert_array_equal(actions, sticky_actions(CRAFTER_SPACE, 4, 2000, 4.0, seed=0))
+    from world_env.collect import StickyPolicy
+
+    collector = StickyPolicy(CRAFTER_SPACE, 1)
+    collector.reset(0, 0)  # the collector's episode 0 with --seed 0
+    assert not np.array_equal(np.stack([collector.act(np.zeros((1, 1)))[0] for _ in range(50)]), actions[:50, 0])
+
+
+def test_gain_is_over_the_plain_row_of_the_same_case():
+    rows = [
+        {"num_envs": 2, "sampler_steps": 1, "agent_ms": 0.0, "speculation": "off", "env_steps_per_s": 10.0},
+        {"num_envs": 2, "sampler_steps": 1, "agent_ms": 0.0, "speculation": "async", "env_steps_per_s": 15.0},
+        {"num_envs": 2, "sampler_steps": 1, "agent_ms": 5.0, "speculation": "sync", "env_steps_per_s": 15.0},
+    ]
+    add_gains(rows)
+    assert [r["gain"] for r in rows] == [1.0, 1.5, None]
+
+
+def test_tiny_benchmark_writes_json_and_markdown(tmp_path):
+    data = write_dataset(tmp_path / "data")
+    settings = BenchSettings(
+        model_config="tiny", num_envs=(1, 2), sampler_steps=(1, 2, 1), dataset=str(data), agent_ms=(0.0, 2.0),
+        warmup=2, steps=2, game="gym:CartPole-v1", game_steps=5, threads=1,
+    )
+    threads = torch.get_num_threads()
+    results = run_benchmark(settings, log=lambda line: None)
+    assert torch.get_num_threads() == threads
+    write_results(results, tmp_path / "out" / "bench.json", tmp_path / "out" / "bench.md")
+
+    loaded = json.loads((tmp_path / "out" / "bench.json").read_text())
+    assert set(loaded) == {"meta", "model", "settings", "dream", "skipped", "real_game", "notes"}
+    for key in ("date", "command", "device", "cpu", "torch", "torch_threads", "load_avg_start", "load_avg_end"):
+        assert key in loaded["meta"]
+    assert loaded["model"]["config"] == "tiny" and loaded["settings"]["sampler_steps_resolved"] == [1, 2]
+    # 2 envs x 2 sampler steps x 2 agent times x (plain + 2 streams x {sync, async})
+    assert len(loaded["dream"]) == 2 * 2 * 2 * 5 and not loaded["skipped"]
+    for row in loaded["dream"]:
+        assert row["steps"] == 2 and row["env_steps_per_s"] > 0 and row["gain"] > 0
+        assert row["step_ms"]["p50"] <= row["step_ms"]["p95"] + 1e-9
+        assert row["resets"] == 0
+        if row["speculation"] == "off":
+            assert row["acceptance_rate"] is None and row["frames_per_env_step"] == 1.0
+        else:
+            assert 0.0 <= row["acceptance_rate"] <= 1.0
+            assert row["frames_per_env_step"] >= 1.0  # every row tops its speculation queue back up
+    assert {r["stream"] for r in loaded["dream"] if r["speculation"] != "off"} == {"sticky", "recorded"}
+    game = loaded["real_game"]
+    assert game["steps"] == 5 and game["steps_per_s_including_resets"] <= game["steps_per_s_excluding_resets"]
+
+    markdown = (tmp_path / "out" / "bench.md").read_text()
+    assert markdown == to_markdown(loaded)
+    assert "| stream | envs | sampler steps |" in markdown and "env-steps/s" in markdown
+    assert markdown.count("\n| ") == 1 + len(loaded["dream"])  # header + one line per case
+    assert "gym:CartPole-v1" in markdown
+
+
+def test_recorded_stream_is_skipped_with_a_note_without_a_dataset(tmp_path):
+    settings = BenchSettings(model_config="tiny", num_envs=(1,), sampler_steps=(None,), speculation=("async",),
+                             agent_ms=(0.0,), warmup=1, steps=2, game=None, threads=1)
+    results = run_benchmark(settings, log=lambda line: None)
+    assert [r["speculation"] for r in results["dream"]] == ["async"]  # plain ran as the baseline only
+    assert results["dream"][0]["sampler_steps"] == results["model"]["default_sampler_steps"] == 8
+    assert results["dream"][0]["gain"] > 0 and results["real_game"] is None
+    assert any("recorded stream skipped" in note for note in results["notes"])

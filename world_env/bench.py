@@ -1,0 +1,594 @@
+"""Benchmark of the dream env: `WorldModelVecEnv.step` throughput and latency, against the real game's speed.
+
+`run_benchmark(BenchSettings(...))` times, for every combination of `num_envs` x `sampler_steps` x agent think
+time, plain stepping and then speculative stepping (sync and async) on each action stream:
+
+- ``sticky``: sticky-random actions (`world_env.collect.StickyPolicy`, mean repeat 4), the collector's own policy;
+- ``recorded``: the actions of real recorded episodes, in order (`--dataset`); env i starts at episode i.
+
+Each case builds a fresh env, resets it, runs `warmup` steps, waits for pending background speculation, then
+times `steps` loop iterations of ``agent think; env.step(actions)`` (the last iteration also waits for the
+speculation it started, so the window holds exactly `steps` steps of work). Actions are drawn before timing.
+env-steps/s is ``num_envs * steps / loop time`` (agent think time included: with async speculation the env works
+while the agent thinks, so only the whole loop is a fair measure); latency is the time of the `env.step` call alone.
+Plain stepping costs the same whatever the actions, so it is measured once per (num_envs, sampler_steps, agent
+time), and every speculative case's gain is its env-steps/s over that baseline's.
+
+The real game (`make_game`) is stepped in the same run with the same sticky stream, timed without and with its
+resets. Results come back as one dict (`to_markdown` renders it); `write_results` writes JSON + Markdown.
+
+Random-weight models (`model_config="tiny"|"small"|"base"|"paper"`) time exactly like trained ones of the same
+config: the work per step does not depend on the weights. Their termination head is biased off so no episode
+ends inside a timed window (a trained checkpoint's resets are counted instead).
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import gymnasium
+import numpy as np
+import torch
+from torch import nn
+
+from generator.codec import CodecConfig, build_codec
+from generator.data import EpisodeDataset, space_from_json, space_to_json
+from generator.model import DiT, dit_config
+from generator.pretrained import SamplingConfig, WorldModel, WorldModelInfo
+from generator.sampler import mix_seed
+from world_env.collect import StickyPolicy
+from world_env.env import WorldModelVecEnv
+
+CRAFTER_ACTIONS = {"type": "Discrete", "n": 17, "start": 0}
+SPECULATION_MODES = ("off", "sync", "async")
+STREAMS = ("sticky", "recorded")
+AGENT_KINDS = ("sleep", "cnn")
+STICKY_STREAM = 0xBE4C
+# Frame size and codec of each random-weight config. `tiny` keeps its preset's 16x16 latent (pixels, so 16x16
+# frames); `paper` is NFD-310M's 384x224 through an untrained 8x KL autoencoder to its (16, 28, 48) latent.
+MODEL_FRAMES: dict[str, CodecConfig] = {
+    "tiny": CodecConfig(kind="pixels", frame_size=(16, 16)),
+    "small": CodecConfig(kind="pixels", frame_size=(64, 64)),
+    "base": CodecConfig(kind="pixels", frame_size=(64, 64)),
+    "paper": CodecConfig(kind="kl", frame_size=(224, 384), latent_channels=16, downsample=8,
+                         channels=(64, 128, 128, 256)),
+}
+
+
+@dataclass
+class BenchSettings:
+    """What to measure. Tuple fields are the grid; every combination is one case (see the module docstring)."""
+
+    model_config: str = "small"  # random-weight size preset, used when `checkpoint` is None
+    checkpoint: str | None = None  # a WorldModel folder; its prompt clips start the episodes
+    device: str = "cpu"
+    num_envs: tuple[int, ...] = (1, 16, 64)
+    sampler_steps: tuple[int | None, ...] = (None, 1, 4)  # None: the model's default
+    speculation: tuple[str, ...] = SPECULATION_MODES
+    speculation_depth: int = 2
+    streams: tuple[str, ...] = STREAMS
+    dataset: str | None = None  # episode dataset for the "recorded" stream (skipped when None)
+    agent_ms: tuple[float, ...] = (0.0, 20.0)  # agent think time between steps
+    agent_kind: str = "sleep"  # "sleep" (agent on another device) or "cnn" (Nature-CNN forwards on this CPU)
+    mean_repeat: float = 4.0
+    warmup: int = 3
+    steps: int = 20
+    max_case_s: float | None = None  # stop a case's timed loop early after this long (>= 2 timed steps)
+    budget_s: float | None = None  # skip the remaining dream cases once this much time went by
+    game: str | None = "crafter"  # real game timed in the same run (None: skip)
+    game_steps: int = 1000
+    threads: int | None = 2  # torch.set_num_threads; None leaves torch's default
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("num_envs", "sampler_steps", "speculation", "streams", "agent_ms"):
+            setattr(self, name, tuple(getattr(self, name)))
+        if self.checkpoint is None and self.model_config not in MODEL_FRAMES:
+            raise ValueError(f"model_config must be one of {sorted(MODEL_FRAMES)}, got {self.model_config!r}")
+        if bad := [m for m in self.speculation if m not in SPECULATION_MODES]:
+            raise ValueError(f"speculation modes must be among {SPECULATION_MODES}, got {bad}")
+        if bad := [s for s in self.streams if s not in STREAMS]:
+            raise ValueError(f"streams must be among {STREAMS}, got {bad}")
+        if self.agent_kind not in AGENT_KINDS:
+            raise ValueError(f"agent_kind must be one of {AGENT_KINDS}, got {self.agent_kind!r}")
+        if not self.num_envs or min(self.num_envs) < 1:
+            raise ValueError(f"num_envs must be positive, got {self.num_envs}")
+        if any(s is not None and s < 1 for s in self.sampler_steps):
+            raise ValueError(f"sampler_steps must be >= 1 (or None for the default), got {self.sampler_steps}")
+        if any(a < 0 for a in self.agent_ms):
+            raise ValueError(f"agent_ms must be >= 0, got {self.agent_ms}")
+        if self.steps < 2 or self.warmup < 0:
+            raise ValueError(f"need steps >= 2 and warmup >= 0, got steps={self.steps}, warmup={self.warmup}")
+        if self.speculation_depth < 1 and set(self.speculation) - {"off"}:
+            raise ValueError("speculation_depth must be >= 1 to measure speculation")
+
+
+def quick_settings(settings: BenchSettings) -> BenchSettings:
+    """A smoke run of the same grid shape: 1-2 envs, default and 1 sampler step, a handful of steps."""
+    return replace(settings, num_envs=(1, 2), sampler_steps=(None, 1), warmup=2, steps=4,
+                   game_steps=min(settings.game_steps, 100))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Model
+
+
+def random_prompts(frame_size: tuple[int, int], action_space: dict, count: int = 8, frames: int = 2,
+                   seed: int = 0) -> dict[str, torch.Tensor]:
+    """`count` prompt clips of `frames` random frames with random actions, in the checkpoint prompt-bank format."""
+    g = torch.Generator().manual_seed(seed)
+    space = space_from_json(action_space)
+    space.seed(seed)
+    actions = np.stack([np.stack([np.asarray(space.sample()) for _ in range(frames)]) for _ in range(count)])
+    return {
+        "frames": torch.randint(0, 256, (count, frames, *frame_size, 3), generator=g, dtype=torch.uint8),
+        "actions": torch.from_numpy(actions),  # (count, frames, ...)
+        "has_action": torch.arange(frames)[None].repeat(count, 1) > 0,  # no action led to a clip's first frame
+    }
+
+
+def random_world(model_config: str, action_space: dict = CRAFTER_ACTIONS, seed: int = 0) -> WorldModel:
+    """A random-weight WorldModel of a named size with random prompt clips (as `tests/tiny_world.py` builds one).
+
+    Weights are drawn small and dense (no zero adaLN-Zero layers) and the termination logit is fixed at -20, so
+    episodes never end and every layer does its full work.
+    """
+    codec_config = MODEL_FRAMES[model_config]
+    codec = build_codec(codec_config)
+    c, h, w = codec.latent_shape
+    dit = DiT(dit_config(model_config, latent_channels=c, latent_size=(h, w), action_space=action_space))
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for p in dit.parameters():
+            p.normal_(0, 0.02)
+        dit.outcome_head[-1].weight[1].zero_()
+        dit.outcome_head[-1].bias[1] = -20.0
+    info = WorldModelInfo(game="crafter", frame_size=codec_config.frame_size, action_space=action_space)
+    prompts = random_prompts(codec_config.frame_size, action_space, seed=seed)
+    return WorldModel(dit, codec, SamplingConfig(), info, prompts).eval()
+
+
+def load_bench_world(settings: BenchSettings) -> tuple[WorldModel, dict]:
+    """The model to time and a description of it for the report."""
+    device = torch.device(settings.device)
+    if settings.checkpoint is not None:
+        world = WorldModel.from_pretrained(settings.checkpoint, device=device)
+        weights = f"checkpoint {settings.checkpoint}"
+        if world.prompts is None:
+            world.prompts = random_prompts(world.info.frame_size, world.info.action_space, seed=settings.seed)
+            weights += " (it holds no prompt clips: random prompt frames)"
+    else:
+        world = random_world(settings.model_config, seed=settings.seed).to(device)
+        weights = "random (step time does not depend on the weights; termination head biased off)"
+    cfg = world.dit.config
+    description = {
+        "config": settings.model_config if settings.checkpoint is None else "checkpoint",
+        "weights": weights,
+        "parameters": world.dit.num_parameters(),
+        "codec": world.codec.config.to_dict(),
+        "codec_parameters": sum(p.numel() for p in world.codec.parameters()),
+        "frame_size": list(world.info.frame_size),
+        "latent_shape": list(world.codec.latent_shape),
+        "tokens_per_frame": cfg.tokens_per_frame,
+        "window_frames": cfg.window_frames,
+        "dim": cfg.dim,
+        "depth": cfg.depth,
+        "heads": cfg.heads,
+        "default_sampler_steps": world.sampling.sampler_steps,
+        "action_space": world.info.action_space,
+        "prompt_frames": int(world.prompts["frames"].shape[1]),
+    }
+    return world, description
+
+
+def kv_cache_bytes(world: WorldModel, num_envs: int, speculation_depth: int) -> int:
+    cfg = world.dit.config
+    slots = cfg.window_frames - 1 + speculation_depth
+    itemsize = world.dit.patch_embed.weight.element_size()
+    return 2 * cfg.depth * num_envs * cfg.heads * slots * cfg.tokens_per_frame * cfg.head_dim * itemsize
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Action streams
+
+
+def sticky_actions(space: gymnasium.Space, num_envs: int, length: int, mean_repeat: float, seed: int) -> np.ndarray:
+    """`(length, num_envs, ...)` sticky-random actions, one `StickyPolicy` stream per env.
+
+    Env i's stream is seeded with `mix_seed(seed, i, STICKY_STREAM)`, not the collector's `seed + i`: a dataset
+    collected with the sticky policy from the same seed would otherwise replay exactly these actions.
+    """
+    policy = StickyPolicy(space, num_envs, mean_repeat)
+    for i in range(num_envs):
+        policy.reset(i, mix_seed(seed, i, STICKY_STREAM))
+    placeholder = np.zeros((num_envs, 1))
+    return np.stack([policy.act(placeholder) for _ in range(length)])
+
+
+def recorded_actions(dataset: EpisodeDataset, num_envs: int, length: int) -> np.ndarray:
+    """`(length, num_envs, ...)` actions of real episodes in order: env i plays episodes i, i+1, ... back to back.
+
+    `actions[0]` of a stored episode is padding (no action led to the reset frame) and is dropped.
+    """
+    if dataset.num_episodes == 0:
+        raise ValueError(f"{dataset.root} holds no episodes")
+    cache: dict[int, np.ndarray] = {}
+
+    def episode_actions(k: int) -> np.ndarray:
+        if k not in cache:
+            cache[k] = dataset.episode(k)["actions"][1:].numpy()
+        return cache[k]
+
+    streams = []
+    for i in range(num_envs):
+        pieces, have, k = [], 0, i
+        while have < length:
+            actions = episode_actions(k % dataset.num_episodes)
+            pieces.append(actions)
+            have += len(actions)
+            k += 1
+        streams.append(np.concatenate(pieces)[:length])
+    return np.stack(streams, axis=1)
+
+
+def mean_run_length(actions: np.ndarray) -> float:
+    """Mean number of consecutive equal actions per env, `actions` `(T, N, ...)`."""
+    changed = (actions[1:] != actions[:-1]).reshape(len(actions) - 1, actions.shape[1], -1).any(axis=2)
+    runs = changed.sum() + actions.shape[1]
+    return float(actions.shape[0] * actions.shape[1] / runs)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Agent think time
+
+
+class NatureCNN(nn.Module):
+    """The Atari/SB3 `CnnPolicy` trunk with policy and value heads: a typical RL agent's forward pass."""
+
+    def __init__(self, actions: int = 17):
+        super().__init__()
+        self.trunk = nn.Sequential(
+            nn.Conv2d(3, 32, 8, stride=4), nn.ReLU(), nn.Conv2d(32, 64, 4, stride=2), nn.ReLU(),
+            nn.Conv2d(64, 64, 3, stride=1), nn.ReLU(), nn.Flatten(), nn.LazyLinear(512), nn.ReLU(),
+        )
+        self.policy, self.value = nn.Linear(512, actions), nn.Linear(512, 1)
+
+    def forward(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.trunk(frames.permute(0, 3, 1, 2).float() / 255.0)  # (N, 512)
+        return self.policy(x), self.value(x)
+
+
+def make_agent(kind: str, think_ms: float) -> Callable[[np.ndarray], None]:
+    """An agent's think step between env steps: sleep `think_ms`, or run CNN forwards on the frames for as long."""
+    if think_ms <= 0:
+        return lambda obs: None
+    if kind == "sleep":
+        return lambda obs: time.sleep(think_ms / 1000.0)
+    network = NatureCNN()
+
+    @torch.no_grad()
+    def think(obs: np.ndarray) -> None:
+        frames = torch.from_numpy(obs)
+        deadline = time.perf_counter() + think_ms / 1000.0
+        network(frames)
+        while time.perf_counter() < deadline:
+            network(frames)
+
+    return think
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Timing
+
+
+def latency_stats(seconds: list[float]) -> dict:
+    ms = np.asarray(seconds) * 1000.0
+    return {"mean": float(ms.mean()), "p50": float(np.percentile(ms, 50)), "p95": float(np.percentile(ms, 95)),
+            "min": float(ms.min()), "max": float(ms.max())}
+
+
+def time_dream_case(world: WorldModel, settings: BenchSettings, num_envs: int, sampler_steps: int, mode: str,
+                    stream: str, actions: np.ndarray, agent_ms: float) -> dict:
+    """Time one case: fresh env, reset, warm-up, then `settings.steps` timed loop iterations."""
+    env = WorldModelVecEnv(
+        world, num_envs=num_envs, device=settings.device, sampler_steps=sampler_steps,
+        speculation_depth=0 if mode == "off" else settings.speculation_depth, async_speculation=mode == "async",
+    )
+    agent = make_agent(settings.agent_kind, agent_ms)
+    try:
+        obs, _ = env.reset(seed=settings.seed)
+        for t in range(settings.warmup):
+            agent(obs)
+            obs, *_ = env.step(actions[t])
+        env.core.wait()
+        before = dict(env.core.stats)
+        step_s, agent_s, resets = [], [], 0
+        started = time.perf_counter()
+        for t in range(settings.warmup, settings.warmup + settings.steps):
+            t0 = time.perf_counter()
+            agent(obs)
+            t1 = time.perf_counter()
+            obs, _, terminated, truncated, _ = env.step(actions[t])
+            step_s.append(time.perf_counter() - t1)
+            agent_s.append(t1 - t0)
+            resets += int(np.sum(terminated | truncated))
+            if settings.max_case_s is not None and len(step_s) >= 2 and time.perf_counter() - started > settings.max_case_s:
+                break
+        env.core.wait()  # the speculation the last step started belongs to this window
+        loop_s = time.perf_counter() - started
+        after = dict(env.core.stats)
+    finally:
+        env.close()
+    counts = {key: after[key] - before[key] for key in after}
+    tried = counts["accepted"] + counts["rejected"]
+    timed = len(step_s)
+    return {
+        "stream": stream,
+        "num_envs": num_envs,
+        "sampler_steps": sampler_steps,
+        "speculation": mode,
+        "speculation_depth": 0 if mode == "off" else settings.speculation_depth,
+        "agent_ms": agent_ms,
+        "agent_kind": settings.agent_kind if agent_ms > 0 else "none",
+        "warmup": settings.warmup,
+        "steps": timed,
+        "seconds": loop_s,
+        "env_steps_per_s": num_envs * timed / loop_s,
+        "step_ms": latency_stats(step_s),
+        "agent_ms_measured": float(np.mean(agent_s) * 1000.0),
+        "acceptance_rate": counts["accepted"] / tried if tried else None,
+        "speculated_fraction": counts["accepted"] / (num_envs * timed),
+        "frames_per_env_step": (counts["generated"] + counts["speculated"]) / (num_envs * timed),
+        "speculation_counts": counts,
+        "resets": resets,
+        "mean_action_run": mean_run_length(actions[settings.warmup: settings.warmup + timed]),
+        "load_avg_after": list(os.getloadavg()),
+    }
+
+
+def time_real_game(name: str, steps: int, mean_repeat: float, seed: int) -> dict:
+    """Step the real game `steps` times with one sticky stream; step time with and without its resets.
+
+    The first reset is not counted; every reset after an episode ends inside the window is.
+    """
+    from world_env.games import make_game
+
+    game = make_game(name)
+    actions = sticky_actions(game.action_space, 1, steps, mean_repeat, seed)[:, 0]
+    try:
+        t0 = time.perf_counter()
+        game.reset(seed=seed)
+        first_reset_s = time.perf_counter() - t0
+        step_s, reset_s = [], []
+        for action in actions:
+            t0 = time.perf_counter()
+            _, _, terminated, truncated, _ = game.step(action)
+            step_s.append(time.perf_counter() - t0)
+            if terminated or truncated:
+                t0 = time.perf_counter()
+                game.reset()
+                reset_s.append(time.perf_counter() - t0)
+    finally:
+        game.close()
+    stepping, resetting = float(np.sum(step_s)), float(np.sum(reset_s))
+    return {
+        "game": name,
+        "steps": steps,
+        "resets": len(reset_s),
+        "steps_per_s_excluding_resets": steps / stepping,
+        "steps_per_s_including_resets": steps / (stepping + resetting),
+        "step_ms": latency_stats(step_s),
+        "reset_ms_mean": float(np.mean(reset_s) * 1000.0) if reset_s else None,
+        "first_reset_ms": first_reset_s * 1000.0,
+        "load_avg_after": list(os.getloadavg()),
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The run
+
+
+def machine_info(settings: BenchSettings) -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    device = torch.device(settings.device)
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv and sys.argv[0] else "",
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu,
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(unset: libgomp default)"),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "platform": platform.platform(),
+        "load_avg_start": list(os.getloadavg()),
+    }
+
+
+def run_benchmark(settings: BenchSettings, log: Callable[[str], None] = print) -> dict:
+    """Run every case of `settings` and return all figures as one JSON-ready dict (torch's thread count is restored)."""
+    threads_before = torch.get_num_threads()
+    if settings.threads is not None:
+        torch.set_num_threads(settings.threads)
+    try:
+        return _run(settings, log)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _run(settings: BenchSettings, log: Callable[[str], None]) -> dict:
+    meta = machine_info(settings)
+    world, model = load_bench_world(settings)
+    space = space_from_json(world.info.action_space)
+    notes = [
+        "env-steps/s = num_envs * timed steps / loop time; the loop includes the agent's think time.",
+        "step latency = time of the WorldModelVecEnv.step call alone.",
+        "plain stepping (speculation off) costs the same for any actions: measured once on the sticky stream, "
+        "it is the baseline of both streams' gains.",
+    ]
+    if settings.checkpoint is None:
+        notes.append("random weights: step time does not depend on the weights, only on the config.")
+    dataset = None
+    streams = list(settings.streams)
+    if "recorded" in streams:
+        if settings.dataset is None:
+            streams.remove("recorded")
+            notes.append("recorded stream skipped: no --dataset given.")
+        else:
+            dataset = EpisodeDataset(settings.dataset, window=None, split="all")
+            if space_to_json(dataset.action_space) != space_to_json(space):
+                raise ValueError(f"dataset {settings.dataset} acts in {dataset.action_space}, the model in {space}")
+            notes.append(f"recorded stream: {dataset.num_episodes} episodes of {settings.dataset} "
+                         f"(policy {dataset.meta.get('policy')}), env i plays episodes i, i+1, ... in order.")
+    sampler_steps = list(dict.fromkeys(s or world.sampling.sampler_steps for s in settings.sampler_steps))
+    modes = [m for m in settings.speculation if m != "off"]
+
+    results, skipped, started = [], [], time.perf_counter()
+    length = settings.warmup + settings.steps
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else None
+    for num_envs in settings.num_envs:
+        stream_actions = {"sticky": sticky_actions(space, num_envs, length, settings.mean_repeat, settings.seed)}
+        if dataset is not None:
+            stream_actions["recorded"] = recorded_actions(dataset, num_envs, length)
+        for steps in sampler_steps:
+            for agent_ms in settings.agent_ms:
+                cases = [("off", "sticky")] if "off" in settings.speculation or modes else []
+                cases += [(mode, stream) for stream in streams for mode in modes]
+                for mode, stream in cases:
+                    case = {"stream": stream, "num_envs": num_envs, "sampler_steps": steps, "speculation": mode,
+                            "agent_ms": agent_ms}
+                    need = kv_cache_bytes(world, num_envs, 0 if mode == "off" else settings.speculation_depth)
+                    if memory is not None and settings.device == "cpu" and need > memory // 2:
+                        skipped.append({**case, "reason": f"KV cache {need / 2**30:.1f} GiB > half the RAM"})
+                        continue
+                    if settings.budget_s is not None and time.perf_counter() - started > settings.budget_s:
+                        skipped.append({**case, "reason": f"time budget of {settings.budget_s:.0f} s spent"})
+                        continue
+                    row = time_dream_case(world, settings, num_envs, steps, mode, stream, stream_actions[stream],
+                                          agent_ms)
+                    if mode == "off" and "off" not in settings.speculation:
+                        row["baseline_only"] = True
+                    results.append(row)
+                    log(format_row(row))
+    add_gains(results)
+    results = [r for r in results if not r.pop("baseline_only", False)]
+
+    real_game = None
+    if settings.game:
+        real_game = time_real_game(settings.game, settings.game_steps, settings.mean_repeat, settings.seed)
+        log(f"real {settings.game}: {real_game['steps_per_s_excluding_resets']:.1f} steps/s excluding resets, "
+            f"{real_game['steps_per_s_including_resets']:.1f} including ({real_game['resets']} resets)")
+    meta["load_avg_end"] = list(os.getloadavg())
+    meta["seconds"] = time.perf_counter() - started
+    settings_dict = asdict(settings)
+    settings_dict["sampler_steps_resolved"] = sampler_steps
+    return {"meta": meta, "model": model, "settings": settings_dict, "dream": results, "skipped": skipped,
+            "real_game": real_game, "notes": notes}
+
+
+def add_gains(rows: list[dict]) -> None:
+    """Set each speculative row's `gain`: its env-steps/s over the plain row of the same envs, steps and agent."""
+    plain = {(r["num_envs"], r["sampler_steps"], r["agent_ms"]): r for r in rows if r["speculation"] == "off"}
+    for row in rows:
+        base = plain.get((row["num_envs"], row["sampler_steps"], row["agent_ms"]))
+        if row["speculation"] == "off":
+            row["gain"] = 1.0
+        else:
+            row["gain"] = row["env_steps_per_s"] / base["env_steps_per_s"] if base else None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Output
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}" if abs(value) < 1000 else f"{value:.0f}"
+    return str(value)
+
+
+def format_row(row: dict) -> str:
+    acceptance = "" if row["acceptance_rate"] is None else f" accept {row['acceptance_rate']:.2f}"
+    return (f"envs {row['num_envs']:>3} steps {row['sampler_steps']} {row['speculation']:>5} {row['stream']:>8} "
+            f"agent {row['agent_ms']:g} ms: {row['env_steps_per_s']:.2f} env-steps/s, step p50 "
+            f"{row['step_ms']['p50']:.1f} ms{acceptance} ({row['steps']} steps, load {row['load_avg_after'][0]:.2f})")
+
+
+DREAM_COLUMNS = ("stream", "envs", "sampler steps", "speculation", "agent ms", "timed steps", "env-steps/s",
+                 "step ms mean", "p50", "p95", "acceptance", "frames/env-step", "gain", "load 1 min")
+
+
+def to_markdown(results: dict) -> str:
+    """The report as Markdown: set-up lines, the dream table, the real game's figures and the notes."""
+    meta, model = results["meta"], results["model"]
+    lines = [
+        f"- date: {meta['date']}; command: `{meta['command']}`",
+        f"- device: {meta['device']} ({meta['device_name']}, {meta['cpu_count']} cores); torch {meta['torch']}, "
+        f"{meta['torch_threads']} threads, OMP_WAIT_POLICY {meta['omp_wait_policy']}",
+        f"- load average (1, 5, 15 min): start {', '.join(f'{x:.2f}' for x in meta['load_avg_start'])}; "
+        f"end {', '.join(f'{x:.2f}' for x in meta['load_avg_end'])}",
+        f"- model: {model['config']}, {model['parameters'] / 1e6:.1f}M parameters, {model['weights']}; frames "
+        f"{model['frame_size'][0]}x{model['frame_size'][1]}, latent {tuple(model['latent_shape'])}, "
+        f"{model['tokens_per_frame']} tokens/frame, window {model['window_frames']} frames, codec "
+        f"{model['codec']['kind']}",
+        "",
+        "| " + " | ".join(DREAM_COLUMNS) + " |",
+        "|" + "---|" * len(DREAM_COLUMNS),
+    ]
+    for r in results["dream"]:
+        stream = "any (sticky)" if r["speculation"] == "off" else r["stream"]
+        mode = r["speculation"] if r["speculation"] == "off" else f"{r['speculation']} d{r['speculation_depth']}"
+        agent = "0" if r["agent_ms"] == 0 else f"{r['agent_ms']:g} {r['agent_kind']}"
+        cells = (stream, r["num_envs"], r["sampler_steps"], mode, agent, r["steps"], _fmt(r["env_steps_per_s"]),
+                 _fmt(r["step_ms"]["mean"], 1), _fmt(r["step_ms"]["p50"], 1), _fmt(r["step_ms"]["p95"], 1),
+                 _fmt(r["acceptance_rate"]), _fmt(r["frames_per_env_step"]), _fmt(r["gain"]),
+                 _fmt(r["load_avg_after"][0]))
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    for s in results["skipped"]:
+        lines.append(f"| {s['stream']} | {s['num_envs']} | {s['sampler_steps']} | {s['speculation']} | "
+                     f"{s['agent_ms']:g} | skipped: {s['reason']} |" + " |" * (len(DREAM_COLUMNS) - 6))
+    game = results["real_game"]
+    if game:
+        lines += [
+            "",
+            f"Real game `{game['game']}` ({game['steps']} sticky-random steps, {game['resets']} resets): "
+            f"**{game['steps_per_s_excluding_resets']:.1f} steps/s excluding resets**, "
+            f"**{game['steps_per_s_including_resets']:.1f} including resets**; step p50 "
+            f"{game['step_ms']['p50']:.2f} ms, p95 {game['step_ms']['p95']:.2f} ms; reset mean "
+            f"{_fmt(game['reset_ms_mean'], 1)} ms.",
+        ]
+    lines += ["", *[f"- {note}" for note in results["notes"]]]
+    return "\n".join(lines) + "\n"
+
+
+def write_results(results: dict, json_path: str | Path, markdown_path: str | Path | None = None) -> None:
+    """Write the figures as JSON and, when `markdown_path` is given, the Markdown report (each atomically)."""
+    outputs = [(Path(json_path), json.dumps(results, indent=2) + "\n")]
+    if markdown_path is not None:
+        outputs.append((Path(markdown_path), to_markdown(results)))
+    for path, text in outputs:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+        tmp.write_text(text)
+        os.replace(tmp, path)
