@@ -1,6 +1,7 @@
 """Crafter (danijar/crafter) as a `Game`: 64x64 RGB frames, 17 discrete actions."""
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import gymnasium
@@ -14,6 +15,35 @@ CRAFTER_ACTIONS = (
     "place_furnace", "place_plant", "make_wood_pickaxe", "make_stone_pickaxe", "make_iron_pickaxe",
     "make_wood_sword", "make_stone_sword", "make_iron_sword",
 )
+
+
+@functools.cache
+def _ordered_crafter_env() -> type:
+    """`crafter.Env` whose creature balancing is reproducible from the seed (built on first use: importing crafter
+    takes half a second).
+
+    Every 10th step crafter 1.8.3 balances each chunk's creatures (``Env._balance_object``), picking the creature to
+    despawn by a random index into a list built from the chunk's Python set, which is ordered by object id (memory
+    address), so the same seed and actions give different worlds in different processes. We hand it the set sorted
+    by each object's index in ``world._objects`` (its insertion order); the random draws are unchanged.
+    """
+    import crafter
+
+    class OrderedCrafterEnv(crafter.Env):
+        def _balance_object(self, chunk, objs, *args, **kwargs):
+            slots = self._world._obj_map  # (W, H): each cell's object index in world._objects, 0 if empty
+            ordered = sorted(objs, key=lambda obj: int(slots[tuple(obj.pos)]))
+            return super()._balance_object(chunk, ordered, *args, **kwargs)
+
+    # Pickled by reference as this module's `OrderedCrafterEnv`, which the module `__getattr__` below resolves.
+    OrderedCrafterEnv.__module__, OrderedCrafterEnv.__qualname__ = __name__, "OrderedCrafterEnv"
+    return OrderedCrafterEnv
+
+
+def __getattr__(name: str) -> Any:
+    if name == "OrderedCrafterEnv":
+        return _ordered_crafter_env()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _fresh_seed() -> int:
@@ -45,8 +75,6 @@ class CrafterGame:
         view: tuple[int, int] = (9, 9),
         fps: int = 5,
     ) -> None:
-        import crafter
-
         self.name = "crafter"
         self.frame_size = check_frame_size(frame_size)
         self.fps = int(fps)
@@ -54,7 +82,7 @@ class CrafterGame:
         self.action_names = CRAFTER_ACTIONS
         height, width = self.frame_size
         # crafter's `size` is (width, height): it draws a (size[0], size[1]) canvas and transposes it.
-        self._env = crafter.Env(
+        self._env = _ordered_crafter_env()(
             area=area, view=view, size=(width, height), reward=reward, length=length,
             seed=_fresh_seed() if seed is None else int(seed),
         )
