@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from generator.codec import float_to_frames
-from generator.sampler import commit_frames, frame_noise, generate_frames, mix_seed
+from generator.sampler import commit_frames, frame_noise, generate_frames
 
 
 @dataclass
@@ -174,6 +174,3 @@ class DreamCore:
         if self._worker_error is not None:
             err, self._worker_error = self._worker_error, None
             raise RuntimeError("background speculation failed") from err
-
-    def episode_seed(self, base_seed: int, episode: int) -> int:
-        return mix_seed(base_seed, episode)
