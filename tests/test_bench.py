@@ -70,7 +70,7 @@ def test_gain_is_over_the_plain_row_of_the_same_case():
 def test_tiny_benchmark_writes_json_and_markdown(tmp_path):
     data = write_dataset(tmp_path / "data")
     settings = BenchSettings(
-        model_config="tiny", num_envs=(1, 2), sampler_steps=(1, 2, 1), dataset=str(data), agent_ms=(0.0, 2.0),
+        model_config="tiny", num_envs=(1, 2), sampler_steps=(1, 1), dataset=str(data), agent_ms=(0.0, 2.0),
         warmup=2, steps=2, game="gym:CartPole-v1", game_steps=5, threads=1,
     )
     threads = torch.get_num_threads()
@@ -79,12 +79,14 @@ def test_tiny_benchmark_writes_json_and_markdown(tmp_path):
     write_results(results, tmp_path / "out" / "bench.json", tmp_path / "out" / "bench.md")
 
     loaded = json.loads((tmp_path / "out" / "bench.json").read_text())
-    assert set(loaded) == {"meta", "model", "settings", "dream", "skipped", "real_game", "notes"}
+    assert set(loaded) == {"meta", "model", "settings", "dream", "skipped", "streams", "real_game", "notes"}
+    assert set(loaded["streams"]) == {"sticky", "recorded"}
+    assert 0.6 < loaded["streams"]["sticky"]["repeat_fraction"] < 0.85  # 3/4 + 1/4 * 1/17 expected
     for key in ("date", "command", "device", "cpu", "torch", "torch_threads", "load_avg_start", "load_avg_end"):
         assert key in loaded["meta"]
-    assert loaded["model"]["config"] == "tiny" and loaded["settings"]["sampler_steps_resolved"] == [1, 2]
-    # 2 envs x 2 sampler steps x 2 agent times x (plain + 2 streams x {sync, async})
-    assert len(loaded["dream"]) == 2 * 2 * 2 * 5 and not loaded["skipped"]
+    assert loaded["model"]["config"] == "tiny" and loaded["settings"]["sampler_steps_resolved"] == [1]
+    # 2 envs x 1 sampler steps x 2 agent times x (plain + 2 streams x {sync, async})
+    assert len(loaded["dream"]) == 2 * 1 * 2 * 5 and not loaded["skipped"]
     for row in loaded["dream"]:
         assert row["steps"] == 2 and row["env_steps_per_s"] > 0 and row["gain"] > 0
         assert row["step_ms"]["p50"] <= row["step_ms"]["p95"] + 1e-9
@@ -102,6 +104,7 @@ def test_tiny_benchmark_writes_json_and_markdown(tmp_path):
     assert markdown == to_markdown(loaded)
     assert "| stream | envs | sampler steps |" in markdown and "env-steps/s" in markdown
     assert markdown.count("\n| ") == 1 + len(loaded["dream"])  # header + one line per case
+    assert "repeat fraction" in markdown
     assert "gym:CartPole-v1" in markdown
 
 

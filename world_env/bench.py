@@ -239,11 +239,28 @@ def recorded_actions(dataset: EpisodeDataset, num_envs: int, length: int) -> np.
     return np.stack(streams, axis=1)
 
 
+def _changes(actions: np.ndarray) -> np.ndarray:
+    return (actions[1:] != actions[:-1]).reshape(len(actions) - 1, actions.shape[1], -1).any(axis=2)  # (T-1, N)
+
+
 def mean_run_length(actions: np.ndarray) -> float:
     """Mean number of consecutive equal actions per env, `actions` `(T, N, ...)`."""
-    changed = (actions[1:] != actions[:-1]).reshape(len(actions) - 1, actions.shape[1], -1).any(axis=2)
-    runs = changed.sum() + actions.shape[1]
+    runs = _changes(actions).sum() + actions.shape[1]
     return float(actions.shape[0] * actions.shape[1] / runs)
+
+
+def repeat_fraction(actions: np.ndarray) -> float:
+    """Fraction of steps whose action equals the env's previous one, `actions` `(T, N, ...)`.
+
+    This is the long-run speculation acceptance rate of the stream: once queues are full, a row's speculation
+    is accepted exactly when its action repeats (the timed windows are too short to pin it down).
+    """
+    return float(1.0 - _changes(actions).mean())
+
+
+def stream_summary(actions: np.ndarray) -> dict:
+    return {"steps": int(actions.shape[0] * actions.shape[1]), "repeat_fraction": repeat_fraction(actions),
+            "mean_action_run": mean_run_length(actions)}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -320,7 +337,8 @@ def time_dream_case(world: WorldModel, settings: BenchSettings, num_envs: int, s
             step_s.append(time.perf_counter() - t1)
             agent_s.append(t1 - t0)
             resets += int(np.sum(terminated | truncated))
-            if settings.max_case_s is not None and len(step_s) >= 2 and time.perf_counter() - started > settings.max_case_s:
+            out_of_time = settings.max_case_s is not None and time.perf_counter() - started > settings.max_case_s
+            if out_of_time and len(step_s) >= 2:
                 break
         env.core.wait()  # the speculation the last step started belongs to this window
         loop_s = time.perf_counter() - started
@@ -459,6 +477,11 @@ def _run(settings: BenchSettings, log: Callable[[str], None]) -> dict:
                 raise ValueError(f"dataset {settings.dataset} acts in {dataset.action_space}, the model in {space}")
             notes.append(f"recorded stream: {dataset.num_episodes} episodes of {settings.dataset} "
                          f"(policy {dataset.meta.get('policy')}), env i plays episodes i, i+1, ... in order.")
+    # Long streams, no model: their repeat fraction is the acceptance rate the short timed windows estimate.
+    summaries = {"sticky": stream_summary(sticky_actions(space, 8, 1000, settings.mean_repeat, settings.seed + 1))}
+    if dataset is not None:
+        length = min(sum(dataset.episode_lengths), 4000)
+        summaries["recorded"] = stream_summary(recorded_actions(dataset, 1, length))
     sampler_steps = list(dict.fromkeys(s or world.sampling.sampler_steps for s in settings.sampler_steps))
     modes = [m for m in settings.speculation if m != "off"]
 
@@ -502,7 +525,7 @@ def _run(settings: BenchSettings, log: Callable[[str], None]) -> dict:
     settings_dict = asdict(settings)
     settings_dict["sampler_steps_resolved"] = sampler_steps
     return {"meta": meta, "model": model, "settings": settings_dict, "dream": results, "skipped": skipped,
-            "real_game": real_game, "notes": notes}
+            "streams": summaries, "real_game": real_game, "notes": notes}
 
 
 def add_gains(rows: list[dict]) -> None:
@@ -568,6 +591,10 @@ def to_markdown(results: dict) -> str:
     for s in results["skipped"]:
         lines.append(f"| {s['stream']} | {s['num_envs']} | {s['sampler_steps']} | {s['speculation']} | "
                      f"{s['agent_ms']:g} | skipped: {s['reason']} |" + " |" * (len(DREAM_COLUMNS) - 6))
+    streams = [f"{name}: repeat fraction {summary['repeat_fraction']:.3f} (= steady-state acceptance), mean run "
+               f"{summary['mean_action_run']:.2f} over {summary['steps']} steps"
+               for name, summary in results["streams"].items()]
+    lines += ["", "Action streams (long-run, no model): " + "; ".join(streams)]
     game = results["real_game"]
     if game:
         lines += [
