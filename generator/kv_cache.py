@@ -57,6 +57,15 @@ class KVCache:
             k, v = k[rows], v[rows]
         return k.flatten(2, 3), v.flatten(2, 3)
 
+    def gather(self, rows: torch.Tensor) -> "KVCache":
+        """A read-only copy holding only `rows` (in that order): gather once, attend to it many times."""
+        view = object.__new__(KVCache)
+        view.keys = [k[rows] for k in self.keys]
+        view.values = [v[rows] for v in self.values]
+        view.positions, view.valid = self.positions[rows], self.valid[rows]
+        view.batch_size, view.slots, view.tokens_per_frame = len(rows), self.slots, self.tokens_per_frame
+        return view
+
     def slot_state(self, rows: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Frame position and validity of every slot, `(R, slots)` each."""
         if rows is None:

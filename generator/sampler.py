@@ -76,6 +76,8 @@ def generate_frames(
     `actions` `(R, ...)` led to the new frames; `positions` `(R,)` are their frame positions.
     """
     times = flow_timesteps(sampler_steps, shift, device=noise.device)
+    if cache is not None and rows is not None and sampler_steps > 1:
+        cache, rows = cache.gather(rows), None  # the cache does not change while this frame is denoised
     x = noise
     ones = torch.ones(noise.shape[0], 1, device=noise.device)
     for s, s_next in zip(times[:-1], times[1:]):

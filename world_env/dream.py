@@ -134,7 +134,8 @@ class DreamCore:
     def _advance(self, rows: list[int], actions: torch.Tensor, positions: list[int]) -> dict:
         """Generate and commit one frame for each of `rows` at `positions`, batched."""
         dit, sampling = self.world.dit, self.world.sampling
-        index = torch.tensor(rows, device=self.device)
+        # All rows in order: attend to the cache in place instead of gathering copies of it.
+        index = None if rows == list(range(self.num_envs)) else torch.tensor(rows, device=self.device)
         pos = torch.tensor(positions, device=self.device)
         noise = frame_noise([self.row_seeds[row] for row in rows], positions, self.latent_shape, self.device)
         x = generate_frames(dit, self.cache, index, actions, pos, noise[:, 0], self.sampler_steps, sampling.shift)
