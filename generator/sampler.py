@@ -2,7 +2,9 @@
 
 One autoregressive step per row is
 1. `generate_frames`: start from that row's noise for this frame and integrate the flow ODE from s=1 to s=0 in
-   `sampler_steps` Euler steps; every step attends to the cached past and to the frame itself, writes nothing;
+   `sampler_steps` Euler steps (`solver="euler"`, flow teachers) or run the few-step consistency sampler
+   (`solver="consistency"`, distilled students: denoise, re-noise to the next time, repeat); every step attends to
+   the cached past and to the frame itself, writes nothing;
 2. `commit_frames`: re-noise the finished latent to the small `context_noise` level (NFD's context-noise
    injection: generated context is trusted a little less), run it once with that level and write its keys/values
    into the cache. This pass also yields the reward and termination of the transition into the frame.
@@ -33,17 +35,24 @@ def mix_seed(*values: int) -> int:
     return state & ((1 << 63) - 1)
 
 
-def frame_noise(seeds: list[int], positions: list[int], shape: tuple[int, ...], device="cpu") -> torch.Tensor:
-    """Noise `(R, 2, *shape)` per row: `[:, 0]` starts the frame's ODE, `[:, 1]` re-noises it at commit.
+def frame_noise(
+    seeds: list[int], positions: list[int], shape: tuple[int, ...], device="cpu", extra: int = 0
+) -> torch.Tensor:
+    """Noise `(R, 2 + extra, *shape)` per row: `[:, 0]` starts the frame's ODE, `[:, 1]` re-noises it at commit,
+    `[:, 2:]` re-noise between the steps of the consistency sampler (`extra = sampler_steps - 1`).
 
-    Row r's noise is drawn from a generator seeded by `(seeds[r], positions[r])` alone.
+    Row r's noise is drawn from a generator seeded by `(seeds[r], positions[r])` alone; `[:, :2]` do not depend on
+    `extra`.
     """
     device = torch.device(device)
     generator = torch.Generator(device=device)
     out = []
     for seed, position in zip(seeds, positions):
         generator.manual_seed(mix_seed(seed, position))
-        out.append(torch.randn((2, *shape), generator=generator, device=device))
+        draws = torch.randn((2, *shape), generator=generator, device=device)
+        if extra:
+            draws = torch.cat([draws, torch.randn((extra, *shape), generator=generator, device=device)])
+        out.append(draws)
     return torch.stack(out)
 
 
@@ -70,11 +79,20 @@ def generate_frames(
     noise: torch.Tensor,
     sampler_steps: int,
     shift: float = 1.0,
+    solver: str = "euler",
+    renoise: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Denoise one new frame per row from `noise` `(R, C, h, w)`; returns clean latents `(R, C, h, w)`.
 
-    `actions` `(R, ...)` led to the new frames; `positions` `(R,)` are their frame positions.
+    `actions` `(R, ...)` led to the new frames; `positions` `(R,)` are their frame positions. `solver` is
+    `SamplingConfig.solver`; the consistency solver with `sampler_steps > 1` needs `renoise`
+    `(R, sampler_steps - 1, C, h, w)` (`frame_noise(..., extra=sampler_steps - 1)[:, 2:]`). With one step both
+    solvers compute `noise - velocity(noise, s=1)`.
     """
+    if solver == "consistency":
+        return consistency_frames(model, cache, rows, actions, positions, noise, sampler_steps, shift, renoise)
+    if solver != "euler":
+        raise ValueError(f"unknown solver {solver!r}; choose 'euler' or 'consistency'")
     times = flow_timesteps(sampler_steps, shift, device=noise.device)
     if cache is not None and rows is not None and sampler_steps > 1:
         cache, rows = cache.gather(rows), None  # the cache does not change while this frame is denoised
@@ -84,6 +102,40 @@ def generate_frames(
         out = model(x[:, None], s * ones, actions[:, None], positions[:, None], cache=cache, rows=rows)
         x = x + (s_next - s) * out.velocity[:, 0]
     return x
+
+
+@torch.no_grad()
+def consistency_frames(
+    model: DiT,
+    cache: KVCache | None,
+    rows: torch.Tensor | None,
+    actions: torch.Tensor,
+    positions: torch.Tensor,
+    noise: torch.Tensor,
+    sampler_steps: int,
+    shift: float = 1.0,
+    renoise: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Few-step consistency sampling (sCM, arXiv 2410.11081, Sec. 2): at each time of
+    `flow_timesteps(sampler_steps, shift)[:-1]` denoise `x0 = x_s - s v(x_s, s)`, then re-noise `x0` to the next time
+    with fresh noise `renoise[:, k]`; returns the last `x0`. Same arguments as `generate_frames`.
+    """
+    times = flow_timesteps(sampler_steps, shift, device=noise.device)[:-1]
+    if sampler_steps > 1 and (renoise is None or renoise.shape[1] < sampler_steps - 1):
+        raise ValueError(
+            f"the consistency solver with {sampler_steps} steps needs renoise (R, {sampler_steps - 1}, C, h, w); "
+            f"draw it with frame_noise(..., extra={sampler_steps - 1})[:, 2:]"
+        )
+    if cache is not None and rows is not None and sampler_steps > 1:
+        cache, rows = cache.gather(rows), None  # the cache does not change while this frame is denoised
+    x = noise
+    ones = torch.ones(noise.shape[0], 1, device=noise.device)
+    for k, s in enumerate(times):
+        out = model(x[:, None], s * ones, actions[:, None], positions[:, None], cache=cache, rows=rows)
+        denoised = x - s * out.velocity[:, 0]
+        if k + 1 < len(times):
+            x = (1 - times[k + 1]) * denoised + times[k + 1] * renoise[:, k]
+    return denoised
 
 
 @torch.no_grad()
