@@ -1,18 +1,22 @@
-"""Collect real-game episodes into an episode dataset (format: docs/data-format.md).
+"""Collect real-game (or dream) episodes into an episode dataset (format: docs/data-format.md).
 
     python scripts/collect.py --game crafter --episodes 100 --out data/crafter --workers 4
+    python scripts/collect.py --source dream --checkpoint runs/teacher/model --episodes 100 --out data/dream
     python scripts/collect.py --game gym:CartPole-v1 --episodes 20 --out data/cartpole --policy random
     python scripts/collect.py --game crafter --episodes 10 --out data/crafter_ppo --policy sb3:runs/ppo/model.zip
 
 Episode j is seeded with --seed + j whatever --workers is. Rerunning with the same --out resumes: it appends until
 --episodes are present. --max-steps caps each episode (default 1000; 0 lets the game end it, which for Crafter
 means death or 10000 steps). sb3:PATH loads a Stable-Baselines3 zip, which contains pickles: only load your own.
+--source dream plays the world model at --checkpoint instead (game, frame size and action space are the model's;
+--workers is the number of dream envs stepping together; see world_env/collect_dream.py).
 """
 import argparse
 import json
 
 from generator.data import EpisodeDataset
 from world_env.collect import collect
+from world_env.collect_dream import collect_dream
 
 DEFAULT_MAX_STEPS = 1000
 
@@ -33,7 +37,10 @@ def parse_frame_size(text: str) -> tuple[int, int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--source", choices=["real"], default="real", help="where episodes come from")
+    parser.add_argument("--source", choices=["real", "dream"], default="real", help="where episodes come from")
+    parser.add_argument("--checkpoint", help="--source dream: the world-model folder to play")
+    parser.add_argument("--device", default="auto", help="--source dream: model device (auto, cpu, cuda)")
+    parser.add_argument("--sampler-steps", type=int, help="--source dream: denoising steps (default: the model's)")
     parser.add_argument("--game", default="crafter", help='"crafter", "gym:<EnvId>" or "minerl:<EnvId>"')
     parser.add_argument("--episodes", type=int, required=True, help="episodes the dataset should hold in total")
     parser.add_argument("--out", required=True, help="dataset folder (created, or resumed)")
@@ -48,11 +55,22 @@ def main() -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args()
 
-    stats = collect(
-        args.game, args.out, args.episodes, policy=args.policy, num_workers=args.workers,
-        frame_size=args.frame_size, seed=args.seed, mean_repeat=args.mean_repeat,
-        max_steps=args.max_steps or None, preview=args.preview, progress=not args.no_progress,
-    )
+    if args.source == "dream":
+        if not args.checkpoint:
+            parser.error("--source dream needs --checkpoint DIR")
+        if not args.max_steps:
+            parser.error("--source dream needs --max-steps >= 1 (a dream may never end on its own)")
+        stats = collect_dream(
+            args.checkpoint, args.out, args.episodes, policy=args.policy, num_envs=args.workers, seed=args.seed,
+            mean_repeat=args.mean_repeat, max_steps=args.max_steps, device=args.device,
+            sampler_steps=args.sampler_steps, preview=args.preview, progress=not args.no_progress,
+        )
+    else:
+        stats = collect(
+            args.game, args.out, args.episodes, policy=args.policy, num_workers=args.workers,
+            frame_size=args.frame_size, seed=args.seed, mean_repeat=args.mean_repeat,
+            max_steps=args.max_steps or None, preview=args.preview, progress=not args.no_progress,
+        )
     print(f"wrote {stats['episodes_written']} episodes, {stats['frames']} frames in {stats['seconds']:.1f} s: "
           f"{stats['frames_per_s']:.1f} frames/s ({args.workers} worker(s))")
     dataset = EpisodeDataset(args.out)
