@@ -1,0 +1,299 @@
+"""PPO agents trained in the dream or in the real game, and their evaluation in the real Crafter game.
+
+Training (`train_agent`): Stable-Baselines3 PPO with a ``CnnPolicy`` on HWC uint8 frames (SB3 transposes them),
+either in the dream (`world_env.sb3.SB3DreamVecEnv` over a world-model checkpoint) or in real Crafter (an SB3
+``SubprocVecEnv``/``DummyVecEnv`` of `GameEnv("crafter")` under a ``TimeLimit``), for a number of env steps.
+Defaults are SB3's PPO defaults, the Crafter paper's PPO baseline (danijar/crafter-baselines runs
+``PPO("CnnPolicy", env)``), with ``n_steps * num_envs = 2048`` steps per update as its single env collects.
+The run folder holds ``config.json``, ``tb/`` (TensorBoard), ``monitor.csv`` (episode returns and lengths),
+``checkpoints/ppo_<steps>_steps.zip`` (SB3 ``CheckpointCallback``), ``model.zip`` and ``train.json``.
+
+**SB3 zips contain pickles: loading one runs code from it. Load only models you trained yourself.**
+
+Evaluation (`evaluate_policy_real`): episodes of the real Crafter game, episode ``j`` reset with seed ``seed + j``,
+scored with the Crafter score (`agents.score`). The uniform-random baseline goes through the same evaluator
+(``policy="random"``); the paper reports 1.6 % for it.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import time
+from collections import deque
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agents.score import CRAFTER_ACHIEVEMENTS, crafter_score, success_rates
+from world_env.collect import RandomPolicy, SB3Policy, StickyPolicy, _policy_rng, make_vector_env
+
+CRAFTER_LENGTH = 10_000  # crafter's own episode limit (CrafterReward-v1's max_episode_steps)
+EVAL_SEED_OFFSET = 1_000_000  # train_agent's final evaluation seeds, away from the training envs' seeds
+
+
+@dataclass
+class AgentConfig:
+    """One PPO run; `scripts/train_agent.py` maps its flags onto these fields."""
+
+    env: str = "dream"  # "dream" (the world model at `checkpoint`) or "real" (Crafter)
+    checkpoint: str | None = None  # world-model folder for env="dream" (None: the model shipped with nextframe)
+    out: str = "runs/agent"
+    steps: int = 1_000_000  # env steps (all envs together)
+    seed: int = 0
+    num_envs: int = 16
+    max_episode_steps: int = CRAFTER_LENGTH
+    # dream
+    device: str = "auto"  # the world model's device
+    sampler_steps: int | None = None
+    speculation_depth: int = 0
+    # real
+    subprocess: bool = True  # SubprocVecEnv (one process per game) rather than DummyVecEnv
+    # PPO
+    n_steps: int = 128  # per env: 128 x 16 envs = 2048, SB3's default rollout
+    batch_size: int = 64
+    n_epochs: int = 10
+    learning_rate: float = 3e-4
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    ent_coef: float = 0.0
+    policy_device: str = "auto"
+    checkpoint_every: int = 100_000  # env steps between CheckpointCallback saves (0: none)
+    eval_episodes: int = 0  # real-Crafter episodes scored after training (0: none)
+    progress: bool = False  # SB3's progress bar (needs `rich`)
+    verbose: int = 1
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Environments
+
+
+def _make_real_env(max_episode_steps: int, frame_size: tuple[int, int]):
+    from gymnasium.wrappers import TimeLimit
+
+    from world_env.games.env import GameEnv
+
+    return TimeLimit(GameEnv("crafter", frame_size=frame_size, length=None), max_episode_steps=max_episode_steps)
+
+
+def make_real_vec_env(num_envs: int, seed: int = 0, max_episode_steps: int = CRAFTER_LENGTH,
+                      subprocess: bool = True, frame_size: tuple[int, int] = (64, 64)):
+    """SB3 ``VecEnv`` of ``num_envs`` real Crafter games (``TimeLimit`` of ``max_episode_steps``), env ``i`` seeded
+    with ``seed + i`` at its first reset (crafter then draws each later world from that seed and the episode count).
+    ``subprocess``: one process per game (``SubprocVecEnv``, forkserver); otherwise ``DummyVecEnv`` in-process."""
+    from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
+
+    make = functools.partial(_make_real_env, int(max_episode_steps), tuple(frame_size))
+    cls = SubprocVecEnv if subprocess and num_envs > 1 else DummyVecEnv
+    env = cls([make] * num_envs)  # no per-env Monitor: `make_train_env` adds one VecMonitor
+    env.seed(seed)  # env i: seed + i, used by the next reset
+    return env
+
+
+def make_train_env(config: AgentConfig):
+    """The run's SB3 ``VecEnv`` (dream or real), under ``VecMonitor`` writing ``out/monitor.csv``."""
+    from stable_baselines3.common.vec_env import VecMonitor
+
+    if config.env == "dream":
+        from world_env.sb3 import SB3DreamVecEnv
+
+        env = SB3DreamVecEnv(config.checkpoint, num_envs=config.num_envs, device=config.device,
+                             sampler_steps=config.sampler_steps, speculation_depth=config.speculation_depth,
+                             max_episode_steps=config.max_episode_steps)
+    elif config.env == "real":
+        env = make_real_vec_env(config.num_envs, config.seed, config.max_episode_steps, config.subprocess)
+    else:
+        raise ValueError(f"env must be 'dream' or 'real', got {config.env!r}")
+    Path(config.out).mkdir(parents=True, exist_ok=True)
+    return VecMonitor(env, filename=str(Path(config.out) / "monitor.csv"), info_keywords=())
+
+
+def _achievements_callback():
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    class CrafterAchievements(BaseCallback):
+        """Logs ``crafter/score`` and ``crafter/success_<name>`` over the last 100 finished real episodes (the dream
+        has no achievement counters; nothing is logged there)."""
+
+        def __init__(self):
+            super().__init__()
+            self.recent: deque = deque(maxlen=100)
+
+        def _on_step(self) -> bool:
+            for done, info in zip(self.locals["dones"], self.locals["infos"]):
+                if done and "achievements" in info:
+                    self.recent.append(dict(info["achievements"]))
+            return True
+
+        def _on_rollout_end(self) -> None:
+            if self.recent:
+                rates = success_rates(self.recent)
+                self.logger.record("crafter/score", crafter_score(rates))
+                for name, rate in rates.items():
+                    self.logger.record(f"crafter/success_{name}", rate)
+
+    return CrafterAchievements()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Training
+
+
+def train_agent(config: AgentConfig) -> dict:
+    """Train PPO for ``config.steps`` env steps; returns (and writes to ``out/train.json``) a summary with the
+    final model's path and, when ``eval_episodes > 0``, its real-Crafter evaluation (seeds from 1,000,000 + seed)."""
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.callbacks import CheckpointCallback
+
+    if config.steps < 1:
+        raise ValueError(f"steps must be >= 1, got {config.steps}")
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(asdict(config), indent=2))
+    env = make_train_env(config)
+    started = time.time()
+    try:
+        model = PPO(
+            "CnnPolicy", env, learning_rate=config.learning_rate, n_steps=config.n_steps,
+            batch_size=config.batch_size, n_epochs=config.n_epochs, gamma=config.gamma, gae_lambda=config.gae_lambda,
+            ent_coef=config.ent_coef, tensorboard_log=str(out / "tb"), seed=config.seed,
+            device=config.policy_device, verbose=config.verbose,
+        )
+        callbacks = [_achievements_callback()]
+        if config.checkpoint_every:
+            callbacks.append(CheckpointCallback(save_freq=max(1, config.checkpoint_every // config.num_envs),
+                                                save_path=str(out / "checkpoints"), name_prefix="ppo"))
+        model.learn(total_timesteps=config.steps, callback=callbacks, tb_log_name=f"ppo_{config.env}",
+                    progress_bar=config.progress)
+        model.save(out / "model.zip")
+    finally:
+        env.close()
+    summary: dict[str, Any] = {
+        "env": config.env, "checkpoint": config.checkpoint, "steps": int(model.num_timesteps),
+        "seconds": time.time() - started, "model": str(out / "model.zip"),
+        "model_sha256": hashlib.sha256((out / "model.zip").read_bytes()).hexdigest(), "config": asdict(config),
+    }
+    if config.eval_episodes:
+        summary["eval_real"] = evaluate_policy_real(model, config.eval_episodes, seed=EVAL_SEED_OFFSET + config.seed,
+                                                    max_episode_steps=config.max_episode_steps)
+    (out / "train.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def load_agent(path: str | os.PathLike, device: str = "cpu"):
+    """Load a saved PPO zip. It contains pickles: loading runs code from it; load only your own models."""
+    from stable_baselines3 import PPO
+
+    return PPO.load(Path(path), device=device)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Real-game evaluation
+
+
+class _ModelPolicy(SB3Policy):
+    """`world_env.collect.SB3Policy` for an already loaded model (same per-episode seeded sampling)."""
+
+    def __init__(self, model, num_envs: int, deterministic: bool = False) -> None:
+        self.model, self.deterministic = model, bool(deterministic)
+        self._rngs = [_policy_rng(None) for _ in range(num_envs)]
+        self._description = {"name": "sb3", "algorithm": type(model).__name__, "path": None,
+                             "deterministic": self.deterministic}
+
+
+def _make_actor(policy, action_space, num_envs: int, deterministic: bool):
+    if policy == "random":
+        return RandomPolicy(action_space, num_envs)
+    if policy == "sticky":
+        return StickyPolicy(action_space, num_envs)
+    if isinstance(policy, (str, os.PathLike)):
+        return SB3Policy(policy, action_space, num_envs, deterministic=deterministic)
+    if policy.action_space != action_space:
+        raise ValueError(f"the model acts in {policy.action_space}, Crafter in {action_space}")
+    return _ModelPolicy(policy, num_envs, deterministic)
+
+
+def evaluate_policy_real(
+    policy,
+    episodes: int,
+    seed: int = 0,
+    max_episode_steps: int = CRAFTER_LENGTH,
+    deterministic: bool = False,
+    num_envs: int = 1,
+    frame_size: tuple[int, int] = (64, 64),
+    progress: bool = False,
+) -> dict:
+    """Play ``episodes`` real Crafter episodes with ``policy`` and score them.
+
+    ``policy``: a loaded SB3 model, the path of a saved zip (pickles: only your own), ``"random"`` (uniform over the
+    17 actions: the Crafter paper's random baseline) or ``"sticky"``. Episode ``j`` is reset with seed ``seed + j``
+    and sampled from a stream seeded with the same number, so results do not depend on ``num_envs`` (games run in
+    subprocesses when > 1). Episodes end on death or after ``max_episode_steps``.
+
+    Returns ``{"score", "success_rates" (percent per achievement), "mean_return", "mean_length", "episodes" (per
+    episode: seed, return, length, terminated, achievements unlocked), "policy", "seconds"}``.
+    """
+    from tqdm.auto import tqdm
+
+    if episodes < 1:
+        raise ValueError(f"episodes must be >= 1, got {episodes}")
+    num_envs = max(1, min(num_envs, episodes))
+    started = time.time()
+    envs = make_vector_env("crafter", num_envs, frame_size, {"length": int(max_episode_steps)})
+    results: dict[int, dict] = {}
+    try:
+        actor = _make_actor(policy, envs.single_action_space, num_envs, deterministic)
+        slot_episode: list[int | None] = list(range(num_envs))
+        for i in range(num_envs):
+            actor.reset(i, seed + i)
+        next_episode = num_envs
+        returns, lengths = np.zeros(num_envs), np.zeros(num_envs, dtype=np.int64)
+        obs, _ = envs.reset(seed=[seed + i for i in range(num_envs)])
+        bar = tqdm(total=episodes, disable=not progress, desc="real crafter", unit="episode")
+        while any(j is not None for j in slot_episode):
+            actions = actor.act(obs)
+            obs, rewards, terminated, truncated, infos = envs.step(actions)
+            reset_mask = np.zeros(num_envs, dtype=bool)
+            reset_seeds: list[int | None] = [None] * num_envs
+            for i in range(num_envs):
+                j = slot_episode[i]
+                if j is None:
+                    continue  # parked (`ParkingEnv`): no episode left for this slot
+                returns[i] += rewards[i]
+                lengths[i] += 1
+                if terminated[i] or truncated[i]:
+                    counts = {name: int(infos["achievements"][name][i]) for name in CRAFTER_ACHIEVEMENTS}
+                    results[j] = {"seed": seed + j, "return": float(returns[i]), "length": int(lengths[i]),
+                                  "terminated": bool(terminated[i]),
+                                  "achievements": sorted(name for name, count in counts.items() if count >= 1)}
+                    bar.update(1)
+                    returns[i], lengths[i] = 0.0, 0
+                    slot_episode[i] = None
+                    if next_episode < episodes:
+                        slot_episode[i] = next_episode
+                        reset_mask[i], reset_seeds[i] = True, seed + next_episode
+                        actor.reset(i, seed + next_episode)
+                        next_episode += 1
+            if reset_mask.any():
+                reset_obs, _ = envs.reset(seed=reset_seeds, options={"reset_mask": reset_mask})
+                obs = np.where(reset_mask[:, None, None, None], reset_obs, obs)
+        bar.close()
+        description = actor.describe()
+    finally:
+        envs.close()
+    per_episode = [results[j] for j in range(episodes)]
+    rates = success_rates(episode["achievements"] for episode in per_episode)
+    return {
+        "score": crafter_score(rates),
+        "success_rates": rates,
+        "mean_return": float(np.mean([e["return"] for e in per_episode])),
+        "mean_length": float(np.mean([e["length"] for e in per_episode])),
+        "episodes": per_episode,
+        "policy": description,
+        "seed": seed,
+        "max_episode_steps": int(max_episode_steps),
+        "seconds": time.time() - started,
+    }
