@@ -227,11 +227,13 @@ def plot_metric(metrics: dict, key: str, baseline: str | None, ylabel: str, path
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(metrics["horizons"], _get(metrics, key), "o-", label=labels[0])
     if baseline is not None:
         ax.plot(metrics["horizons"], _get(metrics, baseline), "s--", label=labels[1])
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_xlabel("horizon (frames after the real context)")
     ax.set_ylabel(ylabel)
     ax.set_title(f"{ylabel}: dream vs real, {metrics['windows']} held-out windows")

@@ -12,6 +12,7 @@ size, widths, training metrics) + ``model.safetensors``; `load_idm(dir)` loads i
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -57,7 +58,8 @@ class InverseDynamics(nn.Module):
         layers, channels = [], 9
         h, w = self.frame_size
         for width in self.widths:
-            layers += [nn.Conv2d(channels, width, 4, stride=2, padding=1), nn.GroupNorm(min(8, width), width), nn.SiLU()]
+            layers += [nn.Conv2d(channels, width, 4, stride=2, padding=1), nn.GroupNorm(min(8, width), width),
+                       nn.SiLU()]
             channels, h, w = width, max(1, h // 2), max(1, w // 2)
         self.convs = nn.Sequential(*layers)
         self.mlp = nn.Sequential(nn.Flatten(), nn.Linear(channels * h * w, self.hidden), nn.SiLU())
@@ -170,13 +172,19 @@ def train_idm(config: IDMConfig) -> dict:
                                load_into_memory=config.load_into_memory)
     val_set = EpisodeDataset(config.data, window=2, split="val", val_fraction=config.val_fraction,
                              load_into_memory=config.load_into_memory)
+    if config.steps < 1:
+        raise ValueError(f"steps must be >= 1, got {config.steps}")
     if len(train_set) == 0:
         raise ValueError(f"{config.data}: the train split has no transitions")
     device = torch.device(config.device)
     idm = InverseDynamics(train_set.action_space, train_set.frame_size, config.widths, config.hidden).to(device)
     optimizer = torch.optim.AdamW(idm.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, config.lr, total_steps=max(1, config.steps),
-                                                   pct_start=0.05)
+    warmup = max(1, min(100, config.steps // 20))
+
+    def lr_factor(step: int) -> float:  # linear warm-up, then cosine decay to 0 at `steps`
+        return min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(step, config.steps) / config.steps))
+
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
     generator = torch.Generator().manual_seed(config.seed)
     history, started = [], time.time()
     loss_avg = acc_avg = None

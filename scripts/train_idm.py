@@ -15,7 +15,8 @@ from generator.cli import add_dataclass_arguments, dataclass_from_args
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_dataclass_arguments(parser, IDMConfig, skip=("widths",))
-    parser.add_argument("--widths", default="32,64,128,128", help="conv widths, comma-separated (one stride-2 block each)")
+    parser.add_argument("--widths", default="32,64,128,128",
+                        help="conv widths, comma-separated (one stride-2 block each)")
     args = parser.parse_args()
     config = dataclass_from_args(IDMConfig, args)
     config.widths = tuple(int(w) for w in args.widths.split(","))

@@ -54,7 +54,8 @@ def test_success_rates_count_episodes_with_at_least_one_unlock():
     assert rates["collect_wood"] == 75.0 and rates["wake_up"] == 25.0 and sum(rates.values()) == 100.0
     # exp((ln 76 + ln 26) / 22) - 1 = 1976^(1/22) - 1
     assert score_episodes(episodes)["score"] == pytest.approx(0.411915, abs=1e-6)
-    assert score_episodes([["collect_wood", "wake_up"], ["collect_wood"], ["collect_wood"], []]) == score_episodes(episodes)
+    as_names = [["collect_wood", "wake_up"], ["collect_wood"], ["collect_wood"], []]
+    assert score_episodes(as_names) == score_episodes(episodes)
 
 
 def test_score_refuses_incomplete_or_wrong_input():
