@@ -28,7 +28,6 @@ Layout of `out/`: `train_state/` (resumable), `model/` (EMA student as a `WorldM
 from __future__ import annotations
 
 import copy
-import math
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -52,7 +51,7 @@ from generator.checkpoint import (
 from generator.data import EpisodeDataset
 from generator.grad_kv_cache import GradKVCache
 from generator.model import DiT, DiTOutput, timestep_embedding
-from generator.pretrained import SamplingConfig, WorldModel
+from generator.pretrained import WorldModel
 from generator.sampler import logit_normal
 from generator.train import resolve_device
 from generator.trigflow import HALF_PI, TrigFlowModel, proposal_times, trig_denoise, trig_noise, trigflow_from_flow
@@ -219,7 +218,8 @@ def outcome_loss(out: DiTOutput, batch: dict[str, torch.Tensor], valid: torch.Te
 def context_cache(
     dit: DiT, latents: torch.Tensor, levels: torch.Tensor, actions, positions, has_action, valid, slots: int
 ) -> tuple[GradKVCache, DiTOutput]:
-    """Write a clip `(B, T, C, h, w)` at flow `levels` `(B, T)` into a fresh differentiable cache (padding invisible)."""
+    """Write a clip `(B, T, C, h, w)` at flow `levels` `(B, T)` into a fresh differentiable cache; padding stays
+    invisible."""
     cache = GradKVCache.for_model(dit, latents.shape[0], slots=slots)
     out = dit(latents, levels, actions, positions, has_action=has_action, valid=valid, cache=cache, write_cache=True)
     cache.commit(None, positions, valid)

@@ -313,9 +313,9 @@ def posttrain_step(
         fake_logits = score_fake(disc, w, segment, real_cache, config.student_forcing)
         pairing = relativistic_discriminator_loss(real_logits, fake_logits, mask)
         sigma, lam = config.r1_sigma, config.r1_lambda
-        real_perturbed, _ = score_real(disc, w, real + sigma * torch.randn(real.shape, generator=generator).to(device))
-        fake_perturbed = score_fake(disc, w, segment + sigma * torch.randn(segment.shape, generator=generator).to(device),
-                                    real_cache, config.student_forcing)
+        real_perturbed, _ = score_real(disc, w, real + sigma * draw_noise(real.shape))
+        fake_perturbed = score_fake(disc, w, segment + sigma * draw_noise(segment.shape), real_cache,
+                                    config.student_forcing)
         r1 = lam * masked_mean((real_logits - real_perturbed) ** 2, mask)
         r2 = lam * masked_mean((fake_logits - fake_perturbed) ** 2, mask)
         share = segment.shape[1] / k

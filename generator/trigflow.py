@@ -99,7 +99,9 @@ class TrigFlowModel(nn.Module):
         super().__init__()
         self.dit, self.sigma_data = dit, float(sigma_data)
 
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor, actions, positions, **dit_kwargs) -> tuple[torch.Tensor, DiTOutput]:
+    def forward(
+        self, x_t: torch.Tensor, t: torch.Tensor, actions, positions, **dit_kwargs
+    ) -> tuple[torch.Tensor, DiTOutput]:
         out = self.dit(flow_input(x_t, t, self.sigma_data), flow_time(t), actions, positions, **dit_kwargs)
         velocity = out.velocity.to(x_t.dtype)
         return trig_from_velocity(velocity, x_t, t, self.sigma_data), out

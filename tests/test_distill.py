@@ -22,7 +22,7 @@ from generator.trigflow import (
     trigflow_from_flow,
     velocity_from_trig,
 )
-from test_train import TINY, make_dataset, tiny_config
+from test_train import make_dataset, tiny_config
 
 CONTEXT_NOISE = 0.1
 
