@@ -105,7 +105,8 @@ def evaluate_open_loop(
 
     length = context_frames + horizon
     total = len(dataset)
-    chosen = sorted({int(i * total / windows) for i in range(min(windows, total))})
+    count_windows = min(windows, total)
+    chosen = [int(i * total / count_windows) for i in range(count_windows)]  # evenly spaced, distinct
     model_sum, copy_sum = torch.zeros(horizon), torch.zeros(horizon)  # summed MSE
     model_psnr_sum, copy_psnr_sum = torch.zeros(horizon), torch.zeros(horizon)
     count = torch.zeros(horizon)

@@ -44,7 +44,8 @@ def save_rollout_video(world, dataset, path: str | Path, context_frames: int, ho
     from generator.rollout import open_loop_rollout
 
     length = context_frames + horizon
-    picks = [int(i * len(dataset) / rows) for i in range(min(rows, len(dataset)))]
+    rows = min(rows, len(dataset))
+    picks = [int(i * len(dataset) / rows) for i in range(rows)]
     items = [dataset[i] for i in picks]
     frames = torch.stack([it["frames"][:length] for it in items])
     actions = torch.stack([it["actions"][:length] for it in items])
