@@ -283,8 +283,10 @@ def train(config: TrainConfig) -> dict:
         optimizer.step()
         scheduler.step()
         with torch.no_grad():
+            # EMA warm-up: early on the average would still be mostly the (zero-output) initial weights.
+            decay = min(config.ema_decay, (1 + step) / (10 + step))
             for ema_p, p in zip(ema.parameters(), model.parameters()):
-                ema_p.lerp_(p, 1 - config.ema_decay)
+                ema_p.lerp_(p, 1 - decay)
         step += 1
         metrics.update(grad_norm=float(grad_norm), lr=scheduler.get_last_lr()[0])
         history.append(metrics["loss"])
