@@ -45,6 +45,10 @@ class DiTConfig:
     action_space: dict = field(default_factory=lambda: {"type": "Discrete", "n": 17, "start": 0})
     rope_theta: float = 10000.0
     qk_norm: bool = True
+    # Input recycling (AAPT, arXiv 2506.09350): each frame's tokens also carry the previous frame's latent (as it
+    # was cached: re-noised to the context level) by channel concatenation, so copying what does not change is
+    # easy; the attention still gives the window of earlier frames.
+    previous_frame_input: bool = False
 
     def __post_init__(self):
         self.latent_size = tuple(self.latent_size)
@@ -254,7 +258,8 @@ class DiT(nn.Module):
         super().__init__()
         self.config = config
         d, p, c = config.dim, config.patch_size, config.latent_channels
-        self.patch_embed = nn.Linear(c * p * p, d)
+        inputs = 2 if config.previous_frame_input else 1
+        self.patch_embed = nn.Linear(inputs * c * p * p, d)
         self.time_embed = nn.Sequential(nn.Linear(256, d), nn.SiLU(), nn.Linear(d, d))
         self.action_embed = ActionEmbedding(config.action_space, d)
         self.blocks = nn.ModuleList(DiTBlock(config) for _ in range(config.depth))
@@ -305,6 +310,7 @@ class DiT(nn.Module):
         cache: KVCache | None = None,
         rows: torch.Tensor | None = None,
         write_cache: bool = False,
+        previous: torch.Tensor | None = None,
     ) -> DiTOutput:
         """Predict the flow velocity of every frame, and each transition's reward and termination.
 
@@ -318,12 +324,21 @@ class DiT(nn.Module):
             cache: past frames' keys/values; the T frames attend to it and to each other block-causally.
             rows: which cache rows these B rows are (None: all rows, in order).
             write_cache: store these frames' keys/values into the cache (call `cache.commit` afterwards).
+            previous: `(B, T, C, h, w)` the previous frame of each frame (required with `previous_frame_input`).
         """
         cfg = self.config
         b, t = latents.shape[:2]
         gh, gw = cfg.grid
         p = cfg.patch_size
         tokens = rearrange(latents, "b t c (gh p) (gw q) -> b t (gh gw) (p q c)", p=p, q=p)
+        if cfg.previous_frame_input:
+            if previous is None or previous.shape != latents.shape:
+                raise ValueError(
+                    "this model reads each frame's previous frame (previous_frame_input): pass previous= with the "
+                    f"shape of latents {tuple(latents.shape)}, got {None if previous is None else tuple(previous.shape)}"
+                )
+            previous_tokens = rearrange(previous, "b t c (gh p) (gw q) -> b t (gh gw) (p q c)", p=p, q=p)
+            tokens = torch.cat([tokens, previous_tokens], dim=-1)
         x = self.patch_embed(tokens.to(self.patch_embed.weight.dtype))  # (B, T, N, D)
         cond = self.condition(noise_levels, actions, has_action)  # (B, T, D)
 
@@ -382,8 +397,14 @@ class DiT(nn.Module):
 
 PRESETS: dict[str, dict] = {
     "tiny": dict(latent_channels=3, latent_size=(16, 16), patch_size=4, dim=32, depth=2, heads=2, window_frames=4),
-    "small": dict(latent_channels=3, latent_size=(64, 64), patch_size=8, dim=192, depth=6, heads=3, window_frames=16),
-    "base": dict(latent_channels=3, latent_size=(64, 64), patch_size=8, dim=512, depth=12, heads=8, window_frames=16),
+    "small": dict(
+        latent_channels=3, latent_size=(64, 64), patch_size=8, dim=192, depth=6, heads=3, window_frames=16,
+        previous_frame_input=True,
+    ),
+    "base": dict(
+        latent_channels=3, latent_size=(64, 64), patch_size=8, dim=512, depth=12, heads=8, window_frames=16,
+        previous_frame_input=True,
+    ),
     "paper": dict(
         latent_channels=16, latent_size=(28, 48), patch_size=2, dim=1024, depth=16, heads=16, window_frames=32
     ),

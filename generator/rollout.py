@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from generator.codec import float_to_frames
-from generator.sampler import commit_frames, frame_noise, generate_frames
+from generator.sampler import commit_frames, context_latents, frame_noise, generate_frames
 
 
 @torch.no_grad()
@@ -46,15 +46,18 @@ def open_loop_rollout(
     ctx = torch.stack([frame_noise(seeds, [i] * b, shape, device)[:, 1] for i in range(p)], dim=1)
     commit_frames(dit, cache, None, latents, prompt_actions.to(device), positions, ctx, sampling.context_noise,
                   prompt_has_action.to(device))
+    previous = context_latents(latents[:, -1], ctx[:, -1], sampling.context_noise)  # as the last prompt frame was cached
     frames, out_latents, rewards, terminations = [], [], [], []
     actions = actions.to(device)
     for i in range(k):
         pos = torch.full((b,), p + i, device=device)
         noise = frame_noise(seeds, pos.tolist(), shape, device)
-        x = generate_frames(dit, cache, None, actions[:, i], pos, noise[:, 0], steps, sampling.shift)
+        x = generate_frames(dit, cache, None, actions[:, i], pos, noise[:, 0], steps, sampling.shift, previous=previous)
         reward, termination = commit_frames(
-            dit, cache, None, x[:, None], actions[:, i, None], pos[:, None], noise[:, 1, None], sampling.context_noise
+            dit, cache, None, x[:, None], actions[:, i, None], pos[:, None], noise[:, 1, None], sampling.context_noise,
+            previous=previous,
         )
+        previous = context_latents(x, noise[:, 1], sampling.context_noise)
         out_latents.append(x)
         frames.append(float_to_frames(codec.decode(x)))
         rewards.append(reward[:, 0])

@@ -81,16 +81,18 @@ def generate_frames(
     shift: float = 1.0,
     solver: str = "euler",
     renoise: torch.Tensor | None = None,
+    previous: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Denoise one new frame per row from `noise` `(R, C, h, w)`; returns clean latents `(R, C, h, w)`.
 
     `actions` `(R, ...)` led to the new frames; `positions` `(R,)` are their frame positions. `solver` is
     `SamplingConfig.solver`; the consistency solver with `sampler_steps > 1` needs `renoise`
     `(R, sampler_steps - 1, C, h, w)` (`frame_noise(..., extra=sampler_steps - 1)[:, 2:]`). With one step both
-    solvers compute `noise - velocity(noise, s=1)`.
+    solvers compute `noise - velocity(noise, s=1)`. `previous` `(R, C, h, w)` is each row's last committed
+    latent (`context_latents` of it), required by models with `previous_frame_input`.
     """
     if solver == "consistency":
-        return consistency_frames(model, cache, rows, actions, positions, noise, sampler_steps, shift, renoise)
+        return consistency_frames(model, cache, rows, actions, positions, noise, sampler_steps, shift, renoise, previous)
     if solver != "euler":
         raise ValueError(f"unknown solver {solver!r}; choose 'euler' or 'consistency'")
     times = flow_timesteps(sampler_steps, shift, device=noise.device)
@@ -99,7 +101,8 @@ def generate_frames(
     x = noise
     ones = torch.ones(noise.shape[0], 1, device=noise.device)
     for s, s_next in zip(times[:-1], times[1:]):
-        out = model(x[:, None], s * ones, actions[:, None], positions[:, None], cache=cache, rows=rows)
+        out = model(x[:, None], s * ones, actions[:, None], positions[:, None], cache=cache, rows=rows,
+                    previous=None if previous is None else previous[:, None])
         x = x + (s_next - s) * out.velocity[:, 0]
     return x
 
@@ -115,6 +118,7 @@ def consistency_frames(
     sampler_steps: int,
     shift: float = 1.0,
     renoise: torch.Tensor | None = None,
+    previous: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Few-step consistency sampling (sCM, arXiv 2410.11081, Sec. 2): at each time of
     `flow_timesteps(sampler_steps, shift)[:-1]` denoise `x0 = x_s - s v(x_s, s)`, then re-noise `x0` to the next time
@@ -131,11 +135,25 @@ def consistency_frames(
     x = noise
     ones = torch.ones(noise.shape[0], 1, device=noise.device)
     for k, s in enumerate(times):
-        out = model(x[:, None], s * ones, actions[:, None], positions[:, None], cache=cache, rows=rows)
+        out = model(x[:, None], s * ones, actions[:, None], positions[:, None], cache=cache, rows=rows,
+                    previous=None if previous is None else previous[:, None])
         denoised = x - s * out.velocity[:, 0]
         if k + 1 < len(times):
             x = (1 - times[k + 1]) * denoised + times[k + 1] * renoise[:, k]
     return denoised
+
+
+@torch.no_grad()
+def context_latents(latents: torch.Tensor, noise: torch.Tensor, context_noise: float) -> torch.Tensor:
+    """Latents as they enter the cache: re-noised to the `context_noise` flow time."""
+    return (1 - context_noise) * latents + context_noise * noise
+
+
+def previous_frames(committed: torch.Tensor, previous: torch.Tensor | None) -> torch.Tensor:
+    """Each frame's previous frame `(R, T, C, h, w)` for committed frames `(R, T, ...)` following `previous`
+    `(R, C, h, w)`; with no previous frame (an episode's first frame) a frame is its own previous frame."""
+    first = committed[:, :1] if previous is None else previous[:, None]
+    return torch.cat([first, committed[:, :-1]], dim=1)
 
 
 @torch.no_grad()
@@ -149,14 +167,19 @@ def commit_frames(
     noise: torch.Tensor,
     context_noise: float,
     has_action: torch.Tensor | None = None,
+    previous: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Write T frames per row `(R, T, C, h, w)` into the cache at `positions` `(R, T)`.
 
-    Frames are re-noised to `context_noise` with `noise` (same shape as `latents`). Returns the predicted reward
-    and termination logit of each transition, `(R, T)` each.
+    Frames are re-noised to `context_noise` with `noise` (same shape as `latents`). `previous` `(R, C, h, w)` is
+    the committed latent just before the first of them (models with `previous_frame_input`; None at an
+    episode's first frame). Returns the predicted reward and termination logit of each transition, `(R, T)` each.
+    The committed latents themselves are `context_latents(latents, noise, context_noise)`.
     """
     level = torch.full(positions.shape, float(context_noise), device=latents.device)
-    noisy = (1 - context_noise) * latents + context_noise * noise
-    out = model(noisy, level, actions, positions, has_action=has_action, cache=cache, rows=rows, write_cache=True)
+    noisy = context_latents(latents, noise, context_noise)
+    before = previous_frames(noisy, previous) if model.config.previous_frame_input else None
+    out = model(noisy, level, actions, positions, has_action=has_action, cache=cache, rows=rows, write_cache=True,
+                previous=before)
     cache.commit(rows, positions)
     return out.reward, out.termination_logit

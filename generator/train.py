@@ -34,7 +34,7 @@ from generator.codec import CodecConfig, build_codec, load_codec
 from generator.data import EpisodeDataset
 from generator.model import DiT, dit_config
 from generator.pretrained import SamplingConfig, WorldModel, WorldModelInfo
-from generator.sampler import logit_normal
+from generator.sampler import context_latents, logit_normal, previous_frames
 
 
 @dataclass
@@ -103,14 +103,25 @@ def flow_matching_loss(
     s = levels[:, :, None, None, None]
     noisy = (1 - s) * latents + s * noise
     valid = batch["valid"].to(device)
-    has_action = ~batch["is_first"].to(device)
+    is_first = batch["is_first"].to(device)
+    has_action = ~is_first
     positions = torch.arange(t, device=device)[None].expand(b, t)
-    out = model(noisy, levels, batch["actions"].to(device), positions, has_action=has_action, valid=valid)
+    previous, learn = None, valid
+    if getattr(model, "module", model).config.previous_frame_input:
+        # Each frame also reads its previous frame as it would sit in the cache at inference: re-noised to a
+        # context level. The clip's first frame has no previous frame in the clip, so it only serves as context,
+        # unless it starts the episode (then it is its own previous frame, as at inference).
+        context_levels = (torch.rand((b, t, 1, 1, 1), generator=generator) * config.context_noise_max).to(device)
+        committed = context_latents(latents, torch.randn(latents.shape, generator=generator).to(device), context_levels)
+        previous = previous_frames(committed, None)
+        learn = valid & (torch.arange(t, device=device)[None] > 0) | (valid & is_first)
+    out = model(noisy, levels, batch["actions"].to(device), positions, has_action=has_action, valid=valid,
+                previous=previous)
     target = noise - latents
     per_frame = ((out.velocity - target) ** 2).mean(dim=(2, 3, 4))  # (B, T)
-    weight = valid.float()
+    weight = learn.float()
     flow = (per_frame * weight).sum() / weight.sum().clamp_min(1)
-    transition = (valid & has_action).float()  # the reward/termination of a transition into the frame
+    transition = (learn & has_action).float()  # the reward/termination of a transition into the frame
     reward = (((out.reward - batch["rewards"].to(device).float()) ** 2) * transition).sum() / transition.sum().clamp_min(1)
     termination = (
         F.binary_cross_entropy_with_logits(out.termination_logit, batch["terminated"].to(device).float(), reduction="none")

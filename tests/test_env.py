@@ -107,8 +107,9 @@ def test_reset_mask_leaves_other_envs_untouched():
         env.reset(options={"reset_mask": np.array([1, 0, 1])})
 
 
-def test_identical_seeds_give_identical_rollouts_whatever_the_batch():
-    world = make_tiny_world()
+@pytest.mark.parametrize("previous_frame_input", [False, True])
+def test_identical_seeds_give_identical_rollouts_whatever_the_batch(previous_frame_input):
+    world = make_tiny_world(previous_frame_input=previous_frame_input)
     actions = sticky_actions(8, 3)
     together = rollout(WorldModelVecEnv(world, num_envs=3, device="cpu"), [7, 8, 9], actions)
     again = rollout(WorldModelVecEnv(world, num_envs=3, device="cpu"), [7, 8, 9], actions)
@@ -148,9 +149,9 @@ def test_other_action_spaces(space, good, bad):
         env.step(np.array(bad, dtype=np.float32 if space["type"] == "Box" else np.int64))
 
 
-@pytest.mark.parametrize("async_speculation", [False, True])
-def test_speculation_is_exact_and_rolls_back(async_speculation):
-    world = make_tiny_world()
+@pytest.mark.parametrize("async_speculation, previous_frame_input", [(False, False), (True, False), (False, True)])
+def test_speculation_is_exact_and_rolls_back(async_speculation, previous_frame_input):
+    world = make_tiny_world(previous_frame_input=previous_frame_input)
     actions = sticky_actions(12, 4, mean_repeat=3, seed=1)
     plain = rollout(WorldModelVecEnv(world, num_envs=4, device="cpu"), [1, 2, 3, 4], actions)
     spec_env = WorldModelVecEnv(world, num_envs=4, device="cpu", speculation_depth=2, async_speculation=async_speculation)

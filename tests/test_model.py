@@ -12,7 +12,7 @@ from generator.model import (
     rope_angles,
     apply_rope,
 )
-from generator.sampler import commit_frames, frame_noise, generate_frames, mix_seed
+from generator.sampler import commit_frames, context_latents, frame_noise, generate_frames, mix_seed, previous_frames
 
 CONTEXT_NOISE = 0.1
 
@@ -131,12 +131,15 @@ def rollout_cached(model, seeds, prompt, prompt_actions, actions, steps, rows_to
     has_action = torch.ones(b, p, dtype=torch.bool)
     has_action[:, 0] = False
     commit_frames(model, cache, None, prompt, prompt_actions, positions, ctx, CONTEXT_NOISE, has_action)
+    previous = context_latents(prompt[:, -1], ctx[:, -1], CONTEXT_NOISE)
     frames = []
     for i in range(actions.shape[1]):
         pos = torch.full((b,), p + i)
         noise = frame_noise(seeds, pos.tolist(), shape)
-        x = generate_frames(model, cache, None, actions[:, i], pos, noise[:, 0], steps)
-        commit_frames(model, cache, None, x[:, None], actions[:, i, None], pos[:, None], noise[:, 1, None], CONTEXT_NOISE)
+        x = generate_frames(model, cache, None, actions[:, i], pos, noise[:, 0], steps, previous=previous)
+        commit_frames(model, cache, None, x[:, None], actions[:, i, None], pos[:, None], noise[:, 1, None], CONTEXT_NOISE,
+                      previous=previous)
+        previous = context_latents(x, noise[:, 1], CONTEXT_NOISE)
         frames.append(x)
     return torch.stack(frames, dim=1), cache
 
@@ -168,7 +171,10 @@ def rollout_full_recompute(model, seeds, prompt, prompt_actions, actions, steps)
             acts = torch.stack(history_actions + [actions[:, i]], dim=1)
             positions = torch.arange(n + 1)[None].repeat(b, 1)
             has_action = torch.tensor(has_first[: n + 1])[None].repeat(b, 1)
-            out = model(seq, levels, acts, positions, has_action=has_action)
+            before = None
+            if model.config.previous_frame_input:
+                before = previous_frames(torch.stack(history + [history[-1]], dim=1), None)  # x's previous: history[-1]
+            out = model(seq, levels, acts, positions, has_action=has_action, previous=before)
             x = x + (s_next - s) * out.velocity[:, -1]
         frames.append(x)
         history.append((1 - CONTEXT_NOISE) * x + CONTEXT_NOISE * noise[:, 1])
@@ -185,8 +191,9 @@ def make_episode(model, b, p, k, seed=0):
     return prompt, prompt_actions, actions
 
 
-def test_kv_cached_sampling_equals_full_recomputation():
-    model = tiny_model()
+@pytest.mark.parametrize("previous_frame_input", [False, True])
+def test_kv_cached_sampling_equals_full_recomputation(previous_frame_input):
+    model = tiny_model(previous_frame_input=previous_frame_input)
     seeds = [11, 22, 33]
     prompt, prompt_actions, actions = make_episode(model, 3, 2, 7)  # 9 frames > window 4: the window slides
     cached, _ = rollout_cached(model, seeds, prompt, prompt_actions, actions, steps=3)
@@ -194,8 +201,9 @@ def test_kv_cached_sampling_equals_full_recomputation():
     assert (cached - full).abs().max() < 1e-4
 
 
-def test_rows_are_independent_of_the_rest_of_the_batch():
-    model = tiny_model()
+@pytest.mark.parametrize("previous_frame_input", [False, True])
+def test_rows_are_independent_of_the_rest_of_the_batch(previous_frame_input):
+    model = tiny_model(previous_frame_input=previous_frame_input)
     seeds = [5, 6, 7]
     prompt, prompt_actions, actions = make_episode(model, 3, 2, 5)
     together, _ = rollout_cached(model, seeds, prompt, prompt_actions, actions, steps=2)
@@ -305,3 +313,13 @@ def test_other_action_spaces_condition_the_model(space, actions):
     assert out.velocity.shape == latents.shape
     other = model(latents, levels, actions.flip(1), torch.arange(2)[None])
     assert not torch.allclose(out.velocity, other.velocity)
+
+
+def test_previous_frame_input_is_required_and_used():
+    model = tiny_model(previous_frame_input=True)
+    latents, levels, actions, positions = random_inputs(model, 1, 3)
+    with pytest.raises(ValueError, match="previous"):
+        model(latents, levels, actions, positions)
+    out = model(latents, levels, actions, positions, previous=latents)
+    other = model(latents, levels, actions, positions, previous=latents + 1)
+    assert not torch.allclose(out.velocity, other.velocity, atol=1e-3)

@@ -66,9 +66,11 @@ def dataset(tmp_path_factory) -> Path:
     return make_dataset(tmp_path_factory.mktemp("data") / "synthetic")
 
 
-def test_training_loss_falls(dataset, tmp_path):
+@pytest.mark.parametrize("previous_frame_input", [False, True])
+def test_training_loss_falls(dataset, tmp_path, previous_frame_input):
     torch.set_num_threads(1)
-    result = train(tiny_config(dataset, tmp_path / "run", steps=150, log_every=1))
+    overrides = dict(TINY, previous_frame_input=previous_frame_input)
+    result = train(tiny_config(dataset, tmp_path / "run", steps=150, log_every=1, model_overrides=overrides))
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(tmp_path / "run" / "tb"))

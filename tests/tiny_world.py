@@ -3,7 +3,7 @@ import torch
 
 
 def make_tiny_world(action_space=None, frame_size=(16, 16), prompts=4, seed=0, termination_bias=-20.0,
-                    window_frames=4, sampler_steps=2):
+                    window_frames=4, sampler_steps=2, previous_frame_input=False):
     """A random-weight WorldModel over 16x16 pixel frames, with `prompts` real-looking prompt clips.
 
     `termination_bias` sets the outcome head's termination logit (-20: never ends, +20: every step ends).
@@ -14,7 +14,8 @@ def make_tiny_world(action_space=None, frame_size=(16, 16), prompts=4, seed=0, t
 
     action_space = action_space or {"type": "Discrete", "n": 5, "start": 0}
     torch.manual_seed(seed)
-    dit = DiT(dit_config("tiny", latent_size=frame_size, action_space=action_space, window_frames=window_frames))
+    dit = DiT(dit_config("tiny", latent_size=frame_size, action_space=action_space, window_frames=window_frames,
+                         previous_frame_input=previous_frame_input))
     with torch.no_grad():
         for p in dit.parameters():
             p.normal_(0, 0.05)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from generator.codec import float_to_frames
-from generator.sampler import commit_frames, frame_noise, generate_frames
+from generator.sampler import commit_frames, context_latents, frame_noise, generate_frames
 
 
 @dataclass
@@ -28,6 +28,7 @@ class Speculated:
     frame: torch.Tensor  # (H, W, 3) uint8
     reward: float
     termination_logit: float
+    committed: torch.Tensor  # (C, h, w) the latent as cached: the next frame's previous frame
 
 
 class DreamCore:
@@ -55,6 +56,8 @@ class DreamCore:
         self.positions = np.full(num_envs, -1, dtype=np.int64)  # position of each row's last accepted frame
         self.queues: list[list[Speculated]] = [[] for _ in range(num_envs)]
         self.last_actions: list[torch.Tensor | None] = [None] * num_envs
+        # Each row's last accepted frame as cached, `(B, C, h, w)`: the previous-frame input of its next frame.
+        self.previous = torch.zeros(num_envs, *self.latent_shape, device=self.device)
         self.stats = {"accepted": 0, "rejected": 0, "generated": 0, "speculated": 0}
         self._worker: threading.Thread | None = None
         self._worker_error: BaseException | None = None
@@ -84,6 +87,7 @@ class DreamCore:
             self.world.dit, self.cache, index, latents, prompts["actions"].to(self.device), positions, noise,
             self.world.sampling.context_noise, prompts["has_action"].to(self.device),
         )
+        self.previous[index] = context_latents(latents[:, -1], noise[:, -1], self.world.sampling.context_noise)
         return prompts["frames"][:, -1].to(self.device)
 
     # -- stepping --------------------------------------------------------------------------------------------
@@ -106,6 +110,7 @@ class DreamCore:
             if queue and torch.equal(queue[0].action, actions[i]):
                 spec = queue.pop(0)
                 frames[i], rewards[i], logits[i], accepted[i] = spec.frame, spec.reward, spec.termination_logit, True
+                self.previous[row] = spec.committed
                 self.stats["accepted"] += 1
             else:
                 if queue:
@@ -116,9 +121,13 @@ class DreamCore:
                 fresh.append(i)
         if fresh:
             fresh_rows = [rows[i] for i in fresh]
-            out = self._advance(fresh_rows, actions[fresh], [int(self.positions[row]) + 1 for row in fresh_rows])
+            out = self._advance(
+                fresh_rows, actions[fresh], [int(self.positions[row]) + 1 for row in fresh_rows],
+                self.previous[fresh_rows],
+            )
             for j, i in enumerate(fresh):
                 frames[i], rewards[i], logits[i] = out["frames"][j], out["reward"][j], out["termination_logit"][j]
+                self.previous[rows[i]] = out["committed"][j]
             self.stats["generated"] += len(fresh)
         for i, row in enumerate(rows):
             self.positions[row] += 1
@@ -131,19 +140,26 @@ class DreamCore:
                 self._speculate(rows)
         return {"frames": torch.stack(frames), "reward": rewards, "termination_logit": logits, "accepted": accepted}
 
-    def _advance(self, rows: list[int], actions: torch.Tensor, positions: list[int]) -> dict:
-        """Generate and commit one frame for each of `rows` at `positions`, batched."""
+    def _advance(self, rows: list[int], actions: torch.Tensor, positions: list[int], previous: torch.Tensor) -> dict:
+        """Generate and commit one frame for each of `rows` at `positions` after `previous` latents, batched."""
         dit, sampling = self.world.dit, self.world.sampling
         # All rows in order: attend to the cache in place instead of gathering copies of it.
         index = None if rows == list(range(self.num_envs)) else torch.tensor(rows, device=self.device)
         pos = torch.tensor(positions, device=self.device)
         noise = frame_noise([self.row_seeds[row] for row in rows], positions, self.latent_shape, self.device)
-        x = generate_frames(dit, self.cache, index, actions, pos, noise[:, 0], self.sampler_steps, sampling.shift)
+        x = generate_frames(dit, self.cache, index, actions, pos, noise[:, 0], self.sampler_steps, sampling.shift,
+                            previous=previous)
         reward, logit = commit_frames(
-            dit, self.cache, index, x[:, None], actions[:, None], pos[:, None], noise[:, 1, None], sampling.context_noise
+            dit, self.cache, index, x[:, None], actions[:, None], pos[:, None], noise[:, 1, None], sampling.context_noise,
+            previous=previous,
         )
         frames = float_to_frames(self.world.codec.decode(x))  # (R, H, W, 3) uint8
-        return {"frames": frames, "reward": reward[:, 0].cpu(), "termination_logit": logit[:, 0].cpu()}
+        return {
+            "frames": frames,
+            "reward": reward[:, 0].cpu(),
+            "termination_logit": logit[:, 0].cpu(),
+            "committed": context_latents(x, noise[:, 1], sampling.context_noise),
+        }
 
     @torch.no_grad()
     def _speculate(self, rows: list[int]) -> None:
@@ -154,10 +170,12 @@ class DreamCore:
                 return
             actions = torch.stack([self.last_actions[row] for row in need])
             positions = [int(self.positions[row]) + len(self.queues[row]) + 1 for row in need]
-            out = self._advance(need, actions, positions)
+            previous = torch.stack([self.queues[row][-1].committed if self.queues[row] else self.previous[row] for row in need])
+            out = self._advance(need, actions, positions, previous)
             for j, row in enumerate(need):
                 self.queues[row].append(
-                    Speculated(actions[j], out["frames"][j], float(out["reward"][j]), float(out["termination_logit"][j]))
+                    Speculated(actions[j], out["frames"][j], float(out["reward"][j]), float(out["termination_logit"][j]),
+                               out["committed"][j])
                 )
             self.stats["speculated"] += len(need)
 
