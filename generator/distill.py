@@ -52,7 +52,7 @@ from generator.data import EpisodeDataset
 from generator.grad_kv_cache import GradKVCache
 from generator.model import DiT, DiTOutput, timestep_embedding
 from generator.pretrained import WorldModel
-from generator.sampler import logit_normal
+from generator.sampler import logit_normal, previous_frames
 from generator.train import resolve_device
 from generator.trigflow import HALF_PI, TrigFlowModel, proposal_times, trig_denoise, trig_noise, trigflow_from_flow
 
@@ -215,13 +215,24 @@ def outcome_loss(out: DiTOutput, batch: dict[str, torch.Tensor], valid: torch.Te
     return reward + (termination * transition).sum() / count
 
 
+def recycles(dit: DiT) -> bool:
+    """Whether the DiT reads each frame's previous frame (input recycling, `DiTConfig.previous_frame_input`)."""
+    return dit.config.previous_frame_input
+
+
+def recycled_input(dit: DiT, previous: torch.Tensor) -> dict:
+    """`{"previous": previous}` for DiTs with input recycling, `{}` otherwise (keyword arguments of `DiT.forward`)."""
+    return {"previous": previous} if recycles(dit) else {}
+
+
 def context_cache(
     dit: DiT, latents: torch.Tensor, levels: torch.Tensor, actions, positions, has_action, valid, slots: int
 ) -> tuple[GradKVCache, DiTOutput]:
     """Write a clip `(B, T, C, h, w)` at flow `levels` `(B, T)` into a fresh differentiable cache; padding stays
-    invisible."""
+    invisible. With input recycling each frame reads the clip's frame before it (the first frame itself)."""
     cache = GradKVCache.for_model(dit, latents.shape[0], slots=slots)
-    out = dit(latents, levels, actions, positions, has_action=has_action, valid=valid, cache=cache, write_cache=True)
+    out = dit(latents, levels, actions, positions, has_action=has_action, valid=valid, cache=cache, write_cache=True,
+              **recycled_input(dit, previous_frames(latents, None)))
     cache.commit(None, positions, valid)
     return cache, out
 
@@ -265,11 +276,14 @@ def distill_losses(
 
     # Targets: every frame on its own row at its own TrigFlow time, seeing the cached frames before it.
     rows = torch.arange(b, device=device).repeat_interleave(t)  # (B*T,)
-    row_args = dict(actions=as_rows(actions), positions=as_rows(positions), has_action=as_rows(has_action), rows=rows)
+    row_args = dict(actions=as_rows(actions), positions=as_rows(positions), has_action=as_rows(has_action), rows=rows,
+                    **recycled_input(teacher, as_rows(previous_frames(context, None))))
     clean = as_rows(latents)  # (R, 1, C, h, w)
     times = proposal_times((b * t, 1), config.p_mean, config.p_std, sigma, generator).to(device)  # (R, 1)
     x_t = trig_noise(sigma * clean, draw_noise(clean.shape), times, sigma)
     row_valid = as_rows(valid)[:, 0].float()  # (R,)
+    if recycles(teacher):  # a clip's first frame has no previous frame to read: context only
+        row_valid = row_valid * as_rows(positions > 0)[:, 0].float()
     count = row_valid.sum().clamp_min(1)
 
     teacher_trig, student_trig = trigflow_from_flow(teacher, sigma), trigflow_from_flow(student, sigma)
@@ -294,7 +308,8 @@ def distill_losses(
                "tangent_ramp": ramp, "weight_mean": w.mean().item()}
 
     if config.outcome_weight:
-        outcome = outcome_loss(context_out, batch, valid, has_action)
+        learn = valid & ((positions > 0) | ~has_action) if recycles(student) else valid  # first frame: see above
+        outcome = outcome_loss(context_out, batch, learn, has_action)
         student_loss = student_loss + config.outcome_weight * outcome
         metrics["outcome"] = outcome.item()
 

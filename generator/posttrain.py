@@ -7,8 +7,9 @@ pure noise, `x = noise - v(noise, s=1)`: the one-step case of both samplers in `
   outputs with the KV cache exactly as at inference (`generate_frames` + `commit_frames`): each generated frame is
   re-noised to `context_noise` and committed by one pass that writes its keys/values. The recycled frame is
   detached (AAPT: stability), but the commit pass runs with gradients, so gradients flow through the KV cache
-  (`GradKVCache`) into every parameter. `student_forcing=False` is AAPT's failing teacher-forcing ablation (App. D):
-  real frames are committed instead, and the discriminator judges each generated frame after the real past.
+  (`GradKVCache`) into every parameter. DiTs with input recycling (`DiTConfig.previous_frame_input`) also read the
+  last committed frame, detached, as at inference. `student_forcing=False` is AAPT's failing teacher-forcing ablation
+  (App. D): real frames are committed instead, and the discriminator judges each generated frame after the real past.
 - **Long rollouts** (AAPT Sec. 2.4): the rollout is cut into segments of `segment_frames`; after each segment its
   loss is back-propagated (gradient accumulation) and the cache is detached; the discriminator sees each segment
   with `overlap_frames` preceding frames as context.
@@ -49,10 +50,18 @@ from generator.checkpoint import (
     unflatten_state,
 )
 from generator.data import EpisodeDataset
-from generator.distill import FrameDiscriminator, as_rows, outcome_loss, parse_blocks
+from generator.distill import (
+    FrameDiscriminator,
+    as_rows,
+    outcome_loss,
+    parse_blocks,
+    recycled_input,
+    recycles,
+)
 from generator.grad_kv_cache import GradKVCache
 from generator.model import DiT, DiTOutput
 from generator.pretrained import WorldModel
+from generator.sampler import previous_frames
 from generator.train import resolve_device
 
 
@@ -94,21 +103,28 @@ class PosttrainConfig:
 # The rollout, as at inference but differentiable
 
 
-def one_step_frames(dit: DiT, cache: GradKVCache, actions: torch.Tensor, positions: torch.Tensor, noise: torch.Tensor):
-    """One new frame per row in one pass, `noise - v(noise, s=1)` (`generate_frames` with one step), with gradients."""
+def one_step_frames(dit: DiT, cache: GradKVCache, actions: torch.Tensor, positions: torch.Tensor, noise: torch.Tensor,
+                    previous: torch.Tensor | None = None) -> torch.Tensor:
+    """One new frame per row in one pass, `noise - v(noise, s=1)` (`generate_frames` with one step), with gradients.
+
+    `previous` `(B, C, h, w)`: the last committed latent, read by DiTs with input recycling."""
     ones = torch.ones(noise.shape[0], 1, device=noise.device)
-    out = dit(noise[:, None], ones, actions[:, None], positions[:, None], cache=cache)
+    recycled = recycled_input(dit, None if previous is None else previous[:, None])
+    out = dit(noise[:, None], ones, actions[:, None], positions[:, None], cache=cache, **recycled)
     return noise - out.velocity[:, 0]
 
 
 def commit(dit: DiT, cache: GradKVCache, latents, actions, positions, noise, context_noise: float, has_action=None,
-           valid=None) -> DiTOutput:
-    """`commit_frames` with gradients: re-noise `(B, T, C, h, w)` to `context_noise`, write keys/values, commit."""
+           previous: torch.Tensor | None = None) -> tuple[DiTOutput, torch.Tensor]:
+    """`commit_frames` with gradients: re-noise `(B, T, C, h, w)` to `context_noise`, write keys/values, commit.
+
+    Returns the model output and the committed (re-noised) latents; `previous` as in `one_step_frames`."""
     level = torch.full(positions.shape, float(context_noise), device=latents.device)
     noisy = (1 - context_noise) * latents + context_noise * noise
-    out = dit(noisy, level, actions, positions, has_action=has_action, cache=cache, write_cache=True)
-    cache.commit(None, positions, valid)
-    return out
+    out = dit(noisy, level, actions, positions, has_action=has_action, cache=cache, write_cache=True,
+              **recycled_input(dit, previous_frames(noisy, previous)))
+    cache.commit(None, positions)
+    return out, noisy
 
 
 def rollout_segments(
@@ -136,17 +152,19 @@ def rollout_segments(
     b, p = prompt.shape[:2]
     k = actions.shape[1]
     device = prompt.device
-    commit(dit, cache, prompt, prompt_actions, torch.arange(p, device=device)[None].repeat(b, 1), prompt_noise,
-           context_noise, prompt_has_action)
+    _, committed = commit(dit, cache, prompt, prompt_actions, torch.arange(p, device=device)[None].repeat(b, 1),
+                          prompt_noise, context_noise, prompt_has_action)
+    previous = committed[:, -1].detach()  # input recycling reads the last committed frame, detached (AAPT)
     for start in range(0, k, segment_frames):
         frames = []
         for i in range(start, min(k, start + segment_frames)):
             positions = torch.full((b,), p + i, device=device)
-            x = one_step_frames(dit, cache, actions[:, i], positions, start_noise[:, i])
+            x = one_step_frames(dit, cache, actions[:, i], positions, start_noise[:, i], previous)
             frames.append(x)
             source = x.detach() if recycled is None else recycled[:, i]
-            commit(dit, cache, source[:, None], actions[:, i, None], positions[:, None], commit_noise[:, i, None],
-                   context_noise)
+            _, committed = commit(dit, cache, source[:, None], actions[:, i, None], positions[:, None],
+                                  commit_noise[:, i, None], context_noise, previous=previous)
+            previous = committed[:, 0].detach()
         yield start, torch.stack(frames, dim=1)
         cache.detach_()
 
@@ -180,7 +198,8 @@ def score_real(disc: FrameDiscriminator, w: SegmentWindow, segment: torch.Tensor
     frames = torch.cat([w.real[:, :c], segment], dim=1)
     cache = GradKVCache.for_model(disc.backbone, frames.shape[0], slots=frames.shape[1])
     logits = disc(renoise(frames, w.levels, w.noise), w.levels, w.actions, w.positions, has_action=w.has_action,
-                  valid=w.valid, cache=cache, write_cache=True)
+                  valid=w.valid, cache=cache, write_cache=True,
+                  **recycled_input(disc.backbone, previous_frames(frames, None)))
     cache.commit(None, w.positions, w.valid)
     return logits[:, c:], cache
 
@@ -196,13 +215,15 @@ def score_fake(disc: FrameDiscriminator, w: SegmentWindow, segment: torch.Tensor
     if student_forcing:
         frames = torch.cat([w.fake_context, segment], dim=1)
         return disc(renoise(frames, w.levels, w.noise), w.levels, w.actions, w.positions, has_action=w.has_action,
-                    valid=w.valid)[:, c:]
+                    valid=w.valid, **recycled_input(disc.backbone, previous_frames(frames, None)))[:, c:]
     b, n = segment.shape[:2]
     tail = slice(c, None)
+    real_previous = previous_frames(w.real, None)[:, tail]  # what each frame was generated after
     logits = disc(
         as_rows(renoise(segment, w.levels[:, tail], w.noise[:, tail])), as_rows(w.levels[:, tail]),
         as_rows(w.actions[:, tail]), as_rows(w.positions[:, tail]), has_action=as_rows(w.has_action[:, tail]),
         cache=real_cache, rows=torch.arange(b, device=segment.device).repeat_interleave(n),
+        **recycled_input(disc.backbone, as_rows(real_previous)),
     )  # (B*n, 1)
     return logits.reshape(b, n)
 
@@ -288,9 +309,11 @@ def posttrain_step(
         generated.append(segment.detach())
     if config.outcome_weight:
         level = torch.full((b, length), float(context_noise), device=device)
-        out = gen((1 - context_noise) * latents + context_noise * draw_noise(latents.shape), level, actions, positions,
-                  has_action=has_action, valid=valid)
-        outcome = outcome_loss(out, batch, valid, has_action)
+        noisy = (1 - context_noise) * latents + context_noise * draw_noise(latents.shape)
+        out = gen(noisy, level, actions, positions, has_action=has_action, valid=valid,
+                  **recycled_input(gen, previous_frames(noisy, None)))
+        learn = valid & ((positions > 0) | ~has_action) if recycles(gen) else valid  # a clip's first frame: context
+        outcome = outcome_loss(out, batch, learn, has_action)
         (config.outcome_weight * outcome).backward()
         metrics["outcome"] = outcome.item()
     metrics["gen_grad_norm"] = float(torch.nn.utils.clip_grad_norm_(gen.parameters(), config.grad_clip))

@@ -10,7 +10,14 @@ from generator.distill import DistillConfig, distill, scm_tangent, trigflow_jvp
 from generator.grad_kv_cache import GradKVCache
 from generator.model import DiT, dit_config
 from generator.pretrained import WorldModel
-from generator.sampler import commit_frames, flow_timesteps, frame_noise, generate_frames
+from generator.sampler import (
+    commit_frames,
+    context_latents,
+    flow_timesteps,
+    frame_noise,
+    generate_frames,
+    previous_frames,
+)
 from generator.train import build_world_model
 from generator.trigflow import (
     flow_input,
@@ -22,7 +29,7 @@ from generator.trigflow import (
     trigflow_from_flow,
     velocity_from_trig,
 )
-from test_train import make_dataset, tiny_config
+from test_train import TINY, make_dataset, tiny_config
 
 CONTEXT_NOISE = 0.1
 
@@ -143,14 +150,16 @@ def rollout_cached(model, seeds, prompt, prompt_actions, actions, steps):
     has_action = torch.ones(b, p, dtype=torch.bool)
     has_action[:, 0] = False
     commit_frames(model, cache, None, prompt, prompt_actions, positions, ctx, CONTEXT_NOISE, has_action)
+    previous = context_latents(prompt[:, -1], ctx[:, -1], CONTEXT_NOISE)
     frames = []
     for i in range(actions.shape[1]):
         pos = torch.full((b,), p + i)
         noise = frame_noise(seeds, pos.tolist(), shape, extra=steps - 1)
         x = generate_frames(model, cache, None, actions[:, i], pos, noise[:, 0], steps, solver="consistency",
-                            renoise=noise[:, 2:])
+                            renoise=noise[:, 2:], previous=previous)
         commit_frames(model, cache, None, x[:, None], actions[:, i, None], pos[:, None], noise[:, 1, None],
-                      CONTEXT_NOISE)
+                      CONTEXT_NOISE, previous=previous)
+        previous = context_latents(x, noise[:, 1], CONTEXT_NOISE)
         frames.append(x)
     return torch.stack(frames, dim=1)
 
@@ -174,8 +183,10 @@ def rollout_full_recompute(model, seeds, prompt, prompt_actions, actions, steps)
             levels[:, -1] = s
             has_action = torch.ones(b, n + 1, dtype=torch.bool)
             has_action[:, 0] = False
-            out = model(torch.stack(history + [x], dim=1), levels, torch.stack(history_actions + [actions[:, i]], 1),
-                        torch.arange(n + 1)[None].repeat(b, 1), has_action=has_action)
+            sequence = torch.stack(history + [x], dim=1)
+            recycled = {"previous": previous_frames(sequence, None)} if model.config.previous_frame_input else {}
+            out = model(sequence, levels, torch.stack(history_actions + [actions[:, i]], 1),
+                        torch.arange(n + 1)[None].repeat(b, 1), has_action=has_action, **recycled)
             denoised = x - s * out.velocity[:, -1]
             if k + 1 < len(times):
                 x = (1 - times[k + 1]) * denoised + times[k + 1] * noise[:, 2 + k]
@@ -185,9 +196,9 @@ def rollout_full_recompute(model, seeds, prompt, prompt_actions, actions, steps)
     return torch.stack(frames, dim=1)
 
 
-@pytest.mark.parametrize("steps", [4, 2, 1])
-def test_consistency_sampler_with_cache_equals_full_recomputation(steps):
-    model = tiny_model(seed=1)
+@pytest.mark.parametrize("steps, recycling", [(4, False), (2, False), (1, False), (4, True)])
+def test_consistency_sampler_with_cache_equals_full_recomputation(steps, recycling):
+    model = tiny_model(seed=1, previous_frame_input=recycling)
     g = torch.Generator().manual_seed(3)
     prompt = torch.randn(2, 2, 3, 16, 16, generator=g)
     prompt_actions = torch.randint(0, 17, (2, 2), generator=g)
@@ -215,10 +226,10 @@ def test_consistency_sampler_contract():
 # Distillation runs
 
 
-def make_teacher(data, path, seed=0):
+def make_teacher(data, path, seed=0, **config):
     """A random-weight teacher WorldModel for the synthetic dataset (training it is not the point here)."""
     torch.manual_seed(seed)
-    world = build_world_model(tiny_config(data, path), EpisodeDataset(data, window=4))
+    world = build_world_model(tiny_config(data, path, **config), EpisodeDataset(data, window=4))
     with torch.no_grad():
         for p in world.dit.parameters():
             p.normal_(0, 0.05)
@@ -243,8 +254,17 @@ def distill_config(dataset, teacher, out, **kw):
     return DistillConfig(**base)
 
 
-def test_one_distillation_step_changes_the_weights_and_exports_a_consistency_model(dataset, teacher, tmp_path):
+@pytest.fixture(scope="module")
+def recycling_teacher(dataset, tmp_path_factory):
+    return make_teacher(dataset, tmp_path_factory.mktemp("teacher") / "model", seed=1,
+                        model_overrides=dict(TINY, previous_frame_input=True))
+
+
+@pytest.mark.parametrize("recycling", [False, True])
+def test_one_distillation_step_changes_the_weights_and_exports_a_consistency_model(dataset, request, tmp_path,
+                                                                                recycling):
     torch.set_num_threads(1)
+    teacher = request.getfixturevalue("recycling_teacher" if recycling else "teacher")
     result = distill(distill_config(dataset, teacher, tmp_path / "run", adv_weight=0.5))
     assert result["step"] == 1 and math.isfinite(result["final"]["loss"])
     assert {"scm", "adversarial", "disc", "outcome"} <= set(result["final"])

@@ -11,7 +11,8 @@ from generator.pretrained import WorldModel
 from generator.rollout import open_loop_rollout
 from generator.sampler import frame_noise
 from test_distill import make_teacher
-from test_train import make_dataset
+from test_train import TINY, make_dataset
+from tiny_world import make_tiny_world
 
 
 def training_rollout(world, prompt_frames, prompt_actions, actions, seeds, segment_frames):
@@ -30,7 +31,9 @@ def training_rollout(world, prompt_frames, prompt_actions, actions, seeds, segme
     return segments
 
 
-def test_student_forced_rollout_equals_the_inference_rollout(tiny_world):
+@pytest.mark.parametrize("previous_frame_input", [False, True])
+def test_student_forced_rollout_equals_the_inference_rollout(previous_frame_input):
+    tiny_world = make_tiny_world(previous_frame_input=previous_frame_input)
     g = torch.Generator().manual_seed(0)
     prompt_frames = torch.randint(0, 256, (2, 2, 16, 16, 3), generator=g, dtype=torch.uint8)
     prompt_actions = torch.randint(0, 5, (2, 2), generator=g)
@@ -75,6 +78,12 @@ def generator_dir(dataset, tmp_path_factory):
     return make_teacher(dataset, tmp_path_factory.mktemp("student") / "model", seed=1)
 
 
+@pytest.fixture(scope="module")
+def recycling_generator_dir(dataset, tmp_path_factory):
+    return make_teacher(dataset, tmp_path_factory.mktemp("student") / "model", seed=2,
+                        model_overrides=dict(TINY, previous_frame_input=True))
+
+
 def posttrain_config(dataset, generator_dir, out, **kw):
     base = dict(data=str(dataset), generator=str(generator_dir), out=str(out), steps=1, batch_size=2,
                 prompt_frames=1, rollout_frames=4, segment_frames=2, lr=1e-3, disc_lr=1e-3, progress=False,
@@ -83,10 +92,11 @@ def posttrain_config(dataset, generator_dir, out, **kw):
     return PosttrainConfig(**base)
 
 
-@pytest.mark.parametrize("student_forcing", [True, False])
-def test_one_posttrain_step_trains_both_players_and_exports_a_one_step_model(dataset, generator_dir, tmp_path,
-                                                                          student_forcing):
+@pytest.mark.parametrize("student_forcing, recycling", [(True, False), (False, False), (True, True), (False, True)])
+def test_one_posttrain_step_trains_both_players_and_exports_a_one_step_model(dataset, request, tmp_path,
+                                                                          student_forcing, recycling):
     torch.set_num_threads(1)
+    generator_dir = request.getfixturevalue("recycling_generator_dir" if recycling else "generator_dir")
     out = tmp_path / "run"
     result = posttrain(posttrain_config(dataset, generator_dir, out, student_forcing=student_forcing))
     metrics = result["final"]
