@@ -20,7 +20,8 @@ real context (flow levels `U(0, context_noise_max)`), then every frame of the cl
 at its own time, attending only to the cached frames before it (the `rows` argument of the DiT maps B*T target
 rows onto B cached clips). One JVP then gives every frame's own `dF/dt` with the context held fixed, which a
 single joint pass over a clip with independent per-frame times would not (later frames would also see the
-earlier frames move).
+earlier frames move). With input recycling (`DiTConfig.previous_frame_input`) a target reads the cached frame before
+it as its previous frame; a clip's first frame has none, so it serves as context only.
 
 Layout of `out/`: `train_state/` (resumable), `model/` (EMA student as a `WorldModel`, 4-step consistency sampler),
 `tb/`, `metrics.json`.
