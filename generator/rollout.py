@@ -51,8 +51,10 @@ def open_loop_rollout(
     actions = actions.to(device)
     for i in range(k):
         pos = torch.full((b,), p + i, device=device)
-        noise = frame_noise(seeds, pos.tolist(), shape, device)
-        x = generate_frames(dit, cache, None, actions[:, i], pos, noise[:, 0], steps, sampling.shift, previous=previous)
+        extra = steps - 1 if sampling.solver == "consistency" else 0  # re-noising draws of few-step students
+        noise = frame_noise(seeds, pos.tolist(), shape, device, extra=extra)
+        x = generate_frames(dit, cache, None, actions[:, i], pos, noise[:, 0], steps, sampling.shift,
+                            solver=sampling.solver, renoise=noise[:, 2:], previous=previous)
         reward, termination = commit_frames(
             dit, cache, None, x[:, None], actions[:, i, None], pos[:, None], noise[:, 1, None], sampling.context_noise,
             previous=previous,

@@ -149,9 +149,13 @@ def test_other_action_spaces(space, good, bad):
         env.step(np.array(bad, dtype=np.float32 if space["type"] == "Box" else np.int64))
 
 
-@pytest.mark.parametrize("async_speculation, previous_frame_input", [(False, False), (True, False), (False, True)])
-def test_speculation_is_exact_and_rolls_back(async_speculation, previous_frame_input):
-    world = make_tiny_world(previous_frame_input=previous_frame_input)
+@pytest.mark.parametrize(
+    "async_speculation, previous_frame_input, solver",
+    [(False, False, "euler"), (True, False, "euler"), (False, True, "euler"), (False, True, "consistency")],
+)
+def test_speculation_is_exact_and_rolls_back(async_speculation, previous_frame_input, solver):
+    world = make_tiny_world(previous_frame_input=previous_frame_input, sampler_steps=3)
+    world.sampling.solver = solver  # a few-step distilled student samples with re-noising between steps
     actions = sticky_actions(12, 4, mean_repeat=3, seed=1)
     plain = rollout(WorldModelVecEnv(world, num_envs=4, device="cpu"), [1, 2, 3, 4], actions)
     spec_env = WorldModelVecEnv(world, num_envs=4, device="cpu", speculation_depth=2, async_speculation=async_speculation)

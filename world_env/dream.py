@@ -146,9 +146,10 @@ class DreamCore:
         # All rows in order: attend to the cache in place instead of gathering copies of it.
         index = None if rows == list(range(self.num_envs)) else torch.tensor(rows, device=self.device)
         pos = torch.tensor(positions, device=self.device)
-        noise = frame_noise([self.row_seeds[row] for row in rows], positions, self.latent_shape, self.device)
+        extra = self.sampler_steps - 1 if sampling.solver == "consistency" else 0
+        noise = frame_noise([self.row_seeds[row] for row in rows], positions, self.latent_shape, self.device, extra=extra)
         x = generate_frames(dit, self.cache, index, actions, pos, noise[:, 0], self.sampler_steps, sampling.shift,
-                            previous=previous)
+                            solver=sampling.solver, renoise=noise[:, 2:], previous=previous)
         reward, logit = commit_frames(
             dit, self.cache, index, x[:, None], actions[:, None], pos[:, None], noise[:, 1, None], sampling.context_noise,
             previous=previous,
