@@ -49,8 +49,18 @@ class DiTConfig:
     # was cached: re-noised to the context level) by channel concatenation, so copying what does not change is
     # easy; the attention still gives the window of earlier frames.
     previous_frame_input: bool = False
+    # What the output layer predicts. "velocity": the flow velocity `noise - x_0` (NFD). "x": the clean frame
+    # (JiT, Li & He 2025: in pixel space a patch has as many values as a token has channels, and predicting the
+    # clean frame keeps the network on the data manifold instead of passing noise through); with
+    # `previous_frame_input` the prediction is a residual over the previous frame, so an untrained model already
+    # copies the last frame. Either way `forward` returns the velocity `(x_s - x_0_hat) / max(s, x_min_level)`, so
+    # samplers, losses and distillation are unchanged.
+    prediction: str = "velocity"
+    x_min_level: float = 0.05
 
     def __post_init__(self):
+        if self.prediction not in ("velocity", "x"):
+            raise ValueError(f"prediction must be 'velocity' or 'x', got {self.prediction!r}")
         self.latent_size = tuple(self.latent_size)
         h, w = self.latent_size
         if h % self.patch_size or w % self.patch_size:
@@ -367,6 +377,10 @@ class DiT(nn.Module):
         velocity = rearrange(
             self.final_proj(h), "b t (gh gw) (p q c) -> b t c (gh p) (gw q)", gh=gh, gw=gw, p=p, q=p
         )
+        if cfg.prediction == "x":
+            clean = velocity.float() + (previous.float() if cfg.previous_frame_input else 0.0)
+            level = noise_levels.float().clamp_min(cfg.x_min_level)[:, :, None, None, None]
+            velocity = (latents.float() - clean) / level
         outcome = self.outcome_head(h.mean(dim=2)).float()  # (B, T, 2)
         return DiTOutput(velocity.float(), outcome[..., 0], outcome[..., 1])
 
@@ -399,11 +413,11 @@ PRESETS: dict[str, dict] = {
     "tiny": dict(latent_channels=3, latent_size=(16, 16), patch_size=4, dim=32, depth=2, heads=2, window_frames=4),
     "small": dict(
         latent_channels=3, latent_size=(64, 64), patch_size=8, dim=192, depth=6, heads=3, window_frames=16,
-        previous_frame_input=True,
+        previous_frame_input=True, prediction="x",
     ),
     "base": dict(
         latent_channels=3, latent_size=(64, 64), patch_size=8, dim=512, depth=12, heads=8, window_frames=16,
-        previous_frame_input=True,
+        previous_frame_input=True, prediction="x",
     ),
     "paper": dict(
         latent_channels=16, latent_size=(28, 48), patch_size=2, dim=1024, depth=16, heads=16, window_frames=32

@@ -94,9 +94,9 @@ def test_trigflow_converted_teacher_reproduces_the_teacher():
 # JVP
 
 
-@pytest.mark.parametrize("cached", [False, True])
-def test_jvp_through_the_block_causal_dit_matches_finite_differences(cached):
-    model = tiny_model(dtype=torch.float64)
+@pytest.mark.parametrize("cached, prediction", [(False, "velocity"), (True, "velocity"), (True, "x")])
+def test_jvp_through_the_block_causal_dit_matches_finite_differences(cached, prediction):
+    model = tiny_model(dtype=torch.float64, prediction=prediction)
     trig_model = trigflow_from_flow(model, 0.5)
     latents, actions, positions, g = random_clip(model, 2, 3, dtype=torch.float64)
     kwargs = {}
@@ -257,7 +257,7 @@ def distill_config(dataset, teacher, out, **kw):
 @pytest.fixture(scope="module")
 def recycling_teacher(dataset, tmp_path_factory):
     return make_teacher(dataset, tmp_path_factory.mktemp("teacher") / "model", seed=1,
-                        model_overrides=dict(TINY, previous_frame_input=True))
+                        model_overrides=dict(TINY, previous_frame_input=True, prediction="x"))
 
 
 @pytest.mark.parametrize("recycling", [False, True])

@@ -191,9 +191,13 @@ def make_episode(model, b, p, k, seed=0):
     return prompt, prompt_actions, actions
 
 
-@pytest.mark.parametrize("previous_frame_input", [False, True])
-def test_kv_cached_sampling_equals_full_recomputation(previous_frame_input):
-    model = tiny_model(previous_frame_input=previous_frame_input)
+MODES = [dict(previous_frame_input=False), dict(previous_frame_input=True),
+         dict(previous_frame_input=True, prediction="x"), dict(prediction="x")]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_kv_cached_sampling_equals_full_recomputation(mode):
+    model = tiny_model(**mode)
     seeds = [11, 22, 33]
     prompt, prompt_actions, actions = make_episode(model, 3, 2, 7)  # 9 frames > window 4: the window slides
     cached, _ = rollout_cached(model, seeds, prompt, prompt_actions, actions, steps=3)
@@ -201,9 +205,9 @@ def test_kv_cached_sampling_equals_full_recomputation(previous_frame_input):
     assert (cached - full).abs().max() < 1e-4
 
 
-@pytest.mark.parametrize("previous_frame_input", [False, True])
-def test_rows_are_independent_of_the_rest_of_the_batch(previous_frame_input):
-    model = tiny_model(previous_frame_input=previous_frame_input)
+@pytest.mark.parametrize("mode", MODES)
+def test_rows_are_independent_of_the_rest_of_the_batch(mode):
+    model = tiny_model(**mode)
     seeds = [5, 6, 7]
     prompt, prompt_actions, actions = make_episode(model, 3, 2, 5)
     together, _ = rollout_cached(model, seeds, prompt, prompt_actions, actions, steps=2)
@@ -323,3 +327,19 @@ def test_previous_frame_input_is_required_and_used():
     out = model(latents, levels, actions, positions, previous=latents)
     other = model(latents, levels, actions, positions, previous=latents + 1)
     assert not torch.allclose(out.velocity, other.velocity, atol=1e-3)
+
+
+def test_untrained_residual_x_prediction_copies_the_previous_frame():
+    # The output layer starts at zero (adaLN-Zero), so the predicted clean frame is the previous frame: one Euler
+    # step from pure noise lands exactly on it, and the velocity is (x_s - previous) / s.
+    torch.manual_seed(0)
+    model = DiT(dit_config("tiny", previous_frame_input=True, prediction="x")).eval()
+    latents, levels, actions, positions = random_inputs(model, 2, 3)
+    previous = torch.randn_like(latents)
+    levels = levels.clamp_min(0.2)
+    out = model(latents, levels, actions, positions, previous=previous)
+    assert torch.allclose(out.velocity, (latents - previous) / levels[:, :, None, None, None], atol=1e-5)
+    one_step = latents - out.velocity * levels[:, :, None, None, None]
+    assert torch.allclose(one_step, previous, atol=1e-5)
+    with pytest.raises(ValueError, match="prediction"):
+        dit_config("tiny", prediction="epsilon")

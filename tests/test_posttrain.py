@@ -81,7 +81,7 @@ def generator_dir(dataset, tmp_path_factory):
 @pytest.fixture(scope="module")
 def recycling_generator_dir(dataset, tmp_path_factory):
     return make_teacher(dataset, tmp_path_factory.mktemp("student") / "model", seed=2,
-                        model_overrides=dict(TINY, previous_frame_input=True))
+                        model_overrides=dict(TINY, previous_frame_input=True, prediction="x"))
 
 
 def posttrain_config(dataset, generator_dir, out, **kw):
