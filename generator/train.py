@@ -92,7 +92,9 @@ def flow_matching_loss(
     config: TrainConfig,
     generator: torch.Generator,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Loss of one clip batch: velocity MSE on every valid frame + reward MSE + termination BCE.
+    """Loss of one clip batch: flow MSE on every valid frame + reward MSE + termination BCE.
+
+    The flow MSE is the velocity error, or for clean-frame ("x") models the clean-frame error.
 
     latents: `(B, T, C, h, w)` clean latents; batch holds actions, rewards, terminated, is_first, valid `(B, T, ...)`.
     """
@@ -118,7 +120,14 @@ def flow_matching_loss(
     out = model(noisy, levels, batch["actions"].to(device), positions, has_action=has_action, valid=valid,
                 previous=previous)
     target = noise - latents
-    per_frame = ((out.velocity - target) ** 2).mean(dim=(2, 3, 4))  # (B, T)
+    squared = (out.velocity - target) ** 2
+    dit_config = getattr(model, "module", model).config
+    if dit_config.prediction == "x":
+        # Clean-frame models are trained on the clean-frame error, `(v_hat - v)^2 * max(s, x_min)^2 =
+        # (x0_hat - x0)^2`: every noise level weighs alike. The velocity error alone would weigh a frame by
+        # 1 / s^2, so near-clean (context-augmented) frames would swamp the predictions of the next frame.
+        squared = squared * levels.clamp_min(dit_config.x_min_level).square()[:, :, None, None, None]
+    per_frame = squared.mean(dim=(2, 3, 4))  # (B, T)
     weight = learn.float()
     flow = (per_frame * weight).sum() / weight.sum().clamp_min(1)
     transition = (learn & has_action).float()  # the reward/termination of a transition into the frame

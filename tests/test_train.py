@@ -66,10 +66,10 @@ def dataset(tmp_path_factory) -> Path:
     return make_dataset(tmp_path_factory.mktemp("data") / "synthetic")
 
 
-@pytest.mark.parametrize("previous_frame_input", [False, True])
-def test_training_loss_falls(dataset, tmp_path, previous_frame_input):
+@pytest.mark.parametrize("previous_frame_input, prediction", [(False, "velocity"), (True, "velocity"), (True, "x")])
+def test_training_loss_falls(dataset, tmp_path, previous_frame_input, prediction):
     torch.set_num_threads(1)
-    overrides = dict(TINY, previous_frame_input=previous_frame_input)
+    overrides = dict(TINY, previous_frame_input=previous_frame_input, prediction=prediction)
     result = train(tiny_config(dataset, tmp_path / "run", steps=150, log_every=1, model_overrides=overrides))
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

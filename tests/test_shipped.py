@@ -1,0 +1,45 @@
+"""The world model shipped in world_env/assets/crafter: loads offline, matches its config, is deterministic per seed."""
+import gymnasium
+import numpy as np
+import pytest
+import torch
+
+import world_env
+from generator.checkpoint import load_checkpoint
+from generator.model import dit_config
+from generator.pretrained import WorldModel
+from world_env.assets import DEFAULT_MODEL, default_checkpoint
+
+pytestmark = pytest.mark.skipif(not (DEFAULT_MODEL / "config.json").exists(), reason="this install ships no model")
+
+
+def test_shipped_weights_fit_the_budget_and_match_their_config():
+    files = [p for p in DEFAULT_MODEL.rglob("*") if p.is_file()]
+    assert sum(p.stat().st_size for p in files) <= 50 * 2**20
+    config, tensors = load_checkpoint(default_checkpoint())  # checksums and tensor shapes verified
+    world = WorldModel.from_pretrained(default_checkpoint())
+    assert world.info.game == "crafter" and tuple(world.info.frame_size) == (64, 64)
+    assert world.dit.config == dit_config("small", action_space=world.info.action_space)
+    assert world.dit.num_parameters() == sum(t.numel() for t in tensors["model"].values())
+    assert world.prompts is not None and world.prompts["frames"].shape[2:] == (64, 64, 3)
+    assert all(torch.isfinite(p).all() for p in world.dit.parameters())
+
+
+def rollout(seed: int, steps: int = 4) -> np.ndarray:
+    env = gymnasium.make("nextframe/Crafter-v0", device="cpu", sampler_steps=1)  # no checkpoint: the shipped model
+    obs, _ = env.reset(seed=seed)
+    frames = [obs]
+    for action in [0, 3, 3, 5][:steps]:
+        obs, reward, terminated, truncated, _ = env.step(action)
+        assert obs.shape == (64, 64, 3) and obs.dtype == np.uint8 and np.isfinite(reward)
+        frames.append(obs)
+    env.close()
+    return np.stack(frames)
+
+
+def test_shipped_model_is_deterministic_per_seed():
+    torch.set_num_threads(1)
+    a, b, c = rollout(0), rollout(0), rollout(1)
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, c)
+    assert a[1:].std() > 5  # frames with content, not a flat image
