@@ -6,7 +6,9 @@ sit at different time steps, restart independently (`reset_rows`) and drop specu
 Memory is fixed at construction: a rollout of any length never allocates more.
 
 Slots = window_frames - 1 (the past frames a query may see) + speculation_depth (speculated frames kept so a
-rejected speculation can roll back without losing the frames the window still needs).
+rejected speculation can roll back without losing the frames the window still needs). `scratch` extra frame slots
+after the ring hold the keys/values of the frames being computed, so attention over "cache + new frames" reads one
+preallocated buffer in place instead of concatenating a copy of the whole cache in every layer of every pass.
 """
 from __future__ import annotations
 
@@ -26,15 +28,17 @@ class KVCache:
         head_dim: int,
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
+        scratch: int = 0,
     ):
         if slots < 1:
             raise ValueError(f"a KV cache needs at least one slot, got {slots}")
-        shape = (batch_size, heads, slots, tokens_per_frame, head_dim)
+        shape = (batch_size, heads, slots + scratch, tokens_per_frame, head_dim)
         self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(num_layers)]
         self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(num_layers)]
         self.positions = torch.full((batch_size, slots), -1, dtype=torch.long, device=device)  # (B, S)
         self.valid = torch.zeros((batch_size, slots), dtype=torch.bool, device=device)  # (B, S)
         self.batch_size, self.slots, self.tokens_per_frame = batch_size, slots, tokens_per_frame
+        self.scratch = scratch
 
     @property
     def device(self) -> torch.device:
@@ -52,10 +56,26 @@ class KVCache:
 
     def layer(self, index: int, rows: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values of one layer as `(R, heads, slots * tokens, head_dim)`."""
-        k, v = self.keys[index], self.values[index]
+        k, v = self.keys[index][:, :, : self.slots], self.values[index][:, :, : self.slots]
         if rows is not None:
             k, v = k[rows], v[rows]
         return k.flatten(2, 3), v.flatten(2, 3)
+
+    def with_new_frames(self, index: int, rows: torch.Tensor | None, k: torch.Tensor, v: torch.Tensor):
+        """Keys and values of the cache followed by `k`, `v` `(R, heads, T * tokens, head_dim)` of T new frames.
+
+        With all rows (`rows` None) and T <= `scratch`, the new frames are copied into the scratch slots and the
+        result is a view of the buffer; otherwise the cached keys are concatenated with the new ones (a copy).
+        """
+        t = k.shape[2] // self.tokens_per_frame
+        if rows is None and t <= self.scratch:
+            end = self.slots + t
+            buffer_k, buffer_v = self.keys[index], self.values[index]
+            buffer_k[:, :, self.slots : end] = k.unflatten(2, (t, self.tokens_per_frame)).to(buffer_k.dtype)
+            buffer_v[:, :, self.slots : end] = v.unflatten(2, (t, self.tokens_per_frame)).to(buffer_v.dtype)
+            return buffer_k[:, :, :end].flatten(2, 3).to(k.dtype), buffer_v[:, :, :end].flatten(2, 3).to(v.dtype)
+        cached_k, cached_v = self.layer(index, rows)
+        return torch.cat([cached_k.to(k.dtype), k], dim=2), torch.cat([cached_v.to(v.dtype), v], dim=2)
 
     def gather(self, rows: torch.Tensor) -> "KVCache":
         """A read-only copy holding only `rows` (in that order): gather once, attend to it many times."""
@@ -64,6 +84,7 @@ class KVCache:
         view.values = [v[rows] for v in self.values]
         view.positions, view.valid = self.positions[rows], self.valid[rows]
         view.batch_size, view.slots, view.tokens_per_frame = len(rows), self.slots, self.tokens_per_frame
+        view.scratch = self.scratch
         return view
 
     def slot_state(self, rows: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:

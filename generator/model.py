@@ -183,7 +183,7 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
 def math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Plain softmax attention; supports forward-mode AD (`torch.func.jvp`) where fused kernels may not."""
     scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
-    scores = scores.masked_fill(~mask, float("-inf"))
+    scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
     return scores.softmax(dim=-1) @ v
 
 
@@ -209,21 +209,21 @@ class Attention(nn.Module):
         k = apply_rope(self.k_norm(k), cos, sin)  # (B, H, T*N, hd)
         keys, values = k, v
         if cache is not None:
-            cached_k, cached_v = cache.layer(layer_index, rows)  # (B, H, S*N, hd)
-            keys = torch.cat([cached_k.to(k.dtype), k], dim=2)
-            values = torch.cat([cached_v.to(v.dtype), v], dim=2)
-            if write_cache:
-                cache.write(
-                    layer_index,
-                    rows,
-                    positions,
-                    rearrange(k, "b h (t n) d -> b h t n d", t=t).to(cache.keys[0].dtype),
-                    rearrange(v, "b h (t n) d -> b h t n d", t=t).to(cache.values[0].dtype),
-                )
+            keys, values = cache.with_new_frames(layer_index, rows, k, v)  # (B, H, (S + T) * N, hd)
         if self.use_math:
             out = math_attention(q, keys, values, mask)
         else:
             out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)  # (B, H, T*N, hd)
+        if cache is not None and write_cache:
+            # After attending: `keys` may be a view of the cache buffer, and the ring slot written here can hold a
+            # frame this query still sees (the window's oldest).
+            cache.write(
+                layer_index,
+                rows,
+                positions,
+                rearrange(k, "b h (t n) d -> b h t n d", t=t).to(cache.keys[0].dtype),
+                rearrange(v, "b h (t n) d -> b h t n d", t=t).to(cache.values[0].dtype),
+            )
         return self.proj(rearrange(out, "b h (t n) d -> b t n (h d)", t=t))
 
 
@@ -367,6 +367,8 @@ class DiT(nn.Module):
             )  # (B, T, S)
             frame_mask = torch.cat([past, frame_mask], dim=2)
         mask = expand_to_tokens(frame_mask, cfg.tokens_per_frame)  # (B, 1, T*N, K*N)
+        # As an additive bias, built once: a boolean mask is converted by every layer's attention call.
+        mask = torch.zeros(mask.shape, dtype=x.dtype, device=x.device).masked_fill_(~mask, float("-inf"))
 
         cache_args = dict(cache=cache, rows=rows, positions=positions, write_cache=write_cache)
         for index, block in enumerate(self.blocks):
@@ -398,6 +400,7 @@ class DiT(nn.Module):
             head_dim=self.config.head_dim,
             device=device or param.device,
             dtype=dtype or param.dtype,
+            scratch=1,  # the frame being stepped attends to the cache in place
         )
 
     def num_parameters(self) -> int:

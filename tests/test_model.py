@@ -343,3 +343,19 @@ def test_untrained_residual_x_prediction_copies_the_previous_frame():
     assert torch.allclose(one_step, previous, atol=1e-5)
     with pytest.raises(ValueError, match="prediction"):
         dit_config("tiny", prediction="epsilon")
+
+
+def test_in_place_scratch_attention_equals_concatenation():
+    # DiT.new_cache keeps a scratch slot so a stepped frame attends to the cache buffer in place; a cache without
+    # one concatenates copies. Both must give the same frames, also once the ring overwrites the window's oldest.
+    from generator.kv_cache import KVCache
+
+    model = tiny_model(previous_frame_input=True, prediction="x")
+    prompt, prompt_actions, actions = make_episode(model, 3, 2, 7)
+    in_place, cache = rollout_cached(model, [1, 2, 3], prompt, prompt_actions, actions, steps=2)
+    assert cache.scratch == 1
+    cfg = model.config
+    model.new_cache = lambda b: KVCache(cfg.depth, b, cfg.window_frames - 1, cfg.tokens_per_frame, cfg.heads,
+                                        cfg.head_dim, scratch=0)
+    copied, _ = rollout_cached(model, [1, 2, 3], prompt, prompt_actions, actions, steps=2)
+    assert torch.equal(in_place, copied)
