@@ -57,6 +57,10 @@ class TrainConfig:
     # Context-noise augmentation: a fraction of frames are drawn as "slightly noised context" in
     # [0, context_noise_max], the regime generated context is fed at inference (SamplingConfig.context_noise).
     context_frame_prob: float = 0.3
+    # Fraction of the other frames put at flow time exactly 1 (pure noise: predicted from the context alone). A
+    # logit-normal puts ~0.2 % of frames above 0.95, so without these a one-step sampler, which starts at 1, would
+    # query a level the network was hardly trained at.
+    full_noise_prob: float = 0.25
     context_noise_max: float = 0.2
     context_noise: float = 0.1  # inference level stored with the model
     sampler_steps: int = 8  # default sampler steps stored with the model
@@ -78,8 +82,11 @@ class TrainConfig:
 
 
 def sample_noise_levels(shape, config: TrainConfig, generator: torch.Generator) -> torch.Tensor:
-    """Independent flow time per frame: logit-normal, or for context-augmented frames uniform in [0, max]."""
+    """Independent flow time per frame: logit-normal or exactly 1 (pure noise), or for context-augmented frames
+    uniform in [0, max]."""
     levels = logit_normal(shape, config.noise_mean, config.noise_std, generator=generator)
+    if config.full_noise_prob:
+        levels = torch.where(torch.rand(shape, generator=generator) < config.full_noise_prob, 1.0, levels)
     context = torch.rand(shape, generator=generator) < config.context_frame_prob
     low = torch.rand(shape, generator=generator) * config.context_noise_max
     return torch.where(context, low, levels)

@@ -147,3 +147,17 @@ def test_open_loop_evaluation_writes_json_and_plot(dataset, tmp_path):
     assert all(0 < p <= 100 for p in metrics["psnr"] + metrics["copy_last_psnr"])
     assert (tmp_path / "eval" / "open_loop.png").stat().st_size > 1000
     assert json.loads((tmp_path / "eval" / "open_loop.json").read_text())["windows"] == 4
+
+
+def test_noise_levels_mix_logit_normal_pure_noise_and_context():
+    from generator.train import sample_noise_levels
+
+    g = torch.Generator().manual_seed(0)
+    config = tiny_config(Path("d"), Path("o"), full_noise_prob=0.25, context_frame_prob=0.3, context_noise_max=0.2)
+    levels = sample_noise_levels((200, 50), config, g)
+    assert ((levels >= 0) & (levels <= 1)).all()
+    pure = (levels == 1.0).float().mean().item()
+    assert pure == pytest.approx(0.25 * 0.7, abs=0.02)  # context frames override
+    assert ((levels <= 0.2).float().mean().item()) == pytest.approx(0.3 + 0.7 * 0.75 * 0.083, abs=0.02)  # P(logit-normal <= 0.2) = 0.083
+    none = sample_noise_levels((200, 50), tiny_config(Path("d"), Path("o"), full_noise_prob=0.0), g)
+    assert (none == 1.0).sum() == 0
