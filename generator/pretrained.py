@@ -112,3 +112,19 @@ class WorldModel(nn.Module):
         if prompts is not None and not {"frames", "actions", "has_action"} <= set(prompts):
             raise CheckpointError(f"{directory}/prompts.safetensors lacks frames/actions/has_action")
         return cls(dit, codec, sampling, info, prompts).to(device).eval()
+
+
+def export_model(source: str | Path, destination: str | Path, **sampling) -> WorldModel:
+    """Copy a world model to `destination` with new sampling defaults (`SamplingConfig` fields, e.g.
+    `sampler_steps=1, context_noise=0.0`), recording the change in `info.training["export"]`. Weights are unchanged."""
+    world = WorldModel.from_pretrained(source)
+    known = set(SamplingConfig.__dataclass_fields__)
+    unknown = set(sampling) - known
+    if unknown:
+        raise ValueError(f"unknown sampling fields {sorted(unknown)}; known: {sorted(known)}")
+    changes = {k: v for k, v in sampling.items() if v is not None}
+    for key, value in changes.items():
+        setattr(world.sampling, key, type(getattr(world.sampling, key))(value))
+    world.info.training = {**world.info.training, "export": {"source": str(source), "sampling": changes}}
+    world.save_pretrained(destination)
+    return world

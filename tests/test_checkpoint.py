@@ -264,3 +264,22 @@ def test_atomic_write_json(tmp_path):
     with pytest.raises(ValueError):
         atomic_write_json(path, {"a": float("nan")})
     assert json.loads(path.read_text()) == {"a": 3}
+
+
+def test_export_model_changes_only_the_sampling_defaults(tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from tiny_world import make_tiny_world
+    from generator.pretrained import WorldModel, export_model
+
+    source = make_tiny_world().save_pretrained(tmp_path / "a")
+    export_model(source, tmp_path / "b", sampler_steps=1, context_noise=0.0)
+    a, b = WorldModel.from_pretrained(tmp_path / "a"), WorldModel.from_pretrained(tmp_path / "b")
+    assert (b.sampling.sampler_steps, b.sampling.context_noise) == (1, 0.0)
+    assert a.sampling.sampler_steps == 2 and b.sampling.shift == a.sampling.shift
+    assert all(torch.equal(x, y) for x, y in zip(a.dit.state_dict().values(), b.dit.state_dict().values()))
+    assert b.info.training["export"]["sampling"] == {"sampler_steps": 1, "context_noise": 0.0}
+    with pytest.raises(ValueError, match="unknown sampling fields"):
+        export_model(source, tmp_path / "c", steps=1)
