@@ -181,10 +181,11 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
 
 
 def math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Plain softmax attention; supports forward-mode AD (`torch.func.jvp`) where fused kernels may not."""
+    """Plain softmax attention; supports forward-mode AD (`torch.func.jvp`) where fused kernels may not.
+
+    `mask` is an additive bias (0 where attending is allowed, -inf elsewhere), as `DiT.forward` builds it."""
     scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
-    scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
-    return scores.softmax(dim=-1) @ v
+    return (scores + mask).softmax(dim=-1) @ v
 
 
 # ----------------------------------------------------------------------------------------------------------------

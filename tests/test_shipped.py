@@ -1,7 +1,6 @@
 """The world model shipped in world_env/assets/crafter: loads offline, matches its config, is deterministic per seed."""
 import gymnasium
 import numpy as np
-import pytest
 import torch
 
 import world_env  # noqa: F401  (registers nextframe/Crafter-v0)
@@ -9,6 +8,7 @@ from generator.checkpoint import load_checkpoint
 from generator.model import dit_config
 from generator.pretrained import WorldModel
 from world_env.assets import DEFAULT_MODEL, default_checkpoint
+
 
 def test_shipped_weights_fit_the_budget_and_match_their_config():
     files = [p for p in DEFAULT_MODEL.rglob("*") if p.is_file()]
