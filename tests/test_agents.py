@@ -250,6 +250,50 @@ def test_a_perfect_dream_scores_perfectly(square_data, square_idm, monkeypatch):
     assert np.array_equal(clips["real"], clips["dream"])
 
 
+def test_nearest_real_psnr_matches_brute_force_and_separates_game_frames_from_noise():
+    from agents.model_table import nearest_real_psnr
+
+    g = torch.Generator().manual_seed(0)
+    bank = torch.randint(0, 256, (7, 8, 8, 3), generator=g, dtype=torch.uint8)
+    frames = torch.cat([bank[2:3], torch.randint(0, 256, (3, 8, 8, 3), generator=g, dtype=torch.uint8)])
+    got = nearest_real_psnr(frames, bank.flatten(1).float(), chunk=2)
+    errors = ((frames[:, None].float() - bank[None].float()) ** 2).flatten(2).mean(-1).min(1).values
+    expected = 10 * torch.log10(255.0 ** 2 / errors.clamp_min(1e-10))
+    assert torch.allclose(got, expected, atol=1e-3)
+    assert got[0] > 99 > 20 > got[1:].max()  # a bank frame is found exactly; noise is far from every frame
+
+
+def test_model_table_rows_files_and_entry_errors(square_data, square_world, square_idm, tmp_path):
+    from agents.model_table import ModelTableConfig, model_table, parse_entry
+
+    assert parse_entry("t=runs/a/model@4") == ("t", "runs/a/model", 4)
+    assert parse_entry("t=runs/a/model") == ("t", "runs/a/model", None)
+    for bad in ("runs/a/model", "t=", "t=a@x"):
+        with pytest.raises(ValueError, match="model entry"):
+            parse_entry(bad)
+    config = ModelTableConfig(models=[f"two={square_world}@2", f"one={square_world}@1"], data=str(square_data),
+                              out=str(tmp_path / "table"), split="val", idm=str(square_idm), context_frames=2,
+                              horizons=(1, 2, 4), windows=4, drift_frames=30, drift_rows=2, drift_span=5,
+                              bank_frames=64, speed_frames=3, progress=False)
+    result = model_table(config)
+    rows = result["rows"]
+    assert list(rows) == ["two", "one"] and rows["two"]["sampler_steps"] == 2 and rows["one"]["sampler_steps"] == 1
+    for row in rows.values():
+        assert len(row["drift_curve"]) == 30  # longer than any episode of the data (24 steps)
+        for key in ("psnr_h1", "psnr_h4", "ssim_h2", "copy_psnr_h4", "idm_accuracy_dream", "fps_single", "fps_batch"):
+            assert math.isfinite(row[key]), key
+        assert row["drift_db"] == pytest.approx(row["nn_psnr_first"] - row["nn_psnr_last"])
+        assert row["fps_batch_rows"] == 2
+    assert rows["one"]["psnr_h1"] != rows["two"]["psnr_h1"]  # the sampler steps were really used
+    assert math.isfinite(result["real_reference_nn_psnr"])
+    for name in ("table.json", "table.md", "drift.png"):
+        assert (tmp_path / "table" / name).stat().st_size > 200, name
+    table = (tmp_path / "table" / "table.md").read_text()
+    assert "copy-last frame" in table and "| two | 2 |" in table and "| one | 1 |" in table
+    with pytest.raises(ValueError, match="unique"):
+        model_table(ModelTableConfig(**{**config.__dict__, "models": [f"a={square_world}", f"a={square_world}"]}))
+
+
 # -- Collecting in the dream ---------------------------------------------------------------------------------------
 
 
