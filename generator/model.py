@@ -166,6 +166,11 @@ def rope_angles(positions: torch.Tensor, grid: tuple[int, int], head_dim: int, t
     )  # (B, T, N, head_dim / 2)
 
 
+def at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in float32 when it is in a lower precision (bf16/fp16 under autocast); float32/float64 unchanged."""
+    return x.float() if x.dtype in (torch.bfloat16, torch.float16) else x
+
+
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate `x` `(B, H, L, D)` by angles given as cos/sin `(B, 1, L, D / 2)` (rotate-half layout)."""
     x1, x2 = x.chunk(2, dim=-1)
@@ -206,8 +211,9 @@ class Attention(nn.Module):
     def forward(self, x, cos, sin, mask, cache=None, layer_index=0, rows=None, positions=None, write_cache=False):
         b, t, n, _ = x.shape
         q, k, v = rearrange(self.qkv(x), "b t n (three h d) -> three b h (t n) d", three=3, h=self.heads)
-        q = apply_rope(self.q_norm(q), cos, sin)
-        k = apply_rope(self.k_norm(k), cos, sin)  # (B, H, T*N, hd)
+        # Norm and rotation in float32 (a no-op in fp32; under bf16 autocast it keeps RoPE exact and the norm fused).
+        q = apply_rope(self.q_norm(at_least_float32(q)), cos, sin)
+        k = apply_rope(self.k_norm(at_least_float32(k)), cos, sin)  # (B, H, T*N, hd)
         keys, values = k, v
         if cache is not None:
             keys, values = cache.with_new_frames(layer_index, rows, k, v)  # (B, H, (S + T) * N, hd)

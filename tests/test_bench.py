@@ -116,3 +116,37 @@ def test_recorded_stream_is_skipped_with_a_note_without_a_dataset(tmp_path):
     assert results["dream"][0]["sampler_steps"] == results["model"]["default_sampler_steps"] == 8
     assert results["dream"][0]["gain"] > 0 and results["real_game"] is None
     assert any("recorded stream skipped" in note for note in results["notes"])
+
+
+def test_flops_per_env_step_scale_with_passes_not_batch_and_give_mfu():
+    """One env step at s sampler steps is s denoising passes plus one commit pass over the frame's tokens: the
+    counted FLOPs per env step do not depend on the batch, and 2 steps cost 3/2 of 1 step. MFU = achieved/peak."""
+    settings = BenchSettings(model_config="tiny", num_envs=(1, 3), sampler_steps=(1, 2), speculation=("off",),
+                             agent_ms=(0.0,), warmup=1, steps=2, game=None, threads=1, peak_tflops=2.0)
+    rows = run_benchmark(settings, log=lambda line: None)["dream"]
+    flops = {(r["num_envs"], r["sampler_steps"]): r["flops_per_env_step"] for r in rows}
+    assert len(flops) == 4 and all(f > 1e5 for f in flops.values())
+    for steps in (1, 2):
+        assert flops[(3, steps)] == flops[(1, steps)]  # per env: the batch only multiplies the work
+    assert abs(flops[(1, 2)] / flops[(1, 1)] - 1.5) < 0.05
+    for r in rows:
+        assert r["achieved_tflops"] * 1e12 == __import__("pytest").approx(
+            r["flops_per_env_step"] * r["env_steps_per_s"], rel=1e-6)
+        assert r["mfu"] == r["achieved_tflops"] / 2.0 and r["precision"] == "fp32"
+    # No known peak on a CPU: no MFU, but the achieved rate is still reported.
+    plain = run_benchmark(BenchSettings(**{**settings.__dict__, "peak_tflops": None, "num_envs": (1,),
+                                           "sampler_steps": (1,)}), log=lambda line: None)["dream"][0]
+    assert plain["mfu"] is None and plain["achieved_tflops"] > 0
+
+
+def test_bf16_benchmark_runs_and_is_reported():
+    settings = BenchSettings(model_config="tiny", num_envs=(2,), sampler_steps=(1,), speculation=("off", "sync"),
+                             agent_ms=(0.0,), streams=("sticky",), warmup=1, steps=2, game=None, threads=1,
+                             precision="bf16")
+    results = run_benchmark(settings, log=lambda line: None)
+    assert all(r["precision"] == "bf16" for r in results["dream"])
+    assert "precision bf16" in to_markdown(results)
+    import pytest
+
+    with pytest.raises(ValueError, match="precision"):
+        BenchSettings(precision="fp8")

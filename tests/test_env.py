@@ -224,3 +224,26 @@ def test_record_episode_statistics_and_video(tmp_path):
     import imageio.v3 as iio
 
     assert iio.imread(path, index=None).shape[0] == 6
+
+
+def test_bf16_precision_stays_close_to_fp32_is_deterministic_and_keeps_a_bf16_cache():
+    world = make_tiny_world(sampler_steps=2)
+    runs = {}
+    for precision in ("fp32", "bf16", "bf16"):
+        env = WorldModelVecEnv(world, num_envs=3, device="cpu", precision=precision)
+        obs, _ = env.reset(seed=5)
+        frames = [obs]
+        for _ in range(5):
+            obs, reward, *_ = env.step(np.array([0, 1, 2]))
+            frames.append(obs)
+        assert env.core.cache.keys[0].dtype == (torch.bfloat16 if precision == "bf16" else torch.float32)
+        assert reward.dtype == np.float32 or reward.dtype == np.float64
+        video = np.stack(frames).astype(np.int16)
+        if precision in runs:
+            assert np.array_equal(video, runs[precision])  # same seed, same device: same frames
+        runs[precision] = video
+    difference = np.abs(runs["fp32"] - runs["bf16"])
+    assert difference.max() <= 8 and difference.mean() < 1.0  # grey levels of 255
+    assert difference[1:].max() > 0  # bf16 really ran
+    with pytest.raises(ValueError, match="precision"):
+        WorldModelVecEnv(world, num_envs=1, device="cpu", precision="fp16")

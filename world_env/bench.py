@@ -14,6 +14,12 @@ while the agent thinks, so only the whole loop is a fair measure); latency is th
 Plain stepping costs the same whatever the actions, so it is measured once per (num_envs, sampler_steps, agent
 time), and every speculative case's gain is its env-steps/s over that baseline's.
 
+Plain-stepping cases also count the floating-point operations of one `env.step` (`torch.utils.flop_counter`:
+matmuls, convolutions and attention, i.e. what the hardware's peak refers to) and report the achieved TFLOP/s
+(``flops_per_env_step * env-steps/s``) and, when the device's dense peak is known (`PEAK_TFLOPS` or
+``peak_tflops``), the model FLOPs utilisation (MFU). ``precision="bf16"`` steps under bfloat16 autocast with a
+bfloat16 KV cache (`world_env.dream`).
+
 The real game (`make_game`) is stepped in the same run with the same sticky stream, timed without and with its
 resets. Results come back as one dict (`to_markdown` renders it); `write_results` writes JSON + Markdown.
 
@@ -45,8 +51,16 @@ from generator.model import DiT, dit_config
 from generator.pretrained import SamplingConfig, WorldModel, WorldModelInfo
 from generator.sampler import mix_seed
 from world_env.collect import StickyPolicy
+from world_env.dream import PRECISIONS
 from world_env.env import WorldModelVecEnv
 
+# Dense (no sparsity) peak TFLOP/s by GPU name and precision, from the vendors' data sheets (SXM parts; fp32 is
+# the non-tensor-core rate). Used for MFU when `peak_tflops` is not given; unknown devices report no MFU.
+PEAK_TFLOPS = {
+    "H200": {"bf16": 989.4, "fp32": 66.9},
+    "H100": {"bf16": 989.4, "fp32": 66.9},
+    "A100": {"bf16": 312.0, "fp32": 19.5},
+}
 CRAFTER_ACTIONS = {"type": "Discrete", "n": 17, "start": 0}
 SPECULATION_MODES = ("off", "sync", "async")
 STREAMS = ("sticky", "recorded")
@@ -86,6 +100,8 @@ class BenchSettings:
     game: str | None = "crafter"  # real game timed in the same run (None: skip)
     game_steps: int = 1000
     threads: int | None = 2  # torch.set_num_threads; None leaves torch's default
+    precision: str = "fp32"  # "fp32" or "bf16" (autocast + bf16 KV cache)
+    peak_tflops: float | None = None  # the device's dense peak for MFU (None: `PEAK_TFLOPS` by GPU name, or no MFU)
     seed: int = 0
 
     def __post_init__(self):
@@ -107,6 +123,8 @@ class BenchSettings:
             raise ValueError(f"agent_ms must be >= 0, got {self.agent_ms}")
         if self.steps < 2 or self.warmup < 0:
             raise ValueError(f"need steps >= 2 and warmup >= 0, got steps={self.steps}, warmup={self.warmup}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.speculation_depth < 1 and set(self.speculation) - {"off"}:
             raise ValueError("speculation_depth must be >= 1 to measure speculation")
 
@@ -312,12 +330,37 @@ def latency_stats(seconds: list[float]) -> dict:
             "min": float(ms.min()), "max": float(ms.max())}
 
 
+def count_step_flops(env: WorldModelVecEnv, actions: np.ndarray) -> float:
+    """Floating-point operations of one `env.step(actions)` (matmuls, convolutions, attention), counted by
+    `torch.utils.flop_counter.FlopCounterMode` on this thread (so: plain stepping, no background speculation)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    env.core.wait()
+    counter = FlopCounterMode(display=False)
+    with counter:
+        env.step(actions)
+    return float(counter.get_total_flops())
+
+
+def device_peak_tflops(settings: BenchSettings, device_name: str) -> float | None:
+    """The dense peak MFU is measured against: `settings.peak_tflops`, else `PEAK_TFLOPS` by GPU name."""
+    if settings.peak_tflops is not None:
+        return float(settings.peak_tflops)
+    if settings.device.startswith("cuda"):
+        for name, peaks in PEAK_TFLOPS.items():
+            if name in device_name:
+                return peaks[settings.precision]
+    return None
+
+
 def time_dream_case(world: WorldModel, settings: BenchSettings, num_envs: int, sampler_steps: int, mode: str,
-                    stream: str, actions: np.ndarray, agent_ms: float) -> dict:
-    """Time one case: fresh env, reset, warm-up, then `settings.steps` timed loop iterations."""
+                    stream: str, actions: np.ndarray, agent_ms: float, peak_tflops: float | None = None) -> dict:
+    """Time one case: fresh env, reset, warm-up, then `settings.steps` timed loop iterations (plain stepping then
+    counts the FLOPs of one more step)."""
     env = WorldModelVecEnv(
         world, num_envs=num_envs, device=settings.device, sampler_steps=sampler_steps,
         speculation_depth=0 if mode == "off" else settings.speculation_depth, async_speculation=mode == "async",
+        precision=settings.precision,
     )
     agent = make_agent(settings.agent_kind, agent_ms)
     try:
@@ -343,11 +386,13 @@ def time_dream_case(world: WorldModel, settings: BenchSettings, num_envs: int, s
         env.core.wait()  # the speculation the last step started belongs to this window
         loop_s = time.perf_counter() - started
         after = dict(env.core.stats)
+        flops = count_step_flops(env, actions[settings.warmup]) / num_envs if mode == "off" else None
     finally:
         env.close()
     counts = {key: after[key] - before[key] for key in after}
     tried = counts["accepted"] + counts["rejected"]
     timed = len(step_s)
+    achieved = flops * num_envs * timed / loop_s / 1e12 if flops is not None else None
     return {
         "stream": stream,
         "num_envs": num_envs,
@@ -367,6 +412,11 @@ def time_dream_case(world: WorldModel, settings: BenchSettings, num_envs: int, s
         "frames_per_env_step": (counts["generated"] + counts["speculated"]) / (num_envs * timed),
         "speculation_counts": counts,
         "resets": resets,
+        "precision": settings.precision,
+        "flops_per_env_step": flops,
+        "achieved_tflops": achieved,
+        "peak_tflops": peak_tflops,
+        "mfu": achieved / peak_tflops if achieved is not None and peak_tflops else None,
         "mean_action_run": mean_run_length(actions[settings.warmup: settings.warmup + timed]),
         "load_avg_after": list(os.getloadavg()),
     }
@@ -507,7 +557,7 @@ def _run(settings: BenchSettings, log: Callable[[str], None]) -> dict:
                         skipped.append({**case, "reason": f"time budget of {settings.budget_s:.0f} s spent"})
                         continue
                     row = time_dream_case(world, settings, num_envs, steps, mode, stream, stream_actions[stream],
-                                          agent_ms)
+                                          agent_ms, device_peak_tflops(settings, meta["device_name"]))
                     if mode == "off" and "off" not in settings.speculation:
                         row["baseline_only"] = True
                     results.append(row)
@@ -553,13 +603,14 @@ def _fmt(value: Any, digits: int = 2) -> str:
 
 def format_row(row: dict) -> str:
     acceptance = "" if row["acceptance_rate"] is None else f" accept {row['acceptance_rate']:.2f}"
+    flops = "" if row.get("achieved_tflops") is None else f", {row['achieved_tflops'] * 1000:.1f} GFLOP/s"
     return (f"envs {row['num_envs']:>3} steps {row['sampler_steps']} {row['speculation']:>5} {row['stream']:>8} "
             f"agent {row['agent_ms']:g} ms: {row['env_steps_per_s']:.2f} env-steps/s, step p50 "
-            f"{row['step_ms']['p50']:.1f} ms{acceptance} ({row['steps']} steps, load {row['load_avg_after'][0]:.2f})")
+            f"{row['step_ms']['p50']:.1f} ms{acceptance}{flops} ({row['steps']} steps, load {row['load_avg_after'][0]:.2f})")
 
 
 DREAM_COLUMNS = ("stream", "envs", "sampler steps", "speculation", "agent ms", "timed steps", "env-steps/s",
-                 "step ms mean", "p50", "p95", "acceptance", "frames/env-step", "gain", "load 1 min")
+                 "step ms mean", "p50", "p95", "acceptance", "frames/env-step", "gain", "GFLOP/env-step", "TFLOP/s", "MFU", "load 1 min")
 
 
 def to_markdown(results: dict) -> str:
@@ -574,7 +625,7 @@ def to_markdown(results: dict) -> str:
         f"- model: {model['config']}, {model['parameters'] / 1e6:.1f}M parameters, {model['weights']}; frames "
         f"{model['frame_size'][0]}x{model['frame_size'][1]}, latent {tuple(model['latent_shape'])}, "
         f"{model['tokens_per_frame']} tokens/frame, window {model['window_frames']} frames, codec "
-        f"{model['codec']['kind']}",
+        f"{model['codec']['kind']}; precision {results['settings'].get('precision', 'fp32')}",
         "",
         "| " + " | ".join(DREAM_COLUMNS) + " |",
         "|" + "---|" * len(DREAM_COLUMNS),
@@ -586,7 +637,8 @@ def to_markdown(results: dict) -> str:
         cells = (stream, r["num_envs"], r["sampler_steps"], mode, agent, r["steps"], _fmt(r["env_steps_per_s"]),
                  _fmt(r["step_ms"]["mean"], 1), _fmt(r["step_ms"]["p50"], 1), _fmt(r["step_ms"]["p95"], 1),
                  _fmt(r["acceptance_rate"]), _fmt(r["frames_per_env_step"]), _fmt(r["gain"]),
-                 _fmt(r["load_avg_after"][0]))
+                 _fmt(r["flops_per_env_step"] / 1e9 if r.get("flops_per_env_step") is not None else None, 3),
+                 _fmt(r.get("achieved_tflops"), 4), _fmt(r.get("mfu"), 4), _fmt(r["load_avg_after"][0]))
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     for s in results["skipped"]:
         lines.append(f"| {s['stream']} | {s['num_envs']} | {s['sampler_steps']} | {s['speculation']} | "

@@ -9,9 +9,14 @@ At the next step a row whose action equals the speculated one takes its stored f
 back to the last accepted frame, drop their speculation and are generated fresh, together. Noise depends only on
 (row seed, frame position), so an accepted speculated frame is the frame plain stepping would have produced.
 With `async_speculation` the speculative passes run in a background thread while the caller chooses its actions.
+
+`precision="bf16"` runs every network pass under bfloat16 autocast and keeps the KV cache in bfloat16 (half the
+cache memory and bandwidth; the sampler's own state — noise, the ODE update, the previous-frame latents — stays
+float32). It is meant for GPUs; on a CPU it works but is rarely faster.
 """
 from __future__ import annotations
 
+import contextlib
 import threading
 from dataclasses import dataclass
 
@@ -20,6 +25,9 @@ import torch
 
 from generator.codec import float_to_frames
 from generator.sampler import commit_frames, context_latents, frame_noise, generate_frames
+
+
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass
@@ -41,16 +49,21 @@ class DreamCore:
         sampler_steps: int | None = None,
         speculation_depth: int = 0,
         async_speculation: bool = False,
+        precision: str = "fp32",
     ):
         if speculation_depth < 0:
             raise ValueError(f"speculation_depth must be >= 0, got {speculation_depth}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         self.world = world
         self.num_envs = num_envs
         self.sampler_steps = int(sampler_steps or world.sampling.sampler_steps)
         self.speculation_depth = speculation_depth
         self.async_speculation = async_speculation
         self.device = world.device
-        self.cache = world.dit.new_cache(num_envs, speculation_depth)
+        self.precision = precision
+        self.cache = world.dit.new_cache(num_envs, speculation_depth,
+                                         dtype=torch.bfloat16 if precision == "bf16" else None)
         self.latent_shape = tuple(world.codec.latent_shape)
         self.row_seeds = [0] * num_envs  # noise seed of each row's current episode
         self.positions = np.full(num_envs, -1, dtype=np.int64)  # position of each row's last accepted frame
@@ -70,6 +83,15 @@ class DreamCore:
         prompts: frames `(R, P, H, W, 3)` uint8, actions `(R, P, ...)`, has_action `(R, P)` bool.
         """
         self.wait()
+        with self._autocast():
+            return self._reset_rows(rows, seeds, prompts)
+
+    def _autocast(self):
+        if self.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _reset_rows(self, rows: list[int], seeds: list[int], prompts: dict[str, torch.Tensor]) -> torch.Tensor:
         index = torch.tensor(rows, device=self.device)
         self.cache.reset_rows(index)
         p = prompts["frames"].shape[1]
@@ -87,7 +109,7 @@ class DreamCore:
             self.world.dit, self.cache, index, latents, prompts["actions"].to(self.device), positions, noise,
             self.world.sampling.context_noise, prompts["has_action"].to(self.device),
         )
-        self.previous[index] = context_latents(latents[:, -1], noise[:, -1], self.world.sampling.context_noise)
+        self.previous[index] = context_latents(latents[:, -1].float(), noise[:, -1], self.world.sampling.context_noise)
         return prompts["frames"][:, -1].to(self.device)
 
     # -- stepping --------------------------------------------------------------------------------------------
@@ -142,6 +164,10 @@ class DreamCore:
 
     def _advance(self, rows: list[int], actions: torch.Tensor, positions: list[int], previous: torch.Tensor) -> dict:
         """Generate and commit one frame for each of `rows` at `positions` after `previous` latents, batched."""
+        with self._autocast():
+            return self._advance_rows(rows, actions, positions, previous)
+
+    def _advance_rows(self, rows: list[int], actions: torch.Tensor, positions: list[int], previous: torch.Tensor) -> dict:
         dit, sampling = self.world.dit, self.world.sampling
         # All rows in order: attend to the cache in place instead of gathering copies of it.
         index = None if rows == list(range(self.num_envs)) else torch.tensor(rows, device=self.device)
@@ -154,11 +180,12 @@ class DreamCore:
             dit, self.cache, index, x[:, None], actions[:, None], pos[:, None], noise[:, 1, None], sampling.context_noise,
             previous=previous,
         )
-        frames = float_to_frames(self.world.codec.decode(x))  # (R, H, W, 3) uint8
+        x = x.float()
+        frames = float_to_frames(self.world.codec.decode(x).float())  # (R, H, W, 3) uint8
         return {
             "frames": frames,
-            "reward": reward[:, 0].cpu(),
-            "termination_logit": logit[:, 0].cpu(),
+            "reward": reward[:, 0].float().cpu(),
+            "termination_logit": logit[:, 0].float().cpu(),
             "committed": context_latents(x, noise[:, 1], sampling.context_noise),
         }
 

@@ -102,6 +102,8 @@ class WorldModelVecEnv(VectorEnv):
         autoreset_mode: `AutoresetMode.NEXT_STEP` (default), `SAME_STEP` or `DISABLED` (or their names).
         output: "numpy" (default) or "torch" (tensors on the model's device).
         render_mode: None or "rgb_array" (a grid of all envs' current frames).
+        precision: "fp32" (default) or "bf16": network passes under bfloat16 autocast and a bfloat16 KV cache
+            (for GPUs; see `world_env.dream`).
     """
 
     metadata = {"render_modes": ["rgb_array"], "autoreset_mode": AutoresetMode.NEXT_STEP, "render_fps": 15}
@@ -118,6 +120,7 @@ class WorldModelVecEnv(VectorEnv):
         autoreset_mode: AutoresetMode | str = AutoresetMode.NEXT_STEP,
         output: str = "numpy",
         render_mode: str | None = None,
+        precision: str = "fp32",
     ):
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
@@ -139,7 +142,7 @@ class WorldModelVecEnv(VectorEnv):
         self.observation_space = batch_space(self.single_observation_space, num_envs)
         self.action_space = batch_space(self.single_action_space, num_envs)
         self.check_actions = ActionChecker(self.single_action_space, num_envs)
-        self.core = DreamCore(self.world, num_envs, sampler_steps, speculation_depth, async_speculation)
+        self.core = DreamCore(self.world, num_envs, sampler_steps, speculation_depth, async_speculation, precision)
 
         self._base_seeds = [int(s) for s in np.random.SeedSequence().generate_state(num_envs, dtype=np.uint64) >> 1]
         self._episodes = np.zeros(num_envs, dtype=np.int64)  # episodes started per env since its last seeding
