@@ -30,7 +30,7 @@ import torch
 from agents.compare import compare_dream_real
 from generator.data import EpisodeDataset
 from generator.pretrained import WorldModel
-from generator.rollout import open_loop_rollout
+from generator.rollout import open_loop_rollout, psnr_from_mse
 from world_env.collect import StickyPolicy
 
 
@@ -69,14 +69,16 @@ def parse_entry(spec: str) -> tuple[str, str, int | None]:
     return name, path, int(steps) if at else None
 
 
+def valid_frames(dataset: EpisodeDataset, indices) -> torch.Tensor:
+    """The valid (not padding) frames of the dataset's windows ``indices``, concatenated, ``(N, H, W, 3)`` uint8."""
+    items = (dataset[int(i)] for i in indices)
+    return torch.cat([item["frames"][item["valid"]] for item in items])
+
+
 def real_frame_bank(dataset: EpisodeDataset, count: int) -> torch.Tensor:
     """Up to ``count`` valid real frames evenly spread over the dataset's windows, ``(N, H*W*3)`` float32."""
     picks = np.linspace(0, len(dataset) - 1, num=min(len(dataset), max(1, count // max(1, dataset.window or 1) + 1)))
-    frames = []
-    for i in sorted(set(int(p) for p in picks)):
-        item = dataset[i]
-        frames.append(item["frames"][item["valid"]])
-    bank = torch.cat(frames)
+    bank = valid_frames(dataset, sorted(set(int(p) for p in picks)))
     stride = max(1, len(bank) // count)
     return bank[::stride][:count].flatten(1).float()
 
@@ -88,8 +90,7 @@ def nearest_real_psnr(frames: torch.Tensor, bank: torch.Tensor, chunk: int = 256
     for part in frames.flatten(1).float().split(chunk):
         d2 = (part ** 2).sum(1, keepdim=True) - 2 * part @ bank.T + bank_sq[None]
         out.append(d2.min(1).values.clamp_min(0) / part.shape[1])
-    mse = torch.cat(out)
-    return 10 * torch.log10(255.0 ** 2 / mse.clamp_min(1e-10))
+    return psnr_from_mse(torch.cat(out))
 
 
 @torch.no_grad()
@@ -147,7 +148,7 @@ def markdown_table(rows: dict[str, dict], horizons: tuple[int, ...], reference: 
     head = ["model", "steps"]
     for h in horizons:
         head += [f"PSNR h{h}", f"SSIM h{h}"]
-    head += ["IDM acc", f"NN-PSNR first/last", "drift dB", "fps (1 row)", "fps (batch)"]
+    head += ["IDM acc", "NN-PSNR first/last", "drift dB", "fps (1 row)", "fps (batch)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     first = next(iter(rows.values()))
     copy = ["copy-last frame", "-"]
@@ -201,8 +202,7 @@ def model_table(config: ModelTableConfig) -> dict:
     # Reference: held-out real frames against the same bank; exact matches (a frame that is itself in the bank,
     # when the bank comes from `data`) are left out.
     picks = np.linspace(0, len(dataset) - 1, num=min(len(dataset), 4 * config.drift_rows)).astype(int)
-    real = torch.cat([dataset[int(i)]["frames"][dataset[int(i)]["valid"]] for i in picks])
-    d = nearest_real_psnr(real, bank)
+    d = nearest_real_psnr(valid_frames(dataset, picks), bank)
     reference = float(d[d < 99].mean()) if (d < 99).any() else float("nan")
     idm = load_idm(config.idm, device=config.device) if config.idm else None
     rows = {}

@@ -8,6 +8,7 @@ beside copy-last-frame, IDM action accuracy, drift over a 500-frame rollout, fra
 Each model is name=checkpoint or name=checkpoint@sampler_steps. Writes table.json, table.md and drift.png.
 """
 import argparse
+from pathlib import Path
 
 from agents.model_table import ModelTableConfig, model_table
 from generator.cli import add_dataclass_arguments, dataclass_from_args
@@ -24,7 +25,7 @@ def main() -> None:
     config = dataclass_from_args(ModelTableConfig, args)
     config.horizons = tuple(int(h) for h in args.horizons.split(","))
     result = model_table(config)
-    print((__import__("pathlib").Path(config.out) / "table.md").read_text())
+    print((Path(config.out) / "table.md").read_text())
     print(f"real frames' nearest-real PSNR: {result['real_reference_nn_psnr']:.2f} dB")
 
 

@@ -3,6 +3,7 @@ import json
 
 import gymnasium
 import numpy as np
+import pytest
 import torch
 
 from generator.data import EpisodeDataset, EpisodeWriter
@@ -130,7 +131,7 @@ def test_flops_per_env_step_scale_with_passes_not_batch_and_give_mfu():
         assert flops[(3, steps)] == flops[(1, steps)]  # per env: the batch only multiplies the work
     assert abs(flops[(1, 2)] / flops[(1, 1)] - 1.5) < 0.05
     for r in rows:
-        assert r["achieved_tflops"] * 1e12 == __import__("pytest").approx(
+        assert r["achieved_tflops"] * 1e12 == pytest.approx(
             r["flops_per_env_step"] * r["env_steps_per_s"], rel=1e-6)
         assert r["mfu"] == r["achieved_tflops"] / 2.0 and r["precision"] == "fp32"
     # No known peak on a CPU: no MFU, but the achieved rate is still reported.
@@ -146,7 +147,5 @@ def test_bf16_benchmark_runs_and_is_reported():
     results = run_benchmark(settings, log=lambda line: None)
     assert all(r["precision"] == "bf16" for r in results["dream"])
     assert "precision bf16" in to_markdown(results)
-    import pytest
-
     with pytest.raises(ValueError, match="precision"):
         BenchSettings(precision="fp8")
