@@ -25,6 +25,13 @@ Scale choices for small models (documented, not from the paper): `lr = 1e-5` (pa
 windows of `prompt_frames + rollout_frames` steps pair every generated frame with the real frame at its position
 (frames past an episode's end are masked out of the losses).
 
+Small-compute options (off by default; not in the paper): `disc_warmup_steps` trains only the discriminator for
+its first steps, so the generator's first updates follow a discriminator that already separates real from
+generated rather than random heads (without it, 150 steps at lr 2e-5 random-walked a small generator into noise);
+`disc_head_lr` gives the freshly initialised heads their own learning rate; `train_frames` trains a random
+stretch of whole segments of a long rollout and rolls out the frames before it without gradients, so every step
+reaches late positions — where a one-step generator drifts — for the price of the stretch.
+
 Layout of `out/`: `train_state/` (resumable), `model/` (the generator as a `WorldModel`, 1-step sampler), `tb/`,
 `metrics.json`.
 """
@@ -76,10 +83,14 @@ class PosttrainConfig:
     prompt_frames: int = 1  # real frames the rollout starts from (AAPT: the first frame)
     rollout_frames: int = 8  # generated frames per rollout (may exceed the model window)
     segment_frames: int = 4  # frames per segment: loss back-propagated and KV cache detached after each
+    train_frames: int = 0  # frames trained per step, a random stretch of whole segments; earlier ones are rolled
+    # out without gradients (cheap burn-in to late positions), later ones not at all; 0: every rollout frame
     overlap_frames: int = 1  # preceding frames the discriminator sees before each segment
     student_forcing: bool = True  # False: teacher-forcing ablation (real frames committed, real-context judging)
     lr: float = 1e-5
     disc_lr: float = 1e-5
+    disc_head_lr: float = 0.0  # learning rate of the freshly initialised logit heads; 0: disc_lr
+    disc_warmup_steps: int = 0  # first steps train only the discriminator (the generator's rollout runs, frozen)
     rmsprop_alpha: float = 0.9
     r1_sigma: float = 0.1
     r1_lambda: float = 1000.0
@@ -97,6 +108,11 @@ class PosttrainConfig:
     def __post_init__(self):
         if min(self.prompt_frames, self.rollout_frames, self.segment_frames) < 1:
             raise ValueError("prompt_frames, rollout_frames and segment_frames must be >= 1")
+        if self.train_frames and (self.train_frames % self.segment_frames or self.train_frames > self.rollout_frames):
+            raise ValueError(f"train_frames ({self.train_frames}) must be a multiple of segment_frames "
+                             f"({self.segment_frames}) and at most rollout_frames ({self.rollout_frames})")
+        if self.disc_warmup_steps < 0:
+            raise ValueError("disc_warmup_steps must be >= 0")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -257,8 +273,11 @@ def posttrain_step(
     generator: torch.Generator,
     gen_optimizer: torch.optim.Optimizer,
     disc_optimizer: torch.optim.Optimizer,
+    train_generator: bool = True,
 ) -> dict[str, float]:
-    """One generator update (student-forced rollout, segment by segment) then one discriminator update."""
+    """One generator update (student-forced rollout, segment by segment) then one discriminator update.
+
+    `train_generator=False` (discriminator warm-up): the same rollout without gradients, no generator update."""
     b, length = latents.shape[:2]
     p, k = config.prompt_frames, length - config.prompt_frames
     device = latents.device
@@ -293,31 +312,47 @@ def posttrain_step(
     recycled = None if config.student_forcing else latents[:, p:]
     generated: list[torch.Tensor] = []
     gen_total, metrics = 0.0, {}
-    segments = rollout_segments(
-        gen, cache, latents[:, :p], actions[:, :p], has_action[:, :p], actions[:, p:], start_noise, commit_noise,
-        prompt_noise, context_noise, config.segment_frames, recycled,
-    )
-    for start, segment in segments:
-        end = start + segment.shape[1]
-        w = window(start, end, generated if config.student_forcing else [latents[:, p : p + start]])
-        with torch.no_grad():
-            real_logits, real_cache = score_real(disc, w, latents[:, p + start : p + end])
-        fake_logits = score_fake(disc, w, segment, real_cache, config.student_forcing)
-        loss = relativistic_generator_loss(real_logits, fake_logits, valid[:, p + start : p + end])
-        (loss * segment.shape[1] / k).backward()
-        gen_total += loss.item() * segment.shape[1] / k
+    # The trained stretch: `trained` frames from `first` (whole segments); before it the rollout runs without
+    # gradients (a burn-in that reaches late positions cheaply), after it the rollout stops.
+    trained = config.train_frames or k
+    first = config.segment_frames * int(torch.randint((k - trained) // config.segment_frames + 1, (),
+                                                      generator=generator))
+    end_all = first + trained
+    segments = iter(rollout_segments(
+        gen, cache, latents[:, :p], actions[:, :p], has_action[:, :p], actions[:, p : p + end_all],
+        start_noise[:, :end_all], commit_noise[:, :end_all], prompt_noise, context_noise, config.segment_frames,
+        None if recycled is None else recycled[:, :end_all],
+    ))
+    for start in range(0, end_all, config.segment_frames):
+        learn_segment = train_generator and start >= first
+        with torch.set_grad_enabled(learn_segment):
+            _, segment = next(segments)
+        if learn_segment:
+            end = start + segment.shape[1]
+            w = window(start, end, generated if config.student_forcing else [latents[:, p : p + start]])
+            with torch.no_grad():
+                real_logits, real_cache = score_real(disc, w, latents[:, p + start : p + end])
+            fake_logits = score_fake(disc, w, segment, real_cache, config.student_forcing)
+            loss = relativistic_generator_loss(real_logits, fake_logits, valid[:, p + start : p + end])
+            (loss * segment.shape[1] / trained).backward()
+            gen_total += loss.item() * segment.shape[1] / trained
         generated.append(segment.detach())
-    if config.outcome_weight:
-        level = torch.full((b, length), float(context_noise), device=device)
-        noisy = (1 - context_noise) * latents + context_noise * draw_noise(latents.shape)
-        out = gen(noisy, level, actions, positions, has_action=has_action, valid=valid,
-                  **recycled_input(gen, previous_frames(noisy, None)))
-        learn = valid & ((positions > 0) | ~has_action) if recycles(gen) else valid  # a clip's first frame: context
-        outcome = outcome_loss(out, batch, learn, has_action)
+    if config.outcome_weight and train_generator:
+        span = min(length, p + trained)  # a real clip the length of the trained stretch, teacher-forced
+        level = torch.full((b, span), float(context_noise), device=device)
+        noisy = (1 - context_noise) * latents[:, :span] + context_noise * draw_noise((b, span, *frame_shape))
+        out = gen(noisy, level, actions[:, :span], positions[:, :span], has_action=has_action[:, :span],
+                  valid=valid[:, :span], **recycled_input(gen, previous_frames(noisy, None)))
+        learn = valid[:, :span] & ((positions[:, :span] > 0) | ~has_action[:, :span]) if recycles(gen) \
+            else valid[:, :span]  # a clip's first frame is context
+        outcome = outcome_loss(out, {key: value[:, :span] for key, value in batch.items()}, learn,
+                               has_action[:, :span])
         (config.outcome_weight * outcome).backward()
         metrics["outcome"] = outcome.item()
-    metrics["gen_grad_norm"] = float(torch.nn.utils.clip_grad_norm_(gen.parameters(), config.grad_clip))
-    gen_optimizer.step()
+    if train_generator:
+        metrics["gen_grad_norm"] = float(torch.nn.utils.clip_grad_norm_(gen.parameters(), config.grad_clip))
+        gen_optimizer.step()
+        metrics["gen"] = gen_total
 
     # Discriminator: relativistic pairing + approximate R1 (real) and R2 (generated), segment by segment.
     disc.heads.requires_grad_(True)
@@ -327,6 +362,8 @@ def posttrain_step(
     fake_mean = real_mean = 0.0
     for index, segment in enumerate(generated):
         start = index * config.segment_frames
+        if start < first:
+            continue
         end = start + segment.shape[1]
         history = generated[:index] if config.student_forcing else [latents[:, p : p + start]]
         w = window(start, end, history)
@@ -341,7 +378,7 @@ def posttrain_step(
                                     config.student_forcing)
         r1 = lam * masked_mean((real_logits - real_perturbed) ** 2, mask)
         r2 = lam * masked_mean((fake_logits - fake_perturbed) ** 2, mask)
-        share = segment.shape[1] / k
+        share = segment.shape[1] / trained
         ((pairing + r1 + r2) * share).backward()
         disc_total += pairing.item() * share
         r1_total, r2_total = r1_total + r1.item() * share, r2_total + r2.item() * share
@@ -349,7 +386,7 @@ def posttrain_step(
         fake_mean += fake_logits.mean().item() * share
     metrics["disc_grad_norm"] = float(torch.nn.utils.clip_grad_norm_(disc.parameters(), config.grad_clip))
     disc_optimizer.step()
-    metrics.update(gen=gen_total, disc=disc_total, r1=r1_total, r2=r2_total, disc_real=real_mean, disc_fake=fake_mean)
+    metrics.update(disc=disc_total, r1=r1_total, r2=r2_total, disc_real=real_mean, disc_fake=fake_mean)
     return metrics
 
 
@@ -376,8 +413,10 @@ def posttrain(config: PosttrainConfig) -> dict:
     disc.backbone.requires_grad_(config.train_disc_backbone)
     dataset = EpisodeDataset(config.data, window=config.prompt_frames + config.rollout_frames, split="train")
     gen_optimizer = torch.optim.RMSprop(gen.parameters(), lr=config.lr, alpha=config.rmsprop_alpha)
-    disc_params = [*disc.heads.parameters(), *(disc.backbone.parameters() if config.train_disc_backbone else [])]
-    disc_optimizer = torch.optim.RMSprop(disc_params, lr=config.disc_lr, alpha=config.rmsprop_alpha)
+    disc_groups = [{"params": list(disc.heads.parameters()), "lr": config.disc_head_lr or config.disc_lr}]
+    if config.train_disc_backbone:
+        disc_groups.append({"params": list(disc.backbone.parameters())})
+    disc_optimizer = torch.optim.RMSprop(disc_groups, lr=config.disc_lr, alpha=config.rmsprop_alpha)
     data_generator = torch.Generator().manual_seed(config.seed * 1000)
     noise_generator = torch.Generator().manual_seed(config.seed * 1000 + 500)
     step = 0
@@ -420,14 +459,14 @@ def posttrain(config: PosttrainConfig) -> dict:
         with torch.no_grad():
             latents = codec.encode(batch["frames"].to(device))  # (B, P + K, C, h, w)
         metrics = posttrain_step(gen, disc, latents, batch, config, context_noise, noise_generator, gen_optimizer,
-                                 disc_optimizer)
+                                 disc_optimizer, train_generator=step >= config.disc_warmup_steps)
         step += 1
         history.append(metrics)
         bar.update(1)
         if step % config.log_every == 0 or step == config.steps:
             for key, value in metrics.items():
                 writer.add_scalar(f"posttrain/{key}", value, step)
-            bar.set_postfix(gen=f"{metrics['gen']:.3f}", disc=f"{metrics['disc']:.3f}")
+            bar.set_postfix(gen=f"{metrics.get('gen', float('nan')):.3f}", disc=f"{metrics['disc']:.3f}")
         if step % config.ckpt_every == 0 or step == stop:
             save_state()
     bar.close()

@@ -121,3 +121,38 @@ def test_posttraining_resumes_exactly(dataset, generator_dir, tmp_path):
     resumed = posttrain(posttrain_config(dataset, generator_dir, tmp_path / "b", steps=2))
     for key in ("gen", "disc", "r1"):
         assert resumed["final"][key] == pytest.approx(straight["final"][key], rel=1e-5, abs=1e-6)
+
+
+def test_discriminator_warmup_trains_only_the_discriminator(dataset, generator_dir, tmp_path):
+    torch.set_num_threads(1)
+    out = tmp_path / "run"
+    result = posttrain(posttrain_config(dataset, generator_dir, out, steps=1, disc_warmup_steps=1,
+                                        disc_head_lr=1e-2))
+    assert "gen" not in result["final"] and math.isfinite(result["final"]["disc"])
+    start = WorldModel.from_pretrained(generator_dir).dit.state_dict()
+    after = WorldModel.from_pretrained(out / "model").dit.state_dict()
+    assert all(torch.equal(v, start[k]) for k, v in after.items())  # the generator did not move ...
+    from generator.checkpoint import load_checkpoint
+
+    _, state = load_checkpoint(out / "train_state")
+    assert any(not torch.equal(state["disc"][f"backbone.{k}"], v) for k, v in start.items() if "blocks" in k)
+
+
+@pytest.mark.parametrize("student_forcing", [True, False])
+def test_a_trained_stretch_after_a_gradient_free_burn_in(dataset, generator_dir, tmp_path, student_forcing):
+    """`train_frames` < `rollout_frames`: a random stretch of whole segments trains, both players move."""
+    torch.set_num_threads(1)
+    out = tmp_path / "run"
+    result = posttrain(posttrain_config(dataset, generator_dir, out, steps=2, rollout_frames=6, segment_frames=2,
+                                        train_frames=2, student_forcing=student_forcing))
+    assert result["step"] == 2 and all(math.isfinite(v) for v in result["final"].values())
+    start = WorldModel.from_pretrained(generator_dir).dit.state_dict()
+    after = WorldModel.from_pretrained(out / "model").dit.state_dict()
+    assert any(not torch.equal(v, start[k]) for k, v in after.items() if "blocks" in k)
+
+
+def test_bad_train_frames_are_refused(dataset, generator_dir, tmp_path):
+    with pytest.raises(ValueError, match="train_frames"):
+        posttrain_config(dataset, generator_dir, tmp_path, rollout_frames=6, segment_frames=4, train_frames=2)
+    with pytest.raises(ValueError, match="train_frames"):
+        posttrain_config(dataset, generator_dir, tmp_path, rollout_frames=4, segment_frames=2, train_frames=6)
