@@ -312,11 +312,13 @@ def posttrain_step(
     recycled = None if config.student_forcing else latents[:, p:]
     generated: list[torch.Tensor] = []
     gen_total, metrics = 0.0, {}
-    # The trained stretch: `trained` frames from `first` (whole segments); before it the rollout runs without
-    # gradients (a burn-in that reaches late positions cheaply), after it the rollout stops.
+    # The trained stretch: `trained` frames from `first` (whole segments, drawn among stretches holding a real frame
+    # to pair with); before it the rollout runs without gradients (a burn-in that reaches late positions cheaply),
+    # after it the rollout stops.
     trained = config.train_frames or k
-    first = config.segment_frames * int(torch.randint((k - trained) // config.segment_frames + 1, (),
-                                                      generator=generator))
+    starts = [f for f in range(0, k - trained + 1, config.segment_frames) if valid[:, p + f : p + f + trained].any()]
+    starts = starts or [0]  # (a window is never all padding past its first frame; kept total for safety)
+    first = starts[int(torch.randint(len(starts), (), generator=generator))]
     end_all = first + trained
     segments = iter(rollout_segments(
         gen, cache, latents[:, :p], actions[:, :p], has_action[:, :p], actions[:, p : p + end_all],
