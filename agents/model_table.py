@@ -15,7 +15,7 @@ For every entry ``name=checkpoint[@sampler_steps]``:
 - speed: generated frames per second of that long rollout (``rows`` rows in one batch) and of a single row
   (``speed_frames`` frames), on the device it ran on.
 
-`scripts/model_table.py` writes ``table.json``, ``table.md`` and ``drift.png``.
+`scripts/model_table.py` writes ``table.json``, ``table.md``, ``drift.png`` and ``drift_strip.png``.
 """
 from __future__ import annotations
 
@@ -113,9 +113,15 @@ def drift_rollout(world: WorldModel, dataset: EpisodeDataset, context_frames: in
     return out["frames"], time.perf_counter() - started
 
 
+def strip_times(frames: int, count: int = 8) -> list[int]:
+    """``count`` frame indices from the first to the last of a ``frames``-long rollout, denser early."""
+    return sorted({int(round((frames - 1) * (i / (count - 1)) ** 1.5)) for i in range(count)})
+
+
 def evaluate_entry(world: WorldModel, dataset: EpisodeDataset, bank: torch.Tensor, config: ModelTableConfig,
-                   sampler_steps: int | None, idm=None) -> dict:
-    """Every column of the table for one model (see the module docstring)."""
+                   sampler_steps: int | None, idm=None) -> tuple[dict, torch.Tensor]:
+    """Every column of the table for one model (see the module docstring), and the first drift row's frames at
+    `strip_times` ``(n, H, W, 3)`` uint8."""
     horizon = max(config.horizons)
     metrics, _ = compare_dream_real(world, dataset, config.context_frames, horizon, config.windows,
                                     sampler_steps=sampler_steps, idm=idm, seed=config.seed, progress=config.progress)
@@ -141,7 +147,33 @@ def evaluate_entry(world: WorldModel, dataset: EpisodeDataset, bank: torch.Tenso
     row["fps_batch_rows"] = int(frames.shape[0])
     _, single = drift_rollout(world, dataset, config.context_frames, config.speed_frames, 1, config.seed, sampler_steps)
     row["fps_single"] = config.speed_frames / single
-    return row
+    return row, frames[0, strip_times(frames.shape[1])]
+
+
+def save_strip(strips: dict[str, torch.Tensor], frames: int, path: Path) -> Path:
+    """One row per model: its first drift rollout at `strip_times`, labelled with the names and frame numbers."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    times = strip_times(frames)
+    fig, axes = plt.subplots(len(strips), len(times), figsize=(1.1 * len(times) + 1.2, 1.15 * len(strips) + 0.3),
+                             squeeze=False)
+    for r, (name, strip) in enumerate(strips.items()):
+        for c, t in enumerate(times):
+            ax = axes[r, c]
+            ax.imshow(strip[c].numpy())
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(f"frame {t + 1}", fontsize=7)
+            if c == 0:
+                ax.set_ylabel(name, fontsize=7, rotation=0, ha="right", va="center")
+    fig.tight_layout(pad=0.3)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def markdown_table(rows: dict[str, dict], horizons: tuple[int, ...], reference: float) -> str:
@@ -186,7 +218,8 @@ def plot_drift(rows: dict[str, dict], reference: float, path: Path) -> Path:
 
 
 def model_table(config: ModelTableConfig) -> dict:
-    """Evaluate every model of ``config.models``; write ``table.json``, ``table.md`` and ``drift.png``."""
+    """Evaluate every model of ``config.models``; write ``table.json``, ``table.md``, ``drift.png`` (NN-PSNR
+    curves) and ``drift_strip.png`` (each model's first drift rollout at a few frames)."""
     from agents.idm import load_idm
 
     if not config.models:
@@ -205,12 +238,12 @@ def model_table(config: ModelTableConfig) -> dict:
     d = nearest_real_psnr(valid_frames(dataset, picks), bank)
     reference = float(d[d < 99].mean()) if (d < 99).any() else float("nan")
     idm = load_idm(config.idm, device=config.device) if config.idm else None
-    rows = {}
+    rows, strips = {}, {}
     for name, path, steps in entries:
         world = WorldModel.from_pretrained(path, device=config.device)
         started = time.time()
-        rows[name] = {"checkpoint": path, **evaluate_entry(world, dataset, bank, config, steps, idm)}
-        rows[name]["seconds"] = time.time() - started
+        row, strips[name] = evaluate_entry(world, dataset, bank, config, steps, idm)
+        rows[name] = {"checkpoint": path, **row, "seconds": time.time() - started}
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     result = {"rows": rows, "real_reference_nn_psnr": reference, "config": asdict(config),
@@ -218,4 +251,5 @@ def model_table(config: ModelTableConfig) -> dict:
     (out / "table.json").write_text(json.dumps(result, indent=2))
     (out / "table.md").write_text(markdown_table(rows, tuple(config.horizons), reference))
     plot_drift(rows, reference, out / "drift.png")
+    save_strip(strips, config.drift_frames, out / "drift_strip.png")
     return result

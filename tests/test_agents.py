@@ -263,6 +263,14 @@ def test_nearest_real_psnr_matches_brute_force_and_separates_game_frames_from_no
     assert got[0] > 99 > 20 > got[1:].max()  # a bank frame is found exactly; noise is far from every frame
 
 
+def test_strip_times_span_the_rollout():
+    from agents.model_table import strip_times
+
+    times = strip_times(500)
+    assert times[0] == 0 and times[-1] == 499 and times == sorted(set(times)) and len(times) == 8
+    assert strip_times(3) == [0, 1, 2]
+
+
 def test_model_table_rows_files_and_entry_errors(square_data, square_world, square_idm, tmp_path):
     from agents.model_table import ModelTableConfig, model_table, parse_entry
 
@@ -286,7 +294,7 @@ def test_model_table_rows_files_and_entry_errors(square_data, square_world, squa
         assert row["fps_batch_rows"] == 2
     assert rows["one"]["psnr_h1"] != rows["two"]["psnr_h1"]  # the sampler steps were really used
     assert math.isfinite(result["real_reference_nn_psnr"])
-    for name in ("table.json", "table.md", "drift.png"):
+    for name in ("table.json", "table.md", "drift.png", "drift_strip.png"):
         assert (tmp_path / "table" / name).stat().st_size > 200, name
     table = (tmp_path / "table" / "table.md").read_text()
     assert "copy-last frame" in table and "| two | 2 |" in table and "| one | 1 |" in table
