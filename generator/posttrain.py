@@ -341,14 +341,15 @@ def posttrain_step(
         generated.append(segment.detach())
     if config.outcome_weight and train_generator:
         span = min(length, p + trained)  # a real clip the length of the trained stretch, teacher-forced
+        clip = {key: value[:, :span] for key, value in batch.items()}
+        c_actions, c_positions, c_has_action, c_valid = (x[:, :span] for x in (actions, positions, has_action, valid))
         level = torch.full((b, span), float(context_noise), device=device)
         noisy = (1 - context_noise) * latents[:, :span] + context_noise * draw_noise((b, span, *frame_shape))
-        out = gen(noisy, level, actions[:, :span], positions[:, :span], has_action=has_action[:, :span],
-                  valid=valid[:, :span], **recycled_input(gen, previous_frames(noisy, None)))
-        learn = valid[:, :span] & ((positions[:, :span] > 0) | ~has_action[:, :span]) if recycles(gen) \
-            else valid[:, :span]  # a clip's first frame is context
-        outcome = outcome_loss(out, {key: value[:, :span] for key, value in batch.items()}, learn,
-                               has_action[:, :span])
+        out = gen(noisy, level, c_actions, c_positions, has_action=c_has_action, valid=c_valid,
+                  **recycled_input(gen, previous_frames(noisy, None)))
+        # a clip's first frame is context
+        learn = c_valid & ((c_positions > 0) | ~c_has_action) if recycles(gen) else c_valid
+        outcome = outcome_loss(out, clip, learn, c_has_action)
         (config.outcome_weight * outcome).backward()
         metrics["outcome"] = outcome.item()
     if train_generator:
