@@ -11,7 +11,10 @@ For every entry ``name=checkpoint[@sampler_steps]``:
   scored by its **nearest-real-frame PSNR**, the PSNR to the closest of a bank of real held-out frames. A frame that
   still looks like the game stays near the level real frames reach against the same bank (``real_reference``); one
   that dissolves into noise or smears falls away. ``drift_db`` = mean over the first ``drift_span`` frames minus
-  mean over the last ``drift_span``;
+  mean over the last ``drift_span``. Nearest-real PSNR alone can be fooled: a flat grey frame sprinkled with fine
+  noise lands close to Crafter's dark night frames. So every generated frame also gets its **edge energy** (mean
+  absolute difference of neighbouring pixels, `edge_energy`), against the same statistic of real held-out frames:
+  real frames sit near the reference, noise and speckle far above it, smeared frames below it;
 - speed: generated frames per second of that long rollout (``rows`` rows in one batch) and of a single row
   (``speed_frames`` frames), on the device it ran on.
 
@@ -93,6 +96,13 @@ def nearest_real_psnr(frames: torch.Tensor, bank: torch.Tensor, chunk: int = 256
     return psnr_from_mse(torch.cat(out))
 
 
+def edge_energy(frames: torch.Tensor) -> torch.Tensor:
+    """Mean absolute difference between vertically and horizontally neighbouring pixel values (0-255) of each frame
+    ``(N, H, W, 3)`` uint8, ``(N,)``: 0 for a flat frame, highest for pixel noise."""
+    x = frames.float()
+    return ((x[:, 1:] - x[:, :-1]).abs().flatten(1).mean(1) + (x[:, :, 1:] - x[:, :, :-1]).abs().flatten(1).mean(1)) / 2
+
+
 @torch.no_grad()
 def drift_rollout(world: WorldModel, dataset: EpisodeDataset, context_frames: int, frames: int, rows: int,
                   seed: int, sampler_steps: int | None) -> tuple[torch.Tensor, float]:
@@ -143,6 +153,9 @@ def evaluate_entry(world: WorldModel, dataset: EpisodeDataset, bank: torch.Tenso
     row["nn_psnr_first"] = float(curve[:span].mean())
     row["nn_psnr_last"] = float(curve[-span:].mean())
     row["drift_db"] = row["nn_psnr_first"] - row["nn_psnr_last"]
+    edges = edge_energy(frames.flatten(0, 1)).view(frames.shape[0], frames.shape[1]).mean(0)
+    row["edge_curve"] = edges.tolist()
+    row["edge_first"], row["edge_last"] = float(edges[:span].mean()), float(edges[-span:].mean())
     row["fps_batch"] = frames.shape[0] * frames.shape[1] / seconds
     row["fps_batch_rows"] = int(frames.shape[0])
     _, single = drift_rollout(world, dataset, config.context_frames, config.speed_frames, 1, config.seed, sampler_steps)
@@ -176,41 +189,47 @@ def save_strip(strips: dict[str, torch.Tensor], frames: int, path: Path) -> Path
     return path
 
 
-def markdown_table(rows: dict[str, dict], horizons: tuple[int, ...], reference: float) -> str:
+def markdown_table(rows: dict[str, dict], horizons: tuple[int, ...], reference: float, edge_reference: float) -> str:
     head = ["model", "steps"]
     for h in horizons:
         head += [f"PSNR h{h}", f"SSIM h{h}"]
-    head += ["IDM acc", "NN-PSNR first/last", "drift dB", "fps (1 row)", "fps (batch)"]
+    head += ["IDM acc", "NN-PSNR first/last", "drift dB", "edges first/last", "fps (1 row)", "fps (batch)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     first = next(iter(rows.values()))
     copy = ["copy-last frame", "-"]
     for h in horizons:
         copy += [f"{first[f'copy_psnr_h{h}']:.2f}", f"{first[f'copy_ssim_h{h}']:.3f}"]
-    lines.append("| " + " | ".join(copy + ["-", f"{reference:.2f} (real frames)", "-", "-", "-"]) + " |")
+    lines.append("| " + " | ".join(copy + ["-", f"{reference:.2f} (real frames)", "-",
+                                           f"{edge_reference:.1f} (real frames)", "-", "-"]) + " |")
     for name, r in rows.items():
         cells = [name, str(r["sampler_steps"])]
         for h in horizons:
             cells += [f"{r[f'psnr_h{h}']:.2f}", f"{r[f'ssim_h{h}']:.3f}"]
         idm = r.get("idm_accuracy_dream")
         cells += [f"{idm:.3f}" if idm is not None else "missing", f"{r['nn_psnr_first']:.2f} / {r['nn_psnr_last']:.2f}",
-                  f"{r['drift_db']:+.2f}", f"{r['fps_single']:.1f}", f"{r['fps_batch']:.1f} ({r['fps_batch_rows']} rows)"]
+                  f"{r['drift_db']:+.2f}", f"{r['edge_first']:.1f} / {r['edge_last']:.1f}", f"{r['fps_single']:.1f}", f"{r['fps_batch']:.1f} ({r['fps_batch_rows']} rows)"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def plot_drift(rows: dict[str, dict], reference: float, path: Path) -> Path:
+def plot_drift(rows: dict[str, dict], reference: float, edge_reference: float, path: Path) -> Path:
+    """Two panels over the generated frames: nearest-real-frame PSNR and edge energy, real frames dashed."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6.5), sharex=True)
     for name, r in rows.items():
-        ax.plot(np.arange(1, len(r["drift_curve"]) + 1), r["drift_curve"], label=name)
-    ax.axhline(reference, color="k", linestyle="--", label="real frames")
-    ax.set_xlabel("generated frame")
-    ax.set_ylabel("nearest-real-frame PSNR (dB)")
-    ax.legend(fontsize=8)
+        t = np.arange(1, len(r["drift_curve"]) + 1)
+        top.plot(t, r["drift_curve"], label=name)
+        bottom.plot(t, r["edge_curve"], label=name)
+    top.axhline(reference, color="k", linestyle="--", label="real frames")
+    bottom.axhline(edge_reference, color="k", linestyle="--", label="real frames")
+    top.set_ylabel("nearest-real-frame PSNR (dB)")
+    bottom.set_ylabel("edge energy (mean |pixel step|)")
+    bottom.set_xlabel("generated frame")
+    top.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -218,8 +237,8 @@ def plot_drift(rows: dict[str, dict], reference: float, path: Path) -> Path:
 
 
 def model_table(config: ModelTableConfig) -> dict:
-    """Evaluate every model of ``config.models``; write ``table.json``, ``table.md``, ``drift.png`` (NN-PSNR
-    curves) and ``drift_strip.png`` (each model's first drift rollout at a few frames)."""
+    """Evaluate every model of ``config.models``; write ``table.json``, ``table.md``, ``drift.png`` (NN-PSNR and
+    edge-energy curves) and ``drift_strip.png`` (each model's first drift rollout at a few frames)."""
     from agents.idm import load_idm
 
     if not config.models:
@@ -235,8 +254,10 @@ def model_table(config: ModelTableConfig) -> dict:
     # Reference: held-out real frames against the same bank; exact matches (a frame that is itself in the bank,
     # when the bank comes from `data`) are left out.
     picks = np.linspace(0, len(dataset) - 1, num=min(len(dataset), 4 * config.drift_rows)).astype(int)
-    d = nearest_real_psnr(valid_frames(dataset, picks), bank)
+    real = valid_frames(dataset, picks)
+    d = nearest_real_psnr(real, bank)
     reference = float(d[d < 99].mean()) if (d < 99).any() else float("nan")
+    edge_reference = float(edge_energy(real).mean())
     idm = load_idm(config.idm, device=config.device) if config.idm else None
     rows, strips = {}, {}
     for name, path, steps in entries:
@@ -246,10 +267,11 @@ def model_table(config: ModelTableConfig) -> dict:
         rows[name] = {"checkpoint": path, **row, "seconds": time.time() - started}
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    result = {"rows": rows, "real_reference_nn_psnr": reference, "config": asdict(config),
+    result = {"rows": rows, "real_reference_nn_psnr": reference, "real_reference_edge": edge_reference,
+              "config": asdict(config),
               "device": str(config.device), "torch_threads": torch.get_num_threads()}
     (out / "table.json").write_text(json.dumps(result, indent=2))
-    (out / "table.md").write_text(markdown_table(rows, tuple(config.horizons), reference))
-    plot_drift(rows, reference, out / "drift.png")
+    (out / "table.md").write_text(markdown_table(rows, tuple(config.horizons), reference, edge_reference))
+    plot_drift(rows, reference, edge_reference, out / "drift.png")
     save_strip(strips, config.drift_frames, out / "drift_strip.png")
     return result

@@ -263,6 +263,20 @@ def test_nearest_real_psnr_matches_brute_force_and_separates_game_frames_from_no
     assert got[0] > 99 > 20 > got[1:].max()  # a bank frame is found exactly; noise is far from every frame
 
 
+def test_edge_energy_is_zero_when_flat_and_highest_for_pixel_noise():
+    from agents.model_table import edge_energy
+
+    g = torch.Generator().manual_seed(0)
+    flat = torch.full((1, 16, 16, 3), 90, dtype=torch.uint8)
+    tiles = torch.zeros(1, 16, 16, 3, dtype=torch.uint8)
+    tiles[:, :8] = 200  # two flat tiles: one edge row of height 200
+    noise = torch.randint(0, 256, (1, 16, 16, 3), generator=g, dtype=torch.uint8)
+    got = edge_energy(torch.cat([flat, tiles, noise]))
+    assert got[0] == 0
+    assert got[1] == pytest.approx(200 / 15 / 2)  # one of 15 row steps jumps by 200; no column step moves
+    assert got[2] > 60 > got[1]  # uniform noise: mean |a - b| is ~85
+
+
 def test_strip_times_span_the_rollout():
     from agents.model_table import strip_times
 
@@ -291,9 +305,10 @@ def test_model_table_rows_files_and_entry_errors(square_data, square_world, squa
         for key in ("psnr_h1", "psnr_h4", "ssim_h2", "copy_psnr_h4", "idm_accuracy_dream", "fps_single", "fps_batch"):
             assert math.isfinite(row[key]), key
         assert row["drift_db"] == pytest.approx(row["nn_psnr_first"] - row["nn_psnr_last"])
+        assert len(row["edge_curve"]) == 30 and row["edge_last"] == pytest.approx(np.mean(row["edge_curve"][-5:]))
         assert row["fps_batch_rows"] == 2
     assert rows["one"]["psnr_h1"] != rows["two"]["psnr_h1"]  # the sampler steps were really used
-    assert math.isfinite(result["real_reference_nn_psnr"])
+    assert math.isfinite(result["real_reference_nn_psnr"]) and result["real_reference_edge"] > 0
     for name in ("table.json", "table.md", "drift.png", "drift_strip.png"):
         assert (tmp_path / "table" / name).stat().st_size > 200, name
     table = (tmp_path / "table" / "table.md").read_text()
