@@ -11,8 +11,8 @@ For every entry ``name=checkpoint[@sampler_steps]``:
   scored by its **nearest-real-frame PSNR**, the PSNR to the closest of a bank of real held-out frames. A frame that
   still looks like the game stays near the level real frames reach against the same bank (``real_reference``); one
   that dissolves into noise or smears falls away. ``drift_db`` = mean over the first ``drift_span`` frames minus
-  mean over the last ``drift_span``. Nearest-real PSNR alone can be fooled: a flat grey frame sprinkled with fine
-  noise lands close to Crafter's dark night frames. So every generated frame also gets its **edge energy** (mean
+  mean over the last ``drift_span``. Nearest-real PSNR alone can be fooled: PSNR favours frames near an average, so a
+  grey frame of fine speckle can score almost as well as a real one. So every generated frame also gets its **edge energy** (mean
   absolute difference of neighbouring pixels, `edge_energy`), against the same statistic of real held-out frames:
   real frames sit near the reference, noise and speckle far above it, smeared frames below it;
 - speed: generated frames per second of that long rollout (``rows`` rows in one batch) and of a single row
