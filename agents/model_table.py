@@ -184,7 +184,7 @@ def save_strip(strips: dict[str, torch.Tensor], frames: int, path: Path) -> Path
             if c == 0:
                 ax.set_ylabel(name, fontsize=7, rotation=0, ha="right", va="center")
     fig.tight_layout(pad=0.3)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")  # long model names stay inside the image
     plt.close(fig)
     return path
 
