@@ -30,7 +30,9 @@ its first steps, so the generator's first updates follow a discriminator that al
 generated rather than random heads (without it, 150 steps at lr 2e-5 random-walked a small generator into noise);
 `disc_head_lr` gives the freshly initialised heads their own learning rate; `train_frames` trains a random
 stretch of whole segments of a long rollout and rolls out the frames before it without gradients, so every step
-reaches late positions — where a one-step generator drifts — for the price of the stretch.
+reaches late positions — where a one-step generator drifts — for the price of the stretch; `disc_steps` gives the
+discriminator that many updates per generator update (the extra ones are warm-up-style steps on fresh batches), for
+when the generator keeps fooling a discriminator that could separate its frames (docs/results.md, the probe).
 
 Layout of `out/`: `train_state/` (resumable), `model/` (the generator as a `WorldModel`, 1-step sampler), `tb/`,
 `metrics.json`.
@@ -91,6 +93,7 @@ class PosttrainConfig:
     disc_lr: float = 1e-5
     disc_head_lr: float = 0.0  # learning rate of the freshly initialised logit heads; 0: disc_lr
     disc_warmup_steps: int = 0  # first steps train only the discriminator (the generator's rollout runs, frozen)
+    disc_steps: int = 1  # discriminator updates per generator update; the extra ones on fresh batches, generator frozen
     rmsprop_alpha: float = 0.9
     r1_sigma: float = 0.1
     r1_lambda: float = 1000.0
@@ -113,6 +116,8 @@ class PosttrainConfig:
                              f"({self.segment_frames}) and at most rollout_frames ({self.rollout_frames})")
         if self.disc_warmup_steps < 0:
             raise ValueError("disc_warmup_steps must be >= 0")
+        if self.disc_steps < 1:
+            raise ValueError(f"disc_steps must be >= 1, got {self.disc_steps}")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -457,12 +462,18 @@ def posttrain(config: PosttrainConfig) -> dict:
     history: list[dict] = []
     started = time.time()
     stop = min(config.stop_at or config.steps, config.steps)
-    while step < stop:
+    def sample() -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         batch = dataset.sample(config.batch_size, data_generator)
         with torch.no_grad():
-            latents = codec.encode(batch["frames"].to(device))  # (B, P + K, C, h, w)
-        metrics = posttrain_step(gen, disc, latents, batch, config, context_noise, noise_generator, gen_optimizer,
-                                 disc_optimizer, train_generator=step >= config.disc_warmup_steps)
+            return codec.encode(batch["frames"].to(device)), batch  # latents (B, P + K, C, h, w)
+
+    while step < stop:
+        train_generator = step >= config.disc_warmup_steps
+        for _ in range(config.disc_steps - 1 if train_generator else 0):
+            posttrain_step(gen, disc, *sample(), config, context_noise, noise_generator, gen_optimizer,
+                           disc_optimizer, train_generator=False)
+        metrics = posttrain_step(gen, disc, *sample(), config, context_noise, noise_generator, gen_optimizer,
+                                 disc_optimizer, train_generator=train_generator)
         step += 1
         history.append(metrics)
         bar.update(1)

@@ -138,6 +138,25 @@ def test_discriminator_warmup_trains_only_the_discriminator(dataset, generator_d
     assert any(not torch.equal(state["disc"][f"backbone.{k}"], v) for k, v in start.items() if "blocks" in k)
 
 
+def test_several_discriminator_updates_per_generator_update(dataset, generator_dir, tmp_path):
+    from generator.checkpoint import load_checkpoint, unflatten_state
+
+    torch.set_num_threads(1)
+    out = tmp_path / "run"
+    result = posttrain(posttrain_config(dataset, generator_dir, out, steps=2, disc_warmup_steps=1, disc_steps=3))
+    assert result["step"] == 2 and "gen" in result["final"]
+    saved, tensors = load_checkpoint(out / "train_state")
+    rest = unflatten_state(tensors["state"], saved["state"])
+
+    def updates(optimizer_state):
+        return {int(s["step"]) for s in optimizer_state["state"].values()}
+
+    assert updates(rest["gen_optimizer"]) == {1}  # the warm-up step does not move the generator
+    assert updates(rest["disc_optimizer"]) == {1 + 3}  # warm-up: one update; then 3 per generator update
+    with pytest.raises(ValueError, match="disc_steps"):
+        posttrain_config(dataset, generator_dir, tmp_path, disc_steps=0)
+
+
 @pytest.mark.parametrize("student_forcing", [True, False])
 def test_a_trained_stretch_after_a_gradient_free_burn_in(dataset, generator_dir, tmp_path, student_forcing):
     """`train_frames` < `rollout_frames`: a random stretch of whole segments trains, both players move."""
