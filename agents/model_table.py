@@ -12,9 +12,9 @@ For every entry ``name=checkpoint[@sampler_steps]``:
   still looks like the game stays near the level real frames reach against the same bank (``real_reference``); one
   that dissolves into noise or smears falls away. ``drift_db`` = mean over the first ``drift_span`` frames minus
   mean over the last ``drift_span``. Nearest-real PSNR alone can be fooled: PSNR favours frames near an average, so a
-  grey frame of fine speckle can score almost as well as a real one. So every generated frame also gets its **edge energy** (mean
-  absolute difference of neighbouring pixels, `edge_energy`), against the same statistic of real held-out frames:
-  real frames sit near the reference, noise and speckle far above it, smeared frames below it;
+  grey frame of fine speckle can score almost as well as a real one. So every generated frame also gets its **edge
+  energy** (mean absolute difference of neighbouring pixels, `edge_energy`), against the same statistic of real
+  held-out frames: real frames sit near the reference, noise and speckle far above it, smeared frames below it;
 - speed: generated frames per second of that long rollout (``rows`` rows in one batch) and of a single row
   (``speed_frames`` frames), on the device it ran on.
 
@@ -207,7 +207,8 @@ def markdown_table(rows: dict[str, dict], horizons: tuple[int, ...], reference: 
             cells += [f"{r[f'psnr_h{h}']:.2f}", f"{r[f'ssim_h{h}']:.3f}"]
         idm = r.get("idm_accuracy_dream")
         cells += [f"{idm:.3f}" if idm is not None else "missing", f"{r['nn_psnr_first']:.2f} / {r['nn_psnr_last']:.2f}",
-                  f"{r['drift_db']:+.2f}", f"{r['edge_first']:.1f} / {r['edge_last']:.1f}", f"{r['fps_single']:.1f}", f"{r['fps_batch']:.1f} ({r['fps_batch_rows']} rows)"]
+                  f"{r['drift_db']:+.2f}", f"{r['edge_first']:.1f} / {r['edge_last']:.1f}", f"{r['fps_single']:.1f}",
+                  f"{r['fps_batch']:.1f} ({r['fps_batch_rows']} rows)"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -268,8 +269,7 @@ def model_table(config: ModelTableConfig) -> dict:
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     result = {"rows": rows, "real_reference_nn_psnr": reference, "real_reference_edge": edge_reference,
-              "config": asdict(config),
-              "device": str(config.device), "torch_threads": torch.get_num_threads()}
+              "config": asdict(config), "device": str(config.device), "torch_threads": torch.get_num_threads()}
     (out / "table.json").write_text(json.dumps(result, indent=2))
     (out / "table.md").write_text(markdown_table(rows, tuple(config.horizons), reference, edge_reference))
     plot_drift(rows, reference, edge_reference, out / "drift.png")

@@ -462,6 +462,7 @@ def posttrain(config: PosttrainConfig) -> dict:
     history: list[dict] = []
     started = time.time()
     stop = min(config.stop_at or config.steps, config.steps)
+
     def sample() -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         batch = dataset.sample(config.batch_size, data_generator)
         with torch.no_grad():

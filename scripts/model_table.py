@@ -5,7 +5,8 @@ beside copy-last-frame, IDM action accuracy, drift over a 500-frame rollout, fra
         --out runs/table teacher=runs/teacher/model@1 distilled4=runs/distill/model@4 \\
         distilled1=runs/distill/model@1 posttrained=runs/posttrain/model@1
 
-Each model is name=checkpoint or name=checkpoint@sampler_steps. Writes table.json, table.md, drift.png and drift_strip.png.
+Each model is name=checkpoint or name=checkpoint@sampler_steps. Writes table.json, table.md, drift.png and
+drift_strip.png.
 """
 import argparse
 from pathlib import Path
