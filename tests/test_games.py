@@ -163,8 +163,11 @@ def test_unseeded_workers_get_different_worlds():
     envs = gymnasium.vector.AsyncVectorEnv(
         [lambda: GameEnv("crafter", **SMALL_WORLD) for _ in range(2)], context="fork"
     )
-    observations, _ = envs.reset()
-    assert not np.array_equal(observations[0], observations[1])
+    envs.reset()
+    # compare the worlds, not the first frames: ~16 % of small worlds start with the same all-grass view, so two
+    # different worlds share a first frame in ~3 % of draws (150 fresh worlds: 113 distinct first frames, 150 maps)
+    *_, info = envs.step(np.array([0, 0]))
+    assert not np.array_equal(info["semantic"][0], info["semantic"][1])
     envs.close()
 
 
