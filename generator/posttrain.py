@@ -435,8 +435,11 @@ def posttrain(config: PosttrainConfig) -> dict:
         load_state_into(gen, tensors["model"], what=f"{state_dir}/model.safetensors")
         load_state_into(disc, tensors["disc"], what=f"{state_dir}/disc.safetensors")
         rest = unflatten_state(tensors["state"], saved["state"])
-        gen_optimizer.load_state_dict(rest["gen_optimizer"])
-        disc_optimizer.load_state_dict(rest["disc_optimizer"])
+        for optimizer, name in ((gen_optimizer, "gen_optimizer"), (disc_optimizer, "disc_optimizer")):
+            settings = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
+            optimizer.load_state_dict(rest[name])
+            for group, wanted in zip(optimizer.param_groups, settings):  # this command's rates, not the saved ones
+                group.update(wanted)
         data_generator.set_state(rest["data_generator"])
         noise_generator.set_state(rest["noise_generator"])
         restore_rng_state(rest["rng"])

@@ -123,6 +123,21 @@ def test_posttraining_resumes_exactly(dataset, generator_dir, tmp_path):
         assert resumed["final"][key] == pytest.approx(straight["final"][key], rel=1e-5, abs=1e-6)
 
 
+def test_resuming_with_new_learning_rates_uses_them(dataset, generator_dir, tmp_path):
+    from generator.checkpoint import load_checkpoint, unflatten_state
+
+    torch.set_num_threads(1)
+    out = tmp_path / "run"
+    posttrain(posttrain_config(dataset, generator_dir, out, steps=1))
+    posttrain(posttrain_config(dataset, generator_dir, out, steps=2, lr=3e-4, disc_lr=2e-4, disc_head_lr=5e-3))
+    saved, tensors = load_checkpoint(out / "train_state")
+    rest = unflatten_state(tensors["state"], saved["state"])
+    assert saved["step"] == 2
+    assert [g["lr"] for g in rest["gen_optimizer"]["param_groups"]] == [3e-4]
+    assert [g["lr"] for g in rest["disc_optimizer"]["param_groups"]] == [5e-3, 2e-4]  # heads, backbone
+    assert {int(s["step"]) for s in rest["gen_optimizer"]["state"].values()} == {2}  # moments kept, not reset
+
+
 def test_discriminator_warmup_trains_only_the_discriminator(dataset, generator_dir, tmp_path):
     torch.set_num_threads(1)
     out = tmp_path / "run"
