@@ -316,6 +316,30 @@ def load_state_into(module: nn.Module, state: Mapping[str, torch.Tensor], what: 
     module.load_state_dict(dict(state), strict=True)
 
 
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict, scheduler: Any = None,
+                         scheduler_state: dict | None = None) -> None:
+    """Resume an optimizer (and its LambdaLR scheduler) from saved state, keeping this run's settings.
+
+    The saved moments and step counts are restored; the learning rates and other group settings (betas, alpha,
+    weight decay) are the ones the optimizer was just built with, so a resumed command given a new --lr uses it
+    instead of silently training on with the saved one. With a scheduler, the new base rates go through the
+    scheduler's factor at the saved position.
+    """
+    def settings() -> list[dict]:
+        return [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
+
+    wanted = settings()
+    optimizer.load_state_dict(state)
+    for group, mine in zip(optimizer.param_groups, wanted):
+        group.update(mine)
+    if scheduler is not None:
+        scheduler.load_state_dict(scheduler_state)
+        scheduler.base_lrs = [group["initial_lr"] for group in wanted]
+        for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+            group["lr"] = base * factor(scheduler.last_epoch)
+        scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Nested state <-> (flat tensors, JSON skeleton)
 

@@ -44,6 +44,7 @@ from generator.checkpoint import (
     capture_rng_state,
     flatten_state,
     load_checkpoint,
+    load_optimizer_state,
     load_state_into,
     restore_rng_state,
     save_checkpoint,
@@ -384,10 +385,9 @@ def distill(config: DistillConfig) -> dict:
         if discriminator is not None:
             load_state_into(discriminator.heads, tensors["disc_heads"], what=f"{state_dir}/disc_heads.safetensors")
         rest = unflatten_state(tensors["state"], saved["state"])
-        optimizer.load_state_dict(rest["optimizer"])
-        scheduler.load_state_dict(rest["scheduler"])
+        load_optimizer_state(optimizer, rest["optimizer"], scheduler, rest["scheduler"])
         if disc_optimizer is not None:
-            disc_optimizer.load_state_dict(rest["disc_optimizer"])
+            load_optimizer_state(disc_optimizer, rest["disc_optimizer"])
         data_generator.set_state(rest["data_generator"])
         noise_generator.set_state(rest["noise_generator"])
         restore_rng_state(rest["rng"])

@@ -53,6 +53,7 @@ from generator.checkpoint import (
     capture_rng_state,
     flatten_state,
     load_checkpoint,
+    load_optimizer_state,
     load_state_into,
     restore_rng_state,
     save_checkpoint,
@@ -435,11 +436,8 @@ def posttrain(config: PosttrainConfig) -> dict:
         load_state_into(gen, tensors["model"], what=f"{state_dir}/model.safetensors")
         load_state_into(disc, tensors["disc"], what=f"{state_dir}/disc.safetensors")
         rest = unflatten_state(tensors["state"], saved["state"])
-        for optimizer, name in ((gen_optimizer, "gen_optimizer"), (disc_optimizer, "disc_optimizer")):
-            settings = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
-            optimizer.load_state_dict(rest[name])
-            for group, wanted in zip(optimizer.param_groups, settings):  # this command's rates, not the saved ones
-                group.update(wanted)
+        load_optimizer_state(gen_optimizer, rest["gen_optimizer"])
+        load_optimizer_state(disc_optimizer, rest["disc_optimizer"])
         data_generator.set_state(rest["data_generator"])
         noise_generator.set_state(rest["noise_generator"])
         restore_rng_state(rest["rng"])

@@ -25,6 +25,7 @@ from generator.checkpoint import (
     capture_rng_state,
     flatten_state,
     load_checkpoint,
+    load_optimizer_state,
     load_state_into,
     restore_rng_state,
     save_checkpoint,
@@ -259,8 +260,7 @@ def train(config: TrainConfig) -> dict:
         load_state_into(model, tensors["model"], what=f"{state_dir}/model.safetensors")
         load_state_into(ema, tensors["ema"], what=f"{state_dir}/ema.safetensors")
         rest = unflatten_state(tensors["state"], saved_config["state"])
-        optimizer.load_state_dict(rest["optimizer"])
-        scheduler.load_state_dict(rest["scheduler"])
+        load_optimizer_state(optimizer, rest["optimizer"], scheduler, rest["scheduler"])
         data_generator.set_state(rest["data_generator"])
         noise_generator.set_state(rest["noise_generator"])
         restore_rng_state(rest["rng"])

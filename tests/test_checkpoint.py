@@ -283,3 +283,32 @@ def test_export_model_changes_only_the_sampling_defaults(tmp_path):
     assert b.info.training["export"]["sampling"] == {"sampler_steps": 1, "context_noise": 0.0}
     with pytest.raises(ValueError, match="unknown sampling fields"):
         export_model(source, tmp_path / "c", steps=1)
+
+
+def test_resumed_optimizer_keeps_saved_moments_and_takes_the_new_learning_rate():
+    def build(lr):
+        torch.manual_seed(0)
+        model = nn.Linear(3, 2)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.99))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / 10))
+        return model, optimizer, scheduler
+
+    model, optimizer, scheduler = build(1e-3)
+    for _ in range(4):
+        model(torch.ones(1, 3)).sum().backward()
+        optimizer.step()
+        scheduler.step()
+    saved_optimizer, saved_scheduler = optimizer.state_dict(), scheduler.state_dict()
+
+    _, same, same_scheduler = build(1e-3)
+    checkpoint.load_optimizer_state(same, saved_optimizer, same_scheduler, saved_scheduler)
+    assert same.param_groups[0]["lr"] == optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 * 5 / 10)
+
+    _, faster, faster_scheduler = build(4e-3)
+    checkpoint.load_optimizer_state(faster, saved_optimizer, faster_scheduler, saved_scheduler)
+    assert faster_scheduler.last_epoch == 4 and faster_scheduler.get_last_lr() == [pytest.approx(4e-3 * 5 / 10)]
+    assert faster.param_groups[0]["lr"] == pytest.approx(4e-3 * 5 / 10)
+    faster_scheduler.step()
+    assert faster.param_groups[0]["lr"] == pytest.approx(4e-3 * 6 / 10)  # the schedule goes on from the new base
+    for key in ("exp_avg", "exp_avg_sq", "step"):
+        assert all(torch.equal(faster.state_dict()["state"][i][key], saved_optimizer["state"][i][key]) for i in (0, 1))
