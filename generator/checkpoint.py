@@ -325,19 +325,16 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict, schedule
     instead of silently training on with the saved one. With a scheduler, the new base rates go through the
     scheduler's factor at the saved position.
     """
-    def settings() -> list[dict]:
-        return [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
-
-    wanted = settings()
+    wanted = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
     optimizer.load_state_dict(state)
     for group, mine in zip(optimizer.param_groups, wanted):
         group.update(mine)
     if scheduler is not None:
-        scheduler.load_state_dict(scheduler_state)
-        scheduler.base_lrs = [group["initial_lr"] for group in wanted]
-        for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
-            group["lr"] = base * factor(scheduler.last_epoch)
-        scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+        step = scheduler_state["last_epoch"]
+        rates = [base * factor(step) for base, factor in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
+        scheduler.load_state_dict({**scheduler_state, "base_lrs": scheduler.base_lrs, "_last_lr": rates})
+        for group, lr in zip(optimizer.param_groups, rates):
+            group["lr"] = lr
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -123,15 +123,20 @@ def test_posttraining_resumes_exactly(dataset, generator_dir, tmp_path):
         assert resumed["final"][key] == pytest.approx(straight["final"][key], rel=1e-5, abs=1e-6)
 
 
-def test_resuming_with_new_learning_rates_uses_them(dataset, generator_dir, tmp_path):
+def saved_training_state(out) -> tuple[dict, dict]:
+    """(config.json, the nested rest: optimizer states, generators) of a post-training run's train_state/."""
     from generator.checkpoint import load_checkpoint, unflatten_state
 
+    saved, tensors = load_checkpoint(out / "train_state")
+    return saved, unflatten_state(tensors["state"], saved["state"])
+
+
+def test_resuming_with_new_learning_rates_uses_them(dataset, generator_dir, tmp_path):
     torch.set_num_threads(1)
     out = tmp_path / "run"
     posttrain(posttrain_config(dataset, generator_dir, out, steps=1))
     posttrain(posttrain_config(dataset, generator_dir, out, steps=2, lr=3e-4, disc_lr=2e-4, disc_head_lr=5e-3))
-    saved, tensors = load_checkpoint(out / "train_state")
-    rest = unflatten_state(tensors["state"], saved["state"])
+    saved, rest = saved_training_state(out)
     assert saved["step"] == 2
     assert [g["lr"] for g in rest["gen_optimizer"]["param_groups"]] == [3e-4]
     assert [g["lr"] for g in rest["disc_optimizer"]["param_groups"]] == [5e-3, 2e-4]  # heads, backbone
@@ -154,14 +159,11 @@ def test_discriminator_warmup_trains_only_the_discriminator(dataset, generator_d
 
 
 def test_several_discriminator_updates_per_generator_update(dataset, generator_dir, tmp_path):
-    from generator.checkpoint import load_checkpoint, unflatten_state
-
     torch.set_num_threads(1)
     out = tmp_path / "run"
     result = posttrain(posttrain_config(dataset, generator_dir, out, steps=2, disc_warmup_steps=1, disc_steps=3))
     assert result["step"] == 2 and "gen" in result["final"]
-    saved, tensors = load_checkpoint(out / "train_state")
-    rest = unflatten_state(tensors["state"], saved["state"])
+    _, rest = saved_training_state(out)
 
     def updates(optimizer_state):
         return {int(s["step"]) for s in optimizer_state["state"].values()}
