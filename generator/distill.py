@@ -91,6 +91,7 @@ class DistillConfig:
     ckpt_every: int = 500
     progress: bool = True
     stop_at: int = 0  # end this process at this step (resumable chunks); 0: run to `steps`
+    max_minutes: float = 0.0  # end this process, saved, after this much wall time (a short GPU lease); 0: no limit
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -449,8 +450,11 @@ def distill(config: DistillConfig) -> dict:
             for key, value in metrics.items():
                 writer.add_scalar(f"distill/{key}", value, step)
             bar.set_postfix(loss=f"{metrics['loss']:.4f}")
-        if step % config.ckpt_every == 0 or step == stop:
+        out_of_time = config.max_minutes > 0 and time.time() - started >= 60 * config.max_minutes
+        if step % config.ckpt_every == 0 or step == stop or out_of_time:
             save_state()
+        if out_of_time:
+            break
     bar.close()
     writer.close()
     result = {"step": step, "final": history[-1] if history else None, "seconds": time.time() - started}

@@ -108,6 +108,7 @@ class PosttrainConfig:
     ckpt_every: int = 100
     progress: bool = True
     stop_at: int = 0  # end this process at this step (resumable chunks); 0: run to `steps`
+    max_minutes: float = 0.0  # end this process, saved, after this much wall time (a short GPU lease); 0: no limit
 
     def __post_init__(self):
         if min(self.prompt_frames, self.rollout_frames, self.segment_frames) < 1:
@@ -483,8 +484,11 @@ def posttrain(config: PosttrainConfig) -> dict:
             for key, value in metrics.items():
                 writer.add_scalar(f"posttrain/{key}", value, step)
             bar.set_postfix(gen=f"{metrics.get('gen', float('nan')):.3f}", disc=f"{metrics['disc']:.3f}")
-        if step % config.ckpt_every == 0 or step == stop:
+        out_of_time = config.max_minutes > 0 and time.time() - started >= 60 * config.max_minutes
+        if step % config.ckpt_every == 0 or step == stop or out_of_time:
             save_state()
+        if out_of_time:
+            break
     bar.close()
     writer.close()
     result = {"step": step, "final": history[-1] if history else None, "seconds": time.time() - started}

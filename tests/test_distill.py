@@ -278,10 +278,11 @@ def test_one_distillation_step_changes_the_weights_and_exports_a_consistency_mod
     assert student.prompts is not None or reference.prompts is None
 
 
-def test_distillation_resumes_exactly(dataset, teacher, tmp_path):
+@pytest.mark.parametrize("chunk_end", [dict(stop_at=1), dict(max_minutes=1e-9)])  # a step count or a time limit
+def test_distillation_resumes_exactly(dataset, teacher, tmp_path, chunk_end):
     torch.set_num_threads(1)
     straight = distill(distill_config(dataset, teacher, tmp_path / "a", steps=2))
-    distill(distill_config(dataset, teacher, tmp_path / "b", steps=2, stop_at=1))  # "killed" after step 1
+    assert distill(distill_config(dataset, teacher, tmp_path / "b", steps=2, **chunk_end))["step"] == 1
     resumed = distill(distill_config(dataset, teacher, tmp_path / "b", steps=2))
     assert resumed["final"]["loss"] == pytest.approx(straight["final"]["loss"], rel=1e-5, abs=1e-6)
     a = WorldModel.from_pretrained(tmp_path / "a" / "model").dit.state_dict()

@@ -123,6 +123,16 @@ def test_posttraining_resumes_exactly(dataset, generator_dir, tmp_path):
         assert resumed["final"][key] == pytest.approx(straight["final"][key], rel=1e-5, abs=1e-6)
 
 
+def test_a_time_limit_ends_the_run_saved_and_resumable(dataset, generator_dir, tmp_path):
+    torch.set_num_threads(1)
+    out = tmp_path / "run"
+    first = posttrain(posttrain_config(dataset, generator_dir, out, steps=3, max_minutes=1e-9))  # out of time at once
+    assert first["step"] == 1 and not (out / "metrics.json").exists()
+    saved, _ = saved_training_state(out)
+    assert saved["step"] == 1 and (out / "model" / "config.json").exists()
+    assert posttrain(posttrain_config(dataset, generator_dir, out, steps=3))["step"] == 3
+
+
 def saved_training_state(out) -> tuple[dict, dict]:
     """(config.json, the nested rest: optimizer states, generators) of a post-training run's train_state/."""
     from generator.checkpoint import load_checkpoint, unflatten_state
