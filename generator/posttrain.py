@@ -102,6 +102,11 @@ class PosttrainConfig:
     disc_blocks: str = "all"  # backbone blocks whose pooled tokens feed the logit heads
     train_disc_backbone: bool = True  # AAPT trains the whole discriminator; False: heads only
     outcome_weight: float = 0.1  # keep the reward/termination head trained (teacher-forced pass on the real window)
+    regression_weight: float = 0.0  # + this x MSE of each trained generated frame to the recorded frame at its
+    # position, for rollout frames before `regression_frames` (a rollout regression: pulls a drifting student-forced
+    # rollout back to the recorded trajectory, which the real actions make predictable for a while); 0: adversarial
+    # only, as AAPT
+    regression_frames: int = 32  # rollout frames the regression applies to (later ones have left the recording)
     seed: int = 0
     device: str = "auto"
     log_every: int = 10
@@ -118,6 +123,8 @@ class PosttrainConfig:
                              f"({self.segment_frames}) and at most rollout_frames ({self.rollout_frames})")
         if self.disc_warmup_steps < 0:
             raise ValueError("disc_warmup_steps must be >= 0")
+        if self.regression_weight < 0 or self.regression_frames < 0:
+            raise ValueError("regression_weight and regression_frames must be >= 0")
         if self.disc_steps < 1:
             raise ValueError(f"disc_steps must be >= 1, got {self.disc_steps}")
 
@@ -318,7 +325,7 @@ def posttrain_step(
     cache = GradKVCache.for_model(gen, b)
     recycled = None if config.student_forcing else latents[:, p:]
     generated: list[torch.Tensor] = []
-    gen_total, metrics = 0.0, {}
+    gen_total, regression_total, metrics = 0.0, 0.0, {}
     # The trained stretch: `trained` frames from `first` (whole segments, drawn among stretches holding a real frame
     # to pair with); before it the rollout runs without gradients (a burn-in that reaches late positions cheaply),
     # after it the rollout stops.
@@ -343,8 +350,14 @@ def posttrain_step(
                 real_logits, real_cache = score_real(disc, w, latents[:, p + start : p + end])
             fake_logits = score_fake(disc, w, segment, real_cache, config.student_forcing)
             loss = relativistic_generator_loss(real_logits, fake_logits, valid[:, p + start : p + end])
-            (loss * segment.shape[1] / trained).backward()
             gen_total += loss.item() * segment.shape[1] / trained
+            if config.regression_weight:
+                near = torch.arange(start, end, device=device) < config.regression_frames
+                error = (segment - latents[:, p + start : p + end]).pow(2).mean(dim=(2, 3, 4))  # (B, n)
+                regression = masked_mean(error, valid[:, p + start : p + end] & near)
+                loss = loss + config.regression_weight * regression
+                regression_total += regression.item() * segment.shape[1] / trained
+            (loss * segment.shape[1] / trained).backward()
         generated.append(segment.detach())
     if config.outcome_weight and train_generator:
         span = min(length, p + trained)  # a real clip the length of the trained stretch, teacher-forced
@@ -363,6 +376,8 @@ def posttrain_step(
         metrics["gen_grad_norm"] = float(torch.nn.utils.clip_grad_norm_(gen.parameters(), config.grad_clip))
         gen_optimizer.step()
         metrics["gen"] = gen_total
+        if config.regression_weight:
+            metrics["regression"] = regression_total
 
     # Discriminator: relativistic pairing + approximate R1 (real) and R2 (generated), segment by segment.
     disc.heads.requires_grad_(True)

@@ -133,6 +133,34 @@ def test_a_time_limit_ends_the_run_saved_and_resumable(dataset, generator_dir, t
     assert posttrain(posttrain_config(dataset, generator_dir, out, steps=3))["step"] == 3
 
 
+def test_the_rollout_regression_pulls_generated_frames_to_the_recorded_ones(dataset, generator_dir):
+    """With `regression_weight`, repeated generator updates on one batch (same noise) shrink the generated frames'
+    MSE to the recorded frames; the term is reported and off by default."""
+    from generator.data import EpisodeDataset
+    from generator.distill import FrameDiscriminator, parse_blocks
+    from generator.posttrain import posttrain_step
+
+    torch.manual_seed(0)
+    config = posttrain_config(dataset, generator_dir, "unused", rollout_frames=4, regression_weight=10.0, lr=3e-3)
+    world = WorldModel.from_pretrained(generator_dir)
+    gen = world.dit.requires_grad_(True).train()
+    backbone = WorldModel.from_pretrained(generator_dir).dit
+    disc = FrameDiscriminator(backbone, parse_blocks("all", backbone.config.depth)).train()
+    gen_optimizer = torch.optim.RMSprop(gen.parameters(), lr=config.lr, alpha=0.9)
+    disc_optimizer = torch.optim.RMSprop(disc.parameters(), lr=config.disc_lr, alpha=0.9)
+    batch = EpisodeDataset(dataset, window=5, split="train").sample(2, torch.Generator().manual_seed(0))
+    latents = world.codec.encode(batch["frames"])
+    errors = []
+    for _ in range(8):
+        metrics = posttrain_step(gen, disc, latents, batch, config, 0.0, torch.Generator().manual_seed(1),
+                                 gen_optimizer, disc_optimizer)
+        errors.append(metrics["regression"])
+    assert errors[-1] < 0.6 * errors[0], errors
+    plain = posttrain_step(gen, disc, latents, batch, posttrain_config(dataset, generator_dir, "unused",
+                           rollout_frames=4), 0.0, torch.Generator().manual_seed(1), gen_optimizer, disc_optimizer)
+    assert "regression" not in plain
+
+
 def saved_training_state(out) -> tuple[dict, dict]:
     """(config.json, the nested rest: optimizer states, generators) of a post-training run's train_state/."""
     from generator.checkpoint import load_checkpoint, unflatten_state
