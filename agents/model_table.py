@@ -34,7 +34,7 @@ from agents.compare import compare_dream_real
 from generator.data import EpisodeDataset
 from generator.pretrained import WorldModel
 from generator.rollout import open_loop_rollout, psnr_from_mse
-from world_env.collect import StickyPolicy
+from world_env.policies import StickyPolicy
 
 
 @dataclass

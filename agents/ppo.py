@@ -29,7 +29,8 @@ from typing import Any
 import numpy as np
 
 from agents.score import CRAFTER_ACHIEVEMENTS, crafter_score, success_rates
-from world_env.collect import RandomPolicy, SB3Policy, StickyPolicy, _policy_rng, make_vector_env
+from world_env.collect import make_vector_env
+from world_env.policies import RandomPolicy, SB3Policy, StickyPolicy, policy_rng
 
 CRAFTER_LENGTH = 10_000  # crafter's own episode limit (CrafterReward-v1's max_episode_steps)
 EVAL_SEED_OFFSET = 1_000_000  # train_agent's final evaluation seeds, away from the training envs' seeds
@@ -199,7 +200,7 @@ class _ModelPolicy(SB3Policy):
 
     def __init__(self, model, num_envs: int, deterministic: bool = False) -> None:
         self.model, self.deterministic = model, bool(deterministic)
-        self._rngs = [_policy_rng(None) for _ in range(num_envs)]
+        self._rngs = [policy_rng(None) for _ in range(num_envs)]
         self._description = {"name": "sb3", "algorithm": type(model).__name__, "path": None,
                              "deterministic": self.deterministic}
 

@@ -44,7 +44,7 @@ def main() -> None:
     parser.add_argument("--game", default="crafter", help='"crafter", "gym:<EnvId>" or "minerl:<EnvId>"')
     parser.add_argument("--episodes", type=int, required=True, help="episodes the dataset should hold in total")
     parser.add_argument("--out", required=True, help="dataset folder (created, or resumed)")
-    parser.add_argument("--policy", default="sticky", help="sticky | random | sb3:PATH")
+    parser.add_argument("--policy", default="sticky", help="sticky | random | explorer | sb3:PATH")
     parser.add_argument("--workers", type=int, default=1, help="parallel envs (subprocesses when > 1)")
     parser.add_argument("--seed", type=int, default=0, help="episode j is reset with seed + j")
     parser.add_argument("--mean-repeat", type=float, default=4.0, help="sticky policy: mean action repeat")

@@ -51,7 +51,7 @@ def test_sticky_actions_repeat_and_differ_from_the_collector_stream():
     # a new draw can repeat the old action (1/17), so runs are a little longer than the mean repeat
     assert 3.6 < mean_run_length(actions) < 4.9
     np.testing.assert_array_equal(actions, sticky_actions(CRAFTER_SPACE, 4, 2000, 4.0, seed=0))
-    from world_env.collect import StickyPolicy
+    from world_env.policies import StickyPolicy
 
     collector = StickyPolicy(CRAFTER_SPACE, 1)
     collector.reset(0, 0)  # the collector's episode 0 with --seed 0

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from generator.data import EpisodeDataset, EpisodeWriter
-from world_env.collect import RandomPolicy, StickyPolicy, collect
+from world_env.collect import collect
+from world_env.policies import ExplorerPolicy, RandomPolicy, StickyPolicy
 from world_env.games.env import GameEnv
 
 # A 16x16 Crafter world generates in ~0.1 s instead of ~1 s; the game is otherwise unchanged.
@@ -121,6 +122,24 @@ def test_sticky_policy_repeats_and_is_seeded():
     assert uniform.act(np.zeros((3, 1))).shape == (3, 2)
     with pytest.raises(ValueError, match="mean_repeat"):
         StickyPolicy(space, 1, mean_repeat=0.5)
+
+
+def test_explorer_policy_moves_mostly_and_is_seeded():
+    space = gymnasium.spaces.Discrete(17)
+    policy = ExplorerPolicy(space, num_envs=2, move_prob=0.6, move_repeat=3.0, other_repeat=2.0)
+    policy.reset(0, seed=3)
+    policy.reset(1, seed=3)
+    obs = np.zeros((2, 1))
+    actions = np.stack([policy.act(obs) for _ in range(6000)])  # (steps, envs)
+    np.testing.assert_array_equal(actions[:, 0], actions[:, 1])
+    moves = np.isin(actions[:, 0], [1, 2, 3, 4]).mean()
+    # held moves last 3 steps on average and other actions 2, so 0.6 * 3 / (0.6 * 3 + 0.4 * 2) ~ 0.69 of steps move
+    assert 0.64 < moves < 0.74
+    assert set(np.unique(actions[:, 0])) == set(range(17))
+    with pytest.raises(ValueError, match="Discrete"):
+        ExplorerPolicy(gymnasium.spaces.MultiDiscrete([3, 4]), 1)
+    with pytest.raises(ValueError, match="move_actions"):
+        ExplorerPolicy(gymnasium.spaces.Discrete(3), 1)
 
 
 def test_sb3_policy_collects(tmp_path):

@@ -3,7 +3,7 @@
 `run_benchmark(BenchSettings(...))` times, for every combination of `num_envs` x `sampler_steps` x agent think
 time, plain stepping and then speculative stepping (sync and async) on each action stream:
 
-- ``sticky``: sticky-random actions (`world_env.collect.StickyPolicy`, mean repeat 4), the collector's own policy;
+- ``sticky``: sticky-random actions (`world_env.policies.StickyPolicy`, mean repeat 4), the collector's own policy;
 - ``recorded``: the actions of real recorded episodes, in order (`--dataset`); env i starts at episode i.
 
 Each case builds a fresh env, resets it, runs `warmup` steps, waits for pending background speculation, then
@@ -50,7 +50,7 @@ from generator.data import EpisodeDataset, space_from_json, space_to_json
 from generator.model import DiT, dit_config
 from generator.pretrained import SamplingConfig, WorldModel, WorldModelInfo
 from generator.sampler import mix_seed
-from world_env.collect import StickyPolicy
+from world_env.policies import StickyPolicy
 from world_env.dream import PRECISIONS
 from world_env.env import WorldModelVecEnv
 

@@ -13,14 +13,9 @@ Resume: rerunning into the same folder appends until ``episodes`` are present; f
 """
 from __future__ import annotations
 
-import copy
 import functools
-import hashlib
-import json
 import os
 import time
-import zipfile
-from pathlib import Path
 from typing import Any
 
 import gymnasium
@@ -28,162 +23,7 @@ import numpy as np
 
 from generator.data import EpisodeWriter, action_array_spec
 from world_env.games.env import GameEnv
-
-POLICIES = ("random", "sticky", "sb3:<path>")
-# Policy streams are seeded with (episode seed, POLICY_STREAM) so they never coincide with the game's own stream.
-POLICY_STREAM = 0x5EED
-
-
-def _policy_rng(seed: int | None) -> np.random.Generator:
-    return np.random.default_rng(None if seed is None else [int(seed), POLICY_STREAM])
-
-
-def _seeded_space(space: gymnasium.Space, rng: np.random.Generator) -> gymnasium.Space:
-    space = copy.deepcopy(space)
-    space.seed(int(rng.integers(2**31 - 1)))
-    return space
-
-
-class RandomPolicy:
-    """Uniform random actions from the action space, one independent stream per env slot."""
-
-    def __init__(self, action_space: gymnasium.Space, num_envs: int) -> None:
-        self.action_space = action_space
-        self._spaces = [_seeded_space(action_space, _policy_rng(None)) for _ in range(num_envs)]
-
-    def describe(self) -> dict:
-        return {"name": "random"}
-
-    def reset(self, i: int, seed: int | None = None) -> None:
-        """Start env slot ``i``'s new episode; ``seed`` (the episode's seed) makes its actions reproducible."""
-        self._spaces[i] = _seeded_space(self.action_space, _policy_rng(seed))
-
-    def act(self, obs_batch: np.ndarray) -> np.ndarray:
-        """One action per observation (env slot ``i`` is row ``i``), stacked: ``(len(obs_batch), *action_shape)``."""
-        return np.stack([np.asarray(space.sample()) for space in self._spaces[: len(obs_batch)]])
-
-
-class StickyPolicy:
-    """Random actions held for a random number of steps: each new action is repeated ``k ~ Geometric(1 / mean)``
-    times (``k >= 1``, mean ``mean_repeat``), per env slot. Gives longer coherent motions than `RandomPolicy`,
-    the usual trick for exploration data in world-model datasets."""
-
-    def __init__(self, action_space: gymnasium.Space, num_envs: int, mean_repeat: float = 4.0) -> None:
-        if mean_repeat < 1:
-            raise ValueError(f"mean_repeat must be >= 1 (a repeat lasts at least one step), got {mean_repeat}")
-        self.action_space = action_space
-        self.mean_repeat = float(mean_repeat)
-        self._rngs = [_policy_rng(None) for _ in range(num_envs)]
-        self._spaces = [_seeded_space(action_space, rng) for rng in self._rngs]
-        self._current: list[Any] = [None] * num_envs
-        self._left = [0] * num_envs
-
-    def describe(self) -> dict:
-        return {"name": "sticky", "mean_repeat": self.mean_repeat}
-
-    def reset(self, i: int, seed: int | None = None) -> None:
-        """Start env slot ``i``'s new episode; ``seed`` (the episode's seed) makes its actions reproducible."""
-        self._rngs[i] = _policy_rng(seed)
-        self._spaces[i] = _seeded_space(self.action_space, self._rngs[i])
-        self._current[i] = None
-        self._left[i] = 0
-
-    def act(self, obs_batch: np.ndarray) -> np.ndarray:
-        """One action per observation (env slot ``i`` is row ``i``), stacked: ``(len(obs_batch), *action_shape)``."""
-        for i in range(len(obs_batch)):
-            rng = self._rngs[i]
-            if self._left[i] == 0:
-                self._current[i] = np.asarray(self._spaces[i].sample())
-                self._left[i] = int(rng.geometric(1.0 / self.mean_repeat))
-            self._left[i] -= 1
-        return np.stack(self._current[: len(obs_batch)])
-
-
-def _sb3_algorithm(path: Path) -> str:
-    """Which SB3 class saved ``path``: read from the zip's JSON ``data`` entry (no unpickling)."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            data = json.loads(archive.read("data"))
-    except (OSError, KeyError, zipfile.BadZipFile, json.JSONDecodeError) as error:
-        raise ValueError(f"{path} is not a Stable-Baselines3 model zip ({error})") from None
-    module = str(data.get("policy_class", {}).get("__module__", ""))
-    if ".dqn." in module:
-        return "DQN"
-    return "PPO" if "clip_range" in data else "A2C"
-
-
-class SB3Policy:
-    """Actions from a saved Stable-Baselines3 PPO, A2C or DQN model (``model.zip``).
-
-    SB3 zips contain pickles: loading one runs code from it. Only load models you trained yourself.
-    Observations are the HWC uint8 frames; SB3 transposes them for a ``CnnPolicy`` trained on `GameEnv`.
-    Actions are sampled (``deterministic=False``) one env slot at a time under a torch seed drawn from the slot's
-    episode stream, so an episode's actions do not depend on the worker count (DQN's epsilon-greedy coin uses
-    numpy's global RNG, which is seeded the same way).
-    """
-
-    def __init__(self, path: str | os.PathLike, action_space: gymnasium.Space, num_envs: int,
-                 deterministic: bool = False) -> None:
-        import stable_baselines3
-
-        self.path = Path(path).resolve()
-        if not self.path.is_file():
-            raise ValueError(f"SB3 model {self.path} not found")
-        self.algorithm = _sb3_algorithm(self.path)
-        self.model = getattr(stable_baselines3, self.algorithm).load(self.path, device="cpu")
-        if self.model.action_space != action_space:
-            raise ValueError(f"SB3 model {self.path} acts in {self.model.action_space}, the game in {action_space}")
-        self.deterministic = bool(deterministic)
-        self._rngs = [_policy_rng(None) for _ in range(num_envs)]
-        digest = hashlib.sha256(self.path.read_bytes()).hexdigest()
-        self._description = {"name": "sb3", "algorithm": self.algorithm, "path": str(self.path), "sha256": digest,
-                             "deterministic": self.deterministic}
-
-    def describe(self) -> dict:
-        return dict(self._description)
-
-    def reset(self, i: int, seed: int | None = None) -> None:
-        self._rngs[i] = _policy_rng(seed)
-
-    def act(self, obs_batch: np.ndarray) -> np.ndarray:
-        import torch
-
-        actions = []
-        for obs, rng in zip(obs_batch, self._rngs):
-            draw = int(rng.integers(2**31 - 1))
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(draw)
-                np_state = np.random.get_state()
-                np.random.seed(draw)
-                try:
-                    action, _ = self.model.predict(obs, deterministic=self.deterministic)
-                finally:
-                    np.random.set_state(np_state)
-            actions.append(np.asarray(action))
-        return np.stack(actions)
-
-
-def make_policy(
-    policy: str,
-    action_space: gymnasium.Space,
-    num_envs: int,
-    *,
-    mean_repeat: float = 4.0,
-    sb3_policy_path: str | os.PathLike | None = None,
-) -> RandomPolicy | StickyPolicy | SB3Policy:
-    """Build a collection policy by name: ``"random"``, ``"sticky"``, ``"sb3:<path>"`` (or ``"sb3"`` with
-    ``sb3_policy_path``)."""
-    if policy == "random":
-        return RandomPolicy(action_space, num_envs)
-    if policy == "sticky":
-        return StickyPolicy(action_space, num_envs, mean_repeat)
-    if policy == "sb3" or policy.startswith("sb3:"):
-        path = policy[4:] or sb3_policy_path
-        if not path:
-            raise ValueError('policy "sb3" needs a model path: "sb3:<path>" or sb3_policy_path=')
-        return SB3Policy(path, action_space, num_envs)
-    raise ValueError(f"unknown policy {policy!r}; expected one of {POLICIES}")
-
+from world_env.policies import make_policy
 
 class _EpisodeBuffer:
     """Step-aligned arrays of one episode under construction (reset frame first, padding action/reward 0)."""

@@ -22,7 +22,8 @@ import numpy as np
 from gymnasium.vector import AutoresetMode
 
 from generator.data import EpisodeWriter, action_array_spec
-from world_env.collect import _EpisodeBuffer, _finish, make_policy
+from world_env.collect import _EpisodeBuffer, _finish
+from world_env.policies import make_policy
 from world_env.env import WorldModelVecEnv
 
 
