@@ -11,6 +11,9 @@ them) and generates ``horizon`` frames driven by the next real actions. Per hori
 - ``idm_accuracy_dream`` / ``idm_accuracy_real``: how often an inverse dynamics model (`agents.idm`, trained on real
   play) recovers the real action from the dream's transition ``(dream[h-1], dream[h])`` versus from the real one
   (``dream[0]`` is the last real context frame). A dream that ignores its actions falls to the IDM's majority rate;
+- ``view_shift``: on steps where the real view shift (`agents.metrics.view_shift`) is unambiguous, how often the
+  dream's view shifted the same way, where the real view moved and where it stayed: action following read from
+  the frames themselves, with no learned model in the loop;
 - ``reward`` and ``termination``: precision and recall of the model's outcome head against the real episode.
   A predicted reward counts as positive above ``reward_threshold`` (0.5), a real one likewise: Crafter pays +1 for
   an achievement unlocked and +-0.1 per health point, so 0.5 separates achievements from health changes. A
@@ -31,6 +34,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from agents.metrics import shift_agreement, summarize_shifts
 from generator.data import EpisodeDataset
 from generator.pretrained import WorldModel
 from generator.rollout import mse, open_loop_rollout, psnr_from_mse
@@ -138,6 +142,10 @@ def compare_dream_real(
     sums = {key: torch.zeros(horizon, dtype=torch.float64)
             for key in ("mse", "copy_mse", "ssim", "copy_ssim", "idm_dream", "idm_real", "count")}
     reward_pred, reward_real, end_pred, end_real, masks = [], [], [], [], []
+    shifts = []
+    # The view-shift metric knows Crafter's 64x64 geometry (7-px tiles); other games get None.
+    info = getattr(world, "info", None)
+    reads_view_shift = info is not None and info.game == "crafter" and tuple(info.frame_size) == (64, 64)
     clips = {"real": [], "dream": []}
     for start in tqdm(range(0, len(chosen), batch_size), disable=not progress, desc="dream vs real"):
         picked = chosen[start : start + batch_size]
@@ -158,6 +166,9 @@ def compare_dream_real(
         sums["ssim"] += (ssim(dream, real) * mask).sum(0)
         sums["copy_ssim"] += (ssim(copy_last, real) * mask).sum(0)
         sums["count"] += mask.sum(0)
+        # View shifts from the last context frame on: step h is frame h-1 -> h of the real episode and the dream.
+        if reads_view_shift:
+            shifts.append(shift_agreement(torch.cat([last, real], 1), torch.cat([last, dream], 1), mask.bool()))
         if idm is not None:
             device = next(idm.parameters()).device
             labels = idm.labels(actions[:, context_frames:].reshape(-1, *actions.shape[2:]))  # (B*K, k)
@@ -193,6 +204,7 @@ def compare_dream_real(
         "ssim": (sums["ssim"] / count).tolist(),
         "copy_last_ssim": (sums["copy_ssim"] / count).tolist(),
         "frames_per_horizon": sums["count"].long().tolist(),
+        "view_shift": summarize_shifts(*shifts) if shifts else None,
         "reward": {"threshold": reward_threshold, **events(rp, rr)},
         "termination": {"threshold_logit": termination_threshold, **events(ep, er)},
         "windows": len(chosen),

@@ -8,7 +8,14 @@ Frames are coded one at a time (no temporal compression, as in NFD). Every codec
 
 `PixelCodec` is the identity on frames scaled to [-1, 1]; `KLAutoencoder` is a small convolutional VAE
 (Rombach et al. 2022, "LDM", sec. 3.1: KL-regularised autoencoder with a weak KL term) trained by
-`generator.train_codec`. Both are saved as checkpoint folders (`save_codec` / `load_codec`).
+`generator.train_codec`; `TileCodec` crops a grid game's tile area and snaps every tile to its nearest entry of a
+nearest-neighbour codebook built from real frames (`build_tile_codebook`; TWM's NNT tokenizer, arXiv 2502.01591),
+so every coded frame, and every generated frame after `snap`, is made of real tiles. All are saved as checkpoint
+folders (`save_codec` / `load_codec`).
+
+`codec.snap(latents)` maps latents to the nearest latents the codec can represent exactly: the identity for the
+pixel and KL codecs, nearest-tile replacement for the tile codec. The sampler applies it to every generated frame
+before it is shown and cached.
 """
 from __future__ import annotations
 
@@ -19,6 +26,7 @@ from typing import Iterable
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 
 from generator.checkpoint import (
@@ -29,7 +37,7 @@ from generator.checkpoint import (
     save_checkpoint,
 )
 
-CODEC_KINDS = ("pixels", "kl")
+CODEC_KINDS = ("pixels", "kl", "tiles")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -83,16 +91,41 @@ class CodecConfig:
     kl_weight: float = 1e-4  # on the per-element mean KL; recon is a per-pixel mean too
     recon_loss: str = "l1"  # "l1" | "l2" | "l1+l2"
     logvar_clamp: tuple[float, float] = (-30.0, 20.0)
+    # kind="tiles": the tile area starts at pixel `tile_offset` (top, left) and holds `tile_grid` (rows, cols) tiles
+    # of `tile_size` pixels (Crafter at 64x64: 7-px tiles, 9x9 grid at offset 0; its last row/column are black).
+    # `codes` is the codebook's size and `tile_threshold` the squared-L2 distance (pixels in [0, 1], summed over a
+    # tile) beyond which a tile became a new code when the codebook was built.
+    tile_size: int = 7
+    tile_offset: tuple[int, int] = (0, 0)
+    tile_grid: tuple[int, int] = (9, 9)
+    codes: int = 0
+    tile_threshold: float = 0.75
+    fill_value: int = 0  # uint8 value of the pixels outside the tile area
 
     def __post_init__(self) -> None:
         self.frame_size = tuple(int(s) for s in self.frame_size)
         self.channels = tuple(int(c) for c in self.channels)
         self.logvar_clamp = tuple(float(v) for v in self.logvar_clamp)
+        self.tile_offset = tuple(int(v) for v in self.tile_offset)
+        self.tile_grid = tuple(int(v) for v in self.tile_grid)
         if self.kind not in CODEC_KINDS:
             raise ValueError(f"codec kind must be one of {CODEC_KINDS}, got {self.kind!r}")
         if len(self.frame_size) != 2 or min(self.frame_size) < 1:
             raise ValueError(f"frame_size must be (H, W), got {self.frame_size}")
         if self.kind == "pixels":
+            return
+        if self.kind == "tiles":
+            (top, left), (rows, cols), size = self.tile_offset, self.tile_grid, self.tile_size
+            if size < 1 or rows < 1 or cols < 1 or top < 0 or left < 0:
+                raise ValueError(f"tile codec needs tile_size, tile_grid >= 1 and tile_offset >= 0, got size {size}, "
+                                 f"grid {self.tile_grid}, offset {self.tile_offset}")
+            if top + rows * size > self.frame_size[0] or left + cols * size > self.frame_size[1]:
+                raise ValueError(f"a {rows}x{cols} grid of {size}-px tiles at offset {self.tile_offset} does not fit "
+                                 f"{self.frame_size} frames; use tile_grid <= "
+                                 f"{((self.frame_size[0] - top) // size, (self.frame_size[1] - left) // size)}")
+            if self.codes < 1:
+                raise ValueError(f"tile codec needs codes >= 1 (the codebook size), got {self.codes}; build the "
+                                 "codebook with generator.codec.build_tile_codebook / scripts/build_codebook.py")
             return
         stages = int(math.log2(self.downsample)) if self.downsample >= 1 else -1
         if stages < 0 or 2**stages != self.downsample:
@@ -113,6 +146,8 @@ class CodecConfig:
         height, width = self.frame_size
         if self.kind == "pixels":
             return (3, height, width)
+        if self.kind == "tiles":
+            return (3, self.tile_grid[0] * self.tile_size, self.tile_grid[1] * self.tile_size)
         return (self.latent_channels, height // self.downsample, width // self.downsample)
 
     def to_dict(self) -> dict:
@@ -173,6 +208,10 @@ class Codec(nn.Module):
                              f"got {frames.dtype} {tuple(frames.shape)}")
         return frames
 
+    def snap(self, latents: torch.Tensor) -> torch.Tensor:
+        """The nearest latents this codec represents exactly; the identity unless the codec is discrete."""
+        return latents
+
     def normalize(self, raw_latents: torch.Tensor) -> torch.Tensor:
         return (raw_latents - self.latent_mean[:, None, None]) / self.latent_std[:, None, None]
 
@@ -223,6 +262,188 @@ class PixelCodec(Codec):
 
     def _decode(self, raw_latents: torch.Tensor) -> torch.Tensor:
         return raw_latents
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Tile codec: a grid game's tiles, snapped to a nearest-neighbour codebook
+
+
+def tiles_of(images: torch.Tensor, tile_size: int) -> torch.Tensor:
+    """``(..., C, rows * s, cols * s)`` -> tiles ``(..., rows * cols, s * s * C)`` (row-major, (y, x, c) inside)."""
+    return rearrange(images, "... c (gh p) (gw q) -> ... (gh gw) (p q c)", p=tile_size, q=tile_size)
+
+
+def untile(tiles: torch.Tensor, tile_size: int, grid: tuple[int, int]) -> torch.Tensor:
+    """Inverse of `tiles_of`: ``(..., rows * cols, s * s * C)`` -> ``(..., C, rows * s, cols * s)``."""
+    return rearrange(tiles, "... (gh gw) (p q c) -> ... c (gh p) (gw q)", gh=grid[0], gw=grid[1], p=tile_size,
+                     q=tile_size)
+
+
+def nearest_codes(tiles: torch.Tensor, codebook: torch.Tensor, chunk: int = 65536) -> tuple[torch.Tensor, torch.Tensor]:
+    """Index of the nearest code (squared L2) of every tile ``(..., D)`` in ``codebook`` ``(K, D)``, and the squared
+    distance to it; ties go to the lowest index. Computed in chunks of tiles to bound memory."""
+    flat = tiles.reshape(-1, tiles.shape[-1]).float()
+    code = codebook.float()
+    code_sq = code.square().sum(-1)  # (K,)
+    indices, distances = [], []
+    for part in flat.split(chunk):
+        d = part.square().sum(-1, keepdim=True) - 2 * part @ code.T + code_sq  # (n, K)
+        best, index = d.min(dim=-1)
+        indices.append(index)
+        distances.append(best.clamp_min(0))
+    lead = tiles.shape[:-1]
+    return torch.cat(indices).reshape(lead), torch.cat(distances).reshape(lead)
+
+
+class TileCodec(Codec):
+    """A grid game's tile area as latents ``(3, rows * s, cols * s)`` in [-1, 1], every tile one of ``codes``.
+
+    `encode` crops the tile area and snaps each tile to its nearest code, so a frame made of codebook tiles
+    round-trips exactly through `encode` / `decode`; `decode` puts the area back into a frame filled with
+    `fill_value`. `snap` does the same for generated latents (the sampler calls it on every new frame), `indices` /
+    `from_indices` convert between latents and code indices ``(..., rows * cols)``. Distances are measured on
+    pixels in [0, 1] as the codebook was built; the latents keep the [-1, 1] scale of `PixelCodec`.
+    """
+
+    def __init__(self, config: CodecConfig):
+        if config.kind != "tiles":
+            raise ValueError(f"TileCodec needs kind='tiles', got {config.kind!r}")
+        super().__init__(config)
+        dim = 3 * config.tile_size**2
+        self.register_buffer("codebook", torch.zeros(config.codes, dim))  # (K, s*s*3) in [-1, 1], (y, x, c) order
+
+    @property
+    def tile_dim(self) -> int:
+        return self.codebook.shape[1]
+
+    def _crop(self, images: torch.Tensor) -> torch.Tensor:
+        (top, left), (rows, cols), s = self.config.tile_offset, self.config.tile_grid, self.config.tile_size
+        return images[..., top : top + rows * s, left : left + cols * s]
+
+    def indices(self, latents: torch.Tensor) -> torch.Tensor:
+        """Nearest code of every tile: latents ``(..., 3, rows * s, cols * s)`` -> ``(..., rows * cols)`` int64."""
+        raw = self.denormalize(latents)
+        return nearest_codes(tiles_of(raw, self.config.tile_size), self.codebook)[0]
+
+    def from_indices(self, indices: torch.Tensor) -> torch.Tensor:
+        """Code indices ``(..., rows * cols)`` -> latents ``(..., 3, rows * s, cols * s)``."""
+        if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= self.config.codes):
+            raise ValueError(f"code indices must be in [0, {self.config.codes}), got "
+                             f"[{int(indices.min())}, {int(indices.max())}]")
+        return self.normalize(untile(self.codebook[indices], self.config.tile_size, self.config.tile_grid))
+
+    def snap(self, latents: torch.Tensor) -> torch.Tensor:
+        """Every tile replaced by its nearest code (per tile, so per row and deterministic)."""
+        return self.from_indices(self.indices(latents)).to(latents.dtype)
+
+    def _encode(self, images: torch.Tensor) -> torch.Tensor:
+        raw = self._crop(images)
+        index = nearest_codes(tiles_of(raw, self.config.tile_size), self.codebook)[0]
+        return untile(self.codebook[index], self.config.tile_size, self.config.tile_grid)
+
+    def _decode(self, raw_latents: torch.Tensor) -> torch.Tensor:
+        (top, left), (height, width) = self.config.tile_offset, raw_latents.shape[-2:]
+        fill = self.config.fill_value / 127.5 - 1.0
+        images = raw_latents.new_full((raw_latents.shape[0], 3, *self.frame_size), fill)
+        images[..., top : top + height, left : left + width] = raw_latents
+        return images
+
+
+@torch.no_grad()
+def build_tile_codebook(
+    frames_iter: Iterable[torch.Tensor],
+    frame_size: tuple[int, int],
+    tile_size: int = 7,
+    tile_offset: tuple[int, int] = (0, 0),
+    tile_grid: tuple[int, int] | None = None,
+    threshold: float = 0.75,
+    max_codes: int = 4096,
+    fill_value: int = 0,
+) -> TileCodec:
+    """A `TileCodec` whose codebook is built from real frames by the nearest-neighbour rule (TWM's NNT): tiles are
+    visited in order, and a tile whose squared L2 distance (pixels in [0, 1]) to every code so far exceeds
+    `threshold` becomes a new code; codes never move. Stops adding codes at `max_codes` (later tiles snap to
+    their nearest code). `frames_iter` yields uint8 batches ``(..., H, W, 3)``; `tile_grid` defaults to as many
+    whole tiles as fit after the offset.
+    """
+    top, left = tile_offset
+    if tile_grid is None:
+        tile_grid = ((frame_size[0] - top) // tile_size, (frame_size[1] - left) // tile_size)
+    dim = 3 * tile_size**2
+    codes = torch.empty(0, dim)  # in [0, 1] while building
+    for frames in frames_iter:
+        frames = torch.as_tensor(frames)
+        frames = frames.reshape(-1, *frames.shape[-3:]).movedim(-1, -3).float() / 255.0  # (N, 3, H, W)
+        area = frames[..., top : top + tile_grid[0] * tile_size, left : left + tile_grid[1] * tile_size]
+        tiles = torch.unique(tiles_of(area, tile_size).reshape(-1, dim), dim=0)  # exact repeats add nothing
+        if len(codes):
+            _, distance = nearest_codes(tiles, codes)
+            tiles = tiles[distance > threshold]
+        # The rule is sequential: a tile admitted here may cover later candidates of the same batch.
+        for tile in tiles:
+            if len(codes) >= max_codes:
+                break
+            if len(codes) and float(((codes - tile) ** 2).sum(-1).min()) <= threshold:
+                continue
+            codes = torch.cat([codes, tile[None]])
+        if len(codes) >= max_codes:
+            break
+    if not len(codes):
+        raise ValueError("build_tile_codebook: frames_iter yielded no frames")
+    config = CodecConfig(kind="tiles", frame_size=tuple(frame_size), tile_size=tile_size, tile_offset=tuple(tile_offset),
+                         tile_grid=tuple(tile_grid), codes=len(codes), tile_threshold=float(threshold),
+                         fill_value=int(fill_value))
+    codec = TileCodec(config)
+    codec.codebook.copy_(codes * 2.0 - 1.0)
+    return codec
+
+
+def tile_codec_from_data(
+    data: str,
+    tile_size: int = 7,
+    tile_offset: tuple[int, int] = (0, 0),
+    tile_grid: tuple[int, int] | None = None,
+    threshold: float = 0.75,
+    max_codes: int = 4096,
+    frame_stride: int = 2,
+    max_frames: int | None = None,
+    fill_value: int = 0,
+) -> tuple[TileCodec, dict]:
+    """`build_tile_codebook` over the train split of `data` (a folder or comma-separated folders), every
+    `frame_stride`-th frame of each episode in order, at most `max_frames`. Returns the codec and a report:
+    frames used, codes, and the reconstruction PSNR (mean over frames of the squared error) on the val split."""
+    from generator.data import open_datasets
+
+    train = open_datasets(data, split="train")
+    used = {"frames": 0}
+
+    def batches():
+        for datasets in (train.datasets if hasattr(train, "datasets") else [train]):
+            for k in range(datasets.num_episodes):
+                frames = datasets.episode(k)["frames"][::frame_stride]
+                if max_frames is not None:
+                    frames = frames[: max_frames - used["frames"]]
+                used["frames"] += len(frames)
+                yield frames
+                if max_frames is not None and used["frames"] >= max_frames:
+                    return
+
+    codec = build_tile_codebook(batches(), train.frame_size, tile_size, tile_offset, tile_grid, threshold, max_codes,
+                                fill_value)
+    report = {"frames": used["frames"], "codes": codec.config.codes, "threshold": threshold}
+    val = open_datasets(data, split="val")
+    errors = []
+    for datasets in (val.datasets if hasattr(val, "datasets") else [val]):
+        for k in range(min(datasets.num_episodes, 8)):
+            frames = datasets.episode(k)["frames"]
+            decoded = float_to_frames(codec.decode(codec.encode(frames)))
+            errors.append((frames.double() - decoded.double()).square().mean(dim=(-3, -2, -1)))
+    if errors:
+        error = torch.cat(errors)
+        report["val_frames"] = len(error)
+        report["val_psnr"] = float(10 * torch.log10(255.0**2 / error.mean()))
+        report["val_exact_frames"] = float((error == 0).double().mean())
+    return codec, report
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -376,6 +597,8 @@ def build_codec(config: CodecConfig) -> Codec:
     """An untrained codec for `config` (PixelCodec needs no training)."""
     if config.kind == "pixels":
         return PixelCodec(config)
+    if config.kind == "tiles":
+        return TileCodec(config)
     return KLAutoencoder(config)
 
 
@@ -452,6 +675,6 @@ def load_codec(directory: str | Path, map_location: str | torch.device = "cpu") 
 codec_from_pretrained = load_codec
 
 __all__ = [
-    "CodecConfig", "Codec", "PixelCodec", "KLAutoencoder", "DiagonalGaussian", "build_codec", "save_codec",
+    "CodecConfig", "Codec", "PixelCodec", "TileCodec", "KLAutoencoder", "build_tile_codebook", "tile_codec_from_data", "nearest_codes", "DiagonalGaussian", "build_codec", "save_codec",
     "load_codec", "codec_from_pretrained", "fit_latent_statistics", "frames_to_float", "float_to_frames", "psnr",
 ]

@@ -739,15 +739,45 @@ class EpisodeDataset(torch.utils.data.Dataset):
         start = index - (int(self._window_ends[k - 1]) if k else 0)
         return self._window(k, start)
 
-    def sample(self, batch_size: int, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-        """``batch_size`` windows drawn uniformly (with replacement) over all windows, stacked on a new dim 0."""
+    def sample(
+        self, batch_size: int, generator: torch.Generator | None = None, weights: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """``batch_size`` windows drawn with replacement, uniformly over all windows or in proportion to
+        ``weights`` ``(len(self),)`` (e.g. `event_weights`), stacked on a new dim 0."""
         if self.window is None:
             raise ValueError("sample() needs a fixed window; build the dataset with window=T")
         if len(self) == 0:
             raise ValueError(f"no windows to sample: the {self.split!r} split of {self.root} has no episodes")
-        indices = torch.randint(len(self), (batch_size,), generator=generator)
+        if weights is None:
+            indices = torch.randint(len(self), (batch_size,), generator=generator)
+        else:
+            if weights.shape != (len(self),):
+                raise ValueError(f"weights must have one entry per window ({len(self)}), got {tuple(weights.shape)}")
+            indices = torch.multinomial(weights.double(), batch_size, replacement=True, generator=generator)
         items = [self[int(i)] for i in indices]
         return {key: torch.stack([item[key] for item in items]) for key in items[0]}
+
+    def window_events(self) -> np.ndarray:
+        """``(len(self),)`` bool: the window holds a transition with a non-zero reward or a termination (rare
+        events a world model must see often enough: achievements, damage, death). Reads only those arrays."""
+        if self.window is None:
+            raise ValueError("window_events() needs a fixed window; build the dataset with window=T")
+        flags = []
+        for k, entry in enumerate(self._entries):
+            steps = int(self._steps[k])
+            if k in self._in_memory:
+                rewards, terminated = self._in_memory[k]["rewards"], self._in_memory[k]["terminated"]
+            else:
+                shard = self.root / entry["name"]
+                rewards = _read_rows(shard, "rewards", self._specs["rewards"], 0, steps)
+                terminated = _read_rows(shard, "terminated", self._specs["terminated"], 0, steps)
+            event = (rewards != 0) | terminated.astype(bool)
+            event[0] = False  # the reset step is no transition
+            cumulative = np.concatenate([[0], np.cumsum(event)])
+            starts = np.arange(max(steps - self.window, 0) + 1)
+            stops = np.minimum(starts + self.window, steps)
+            flags.append(cumulative[stops] - cumulative[starts + 1] > 0)  # events after each window's first step
+        return np.concatenate(flags) if flags else np.zeros(0, dtype=bool)
 
     # -- internals ------------------------------------------------------------------------------------------
 
@@ -775,3 +805,80 @@ class EpisodeDataset(torch.utils.data.Dataset):
             f"EpisodeDataset({str(self.root)!r}, game={self._meta['game']!r}, split={self.split!r}, "
             f"episodes={self.num_episodes}, steps={self.total_steps}, window={self.window}, windows={len(self)})"
         )
+
+
+class EpisodeDatasets(torch.utils.data.ConcatDataset):
+    """Several episode dataset folders of one game read as one (e.g. recordings of different policies).
+
+    Built by `open_datasets`; offers what training needs of `EpisodeDataset`: windows by index, `sample`,
+    `window_events`, `frame_size`, `action_space`, `meta` (the first folder's) and `roots`.
+    """
+
+    def __init__(self, datasets: list[EpisodeDataset]) -> None:
+        if not datasets:
+            raise ValueError("EpisodeDatasets needs at least one dataset")
+        first = datasets[0]
+        for other in datasets[1:]:
+            if (other.meta["game"], other.frame_size, other.action_space, other.window) != (
+                first.meta["game"], first.frame_size, first.action_space, first.window
+            ):
+                raise DatasetError(
+                    f"{other.root} does not match {first.root}: game {other.meta['game']!r} vs {first.meta['game']!r}, "
+                    f"frame size {other.frame_size} vs {first.frame_size}, action space {other.action_space} vs "
+                    f"{first.action_space}; only recordings of one game at one frame size can be mixed"
+                )
+        super().__init__(datasets)
+        self.window = first.window
+
+    @property
+    def meta(self) -> dict:
+        return self.datasets[0].meta
+
+    @property
+    def frame_size(self) -> tuple[int, int]:
+        return self.datasets[0].frame_size
+
+    @property
+    def action_space(self) -> gymnasium.Space:
+        return self.datasets[0].action_space
+
+    @property
+    def roots(self) -> list[Path]:
+        return [d.root for d in self.datasets]
+
+    @property
+    def num_episodes(self) -> int:
+        return sum(d.num_episodes for d in self.datasets)
+
+    @property
+    def total_steps(self) -> int:
+        return sum(d.total_steps for d in self.datasets)
+
+    def window_events(self) -> np.ndarray:
+        return np.concatenate([d.window_events() for d in self.datasets])
+
+    def sample(
+        self, batch_size: int, generator: torch.Generator | None = None, weights: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """As `EpisodeDataset.sample`, over the windows of every folder."""
+        if len(self) == 0:
+            raise ValueError(f"no windows to sample in {[str(r) for r in self.roots]}")
+        if weights is None:
+            indices = torch.randint(len(self), (batch_size,), generator=generator)
+        else:
+            if weights.shape != (len(self),):
+                raise ValueError(f"weights must have one entry per window ({len(self)}), got {tuple(weights.shape)}")
+            indices = torch.multinomial(weights.double(), batch_size, replacement=True, generator=generator)
+        items = [self[int(i)] for i in indices]
+        return {key: torch.stack([item[key] for item in items]) for key in items[0]}
+
+
+def open_datasets(spec: str | PathLike | list, window: int | None = None, split: str = "all",
+                  **kwargs: Any) -> EpisodeDataset | EpisodeDatasets:
+    """One `EpisodeDataset`, or several mixed as `EpisodeDatasets`, from a folder, a comma-separated list of
+    folders, or a list of them; `kwargs` go to every `EpisodeDataset`."""
+    paths = [str(p) for p in spec] if isinstance(spec, (list, tuple)) else [p for p in str(spec).split(",") if p]
+    if not paths:
+        raise ValueError(f"no dataset folder given in {spec!r}")
+    datasets = [EpisodeDataset(path, window=window, split=split, **kwargs) for path in paths]
+    return datasets[0] if len(datasets) == 1 else EpisodeDatasets(datasets)

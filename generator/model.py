@@ -57,10 +57,27 @@ class DiTConfig:
     # samplers, losses and distillation are unchanged.
     prediction: str = "velocity"
     x_min_level: float = 0.05
+    # Tile models (the "tiles" codec, one token per tile): with `codebook_size` K > 0 the output layer gives each
+    # token logits over the K codebook tiles, and the clean-frame prediction is their expectation, softmax(logits) @
+    # codebook; the flow interface is unchanged (flow matching over the token values), and the logits also get a
+    # cross-entropy loss and can be sampled directly (`SamplingConfig.solver = "categorical"`). The logits start as
+    # the previous frame's nearest-code match, so an untrained model copies the last frame, as with "x" prediction.
+    codebook_size: int = 0
+    # Add the action embedding to every token's input as well as to the per-frame adaLN condition.
+    action_tokens: bool = False
+    # Reward as classes (DIAMOND, TWM): with values v_1 < ... < v_K the outcome head gives K logits, a reward's class
+    # is the nearest value, and a sampled class's reward is its value (Crafter: -0.1 lost health, 0, +0.1 regained
+    # health, +1 an achievement). Empty: one regressed reward (MSE), the older head.
+    reward_values: tuple[float, ...] = ()
 
     def __post_init__(self):
         if self.prediction not in ("velocity", "x"):
             raise ValueError(f"prediction must be 'velocity' or 'x', got {self.prediction!r}")
+        self.reward_values = tuple(float(v) for v in self.reward_values)
+        if list(self.reward_values) != sorted(set(self.reward_values)) or len(self.reward_values) == 1:
+            raise ValueError(f"reward_values must be empty or >= 2 distinct increasing values, got {self.reward_values}")
+        if self.codebook_size and (self.prediction != "x" or not self.previous_frame_input):
+            raise ValueError("a codebook head (codebook_size > 0) needs prediction='x' and previous_frame_input=True")
         self.latent_size = tuple(self.latent_size)
         h, w = self.latent_size
         if h % self.patch_size or w % self.patch_size:
@@ -85,6 +102,7 @@ class DiTConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["latent_size"] = list(self.latent_size)
+        d["reward_values"] = list(self.reward_values)
         return d
 
     @classmethod
@@ -98,6 +116,12 @@ class DiTConfig:
 
 # ----------------------------------------------------------------------------------------------------------------
 # Pure pieces
+
+# Codebook models: the previous tile's squared distance to a code (latents in [-1, 1], summed over the tile) counts
+# up to this cap in the copy term of the logits; farther codes are all equally unlike the previous tile. 12 is four
+# times a 0.75 codebook threshold (pixels in [0, 1]) in latent units. Without the cap a confident wrong copy costs
+# hundreds of nats, and those few tokens swamp the cross-entropy.
+COPY_CAP = 12.0
 
 
 def block_causal_mask(
@@ -262,6 +286,8 @@ class DiTOutput(NamedTuple):
     velocity: torch.Tensor  # (B, T, C, h, w)
     reward: torch.Tensor  # (B, T) reward of the transition into each frame
     termination_logit: torch.Tensor  # (B, T) logit that the transition into each frame ended the episode
+    code_logits: torch.Tensor | None = None  # (B, T, N, K) per-token logits over the codebook (codebook models)
+    reward_logits: torch.Tensor | None = None  # (B, T, R) logits of the reward classes (models with reward_values)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -283,7 +309,19 @@ class DiT(nn.Module):
         self.final_norm = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
         self.final_modulation = nn.Sequential(nn.SiLU(), nn.Linear(d, 2 * d))
         self.final_proj = nn.Linear(d, c * p * p)
-        self.outcome_head = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, 2))  # reward, termination
+        outcomes = 1 + (len(config.reward_values) or 1)  # termination + reward classes (or one regressed reward)
+        self.outcome_head = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, outcomes))
+        if config.reward_values:
+            self.register_buffer("reward_values", torch.tensor(config.reward_values), persistent=False)
+        if config.action_tokens:
+            self.action_token_embed = ActionEmbedding(config.action_space, d)
+        if config.codebook_size:
+            # The codebook's tiles as tokens `(K, p * p * c)`, copied from the codec by `bind_codebook`.
+            self.register_buffer("codebook", torch.zeros(config.codebook_size, c * p * p))
+            self.code_head = nn.Linear(d, config.codebook_size)
+            # Scale of the previous tile's distance to each code, subtracted from the logits (log-parametrised);
+            # starts so that the previous tile's own code leads a far code by 8 nats.
+            self.copy_log_scale = nn.Parameter(torch.tensor(math.log(8.0 / COPY_CAP)))
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
@@ -305,6 +343,16 @@ class DiT(nn.Module):
         nn.init.zeros_(self.final_proj.bias)
         nn.init.zeros_(self.outcome_head[-1].weight)
         nn.init.zeros_(self.outcome_head[-1].bias)
+        if self.config.codebook_size:
+            nn.init.zeros_(self.code_head.weight)
+            nn.init.zeros_(self.code_head.bias)
+
+    def bind_codebook(self, codebook_tokens: torch.Tensor) -> None:
+        """Set the codebook `(K, p * p * c)` the code head predicts over (tokens in the DiT's patch layout)."""
+        if tuple(codebook_tokens.shape) != tuple(self.codebook.shape):
+            raise ValueError(f"codebook of shape {tuple(codebook_tokens.shape)} does not fit this model's "
+                             f"{tuple(self.codebook.shape)} (codebook_size, patch values)")
+        self.codebook.copy_(codebook_tokens)
 
     def use_math_attention(self, enabled: bool = True) -> None:
         """Switch attention to the plain math path (needed under forward-mode AD)."""
@@ -358,6 +406,8 @@ class DiT(nn.Module):
             tokens = torch.cat([tokens, previous_tokens], dim=-1)
         x = self.patch_embed(tokens.to(self.patch_embed.weight.dtype))  # (B, T, N, D)
         cond = self.condition(noise_levels, actions, has_action)  # (B, T, D)
+        if cfg.action_tokens:
+            x = x + self.action_token_embed(actions, has_action).to(x.dtype)[:, :, None]
 
         angles = rope_angles(positions, cfg.grid, cfg.head_dim, cfg.rope_theta)  # (B, T, N, hd/2) float64
         angles = rearrange(angles, "b t n d -> b 1 (t n) d")
@@ -383,6 +433,23 @@ class DiT(nn.Module):
 
         shift, scale = self.final_modulation(cond)[:, :, None].chunk(2, dim=-1)
         h = modulate(self.final_norm(x), shift, scale)  # (B, T, N, D)
+        outcome = self.outcome_head(h.mean(dim=2)).float()  # (B, T, 1 + reward classes)
+        termination_logit, reward_logits = outcome[..., -1], None
+        if cfg.reward_values:
+            reward_logits = outcome[..., :-1]
+            reward = reward_logits.softmax(-1) @ self.reward_values  # (B, T) expected reward
+        else:
+            reward = outcome[..., 0]
+        if cfg.codebook_size:
+            code = self.codebook.float()  # (K, P)
+            prev = previous_tokens.float()  # (B, T, N, P)
+            distance = (prev.square().sum(-1, keepdim=True) - 2 * prev @ code.T + code.square().sum(-1)).clamp(0, COPY_CAP)
+            logits = self.code_head(h).float() - self.copy_log_scale.exp() * distance  # (B, T, N, K)
+            clean = rearrange(logits.softmax(-1) @ code, "b t (gh gw) (p q c) -> b t c (gh p) (gw q)", gh=gh, gw=gw,
+                              p=p, q=p)
+            level = noise_levels.float().clamp_min(cfg.x_min_level)[:, :, None, None, None]
+            velocity = (latents.float() - clean) / level
+            return DiTOutput(velocity, reward, termination_logit, logits, reward_logits)
         velocity = rearrange(
             self.final_proj(h), "b t (gh gw) (p q c) -> b t c (gh p) (gw q)", gh=gh, gw=gw, p=p, q=p
         )
@@ -390,8 +457,7 @@ class DiT(nn.Module):
             clean = velocity.float() + (previous.float() if cfg.previous_frame_input else 0.0)
             level = noise_levels.float().clamp_min(cfg.x_min_level)[:, :, None, None, None]
             velocity = (latents.float() - clean) / level
-        outcome = self.outcome_head(h.mean(dim=2)).float()  # (B, T, 2)
-        return DiTOutput(velocity.float(), outcome[..., 0], outcome[..., 1])
+        return DiTOutput(velocity.float(), reward, termination_logit, None, reward_logits)
 
     def new_cache(self, batch_size: int, speculation_depth: int = 0, device=None, dtype=None) -> "KVCache":
         """A KV cache sized for this model's window plus `speculation_depth` speculated frames."""
@@ -428,6 +494,12 @@ PRESETS: dict[str, dict] = {
     "base": dict(
         latent_channels=3, latent_size=(64, 64), patch_size=8, dim=512, depth=12, heads=8, window_frames=16,
         previous_frame_input=True, prediction="x",
+    ),
+    # Tile-token model for grid games (the "tiles" codec: Crafter at 64x64 -> 9x9 tiles of 7 px, 81 tokens per frame),
+    # sized for CPU training (cf. TWM, arXiv 2502.01591: 3 layers, width 128). `codebook_size` is set from the codec.
+    "tiles": dict(
+        latent_channels=3, latent_size=(63, 63), patch_size=7, dim=128, depth=6, heads=4, window_frames=8,
+        previous_frame_input=True, prediction="x", action_tokens=True,
     ),
     "paper": dict(
         latent_channels=16, latent_size=(28, 48), patch_size=2, dim=1024, depth=16, heads=16, window_frames=32

@@ -108,6 +108,18 @@ class WorldModel(nn.Module):
         found = (dit_config.latent_channels, *dit_config.latent_size)
         if expected != found:
             raise CheckpointError(f"{directory}: codec latents {expected} do not match the DiT's input {found}")
+        if dit_config.codebook_size:
+            if getattr(codec, "codebook", None) is None or tuple(codec.codebook.shape) != tuple(dit.codebook.shape):
+                raise CheckpointError(
+                    f"{directory}: the DiT predicts over a codebook of {tuple(dit.codebook.shape)} tiles but the codec "
+                    f"has {None if getattr(codec, 'codebook', None) is None else tuple(codec.codebook.shape)}; the "
+                    "model and codec files come from different runs"
+                )
+            if not torch.equal(dit.codebook, codec.codebook):
+                raise CheckpointError(
+                    f"{directory}: model.safetensors and codec.safetensors hold different codebooks; the model was "
+                    "trained on another tile codec (rebuild the checkpoint from one training run)"
+                )
         prompts = tensors.get("prompts")
         if prompts is not None and not {"frames", "actions", "has_action"} <= set(prompts):
             raise CheckpointError(f"{directory}/prompts.safetensors lacks frames/actions/has_action")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from generator.codec import float_to_frames
-from generator.sampler import commit_frames, context_latents, frame_noise, generate_frames
+from generator.sampler import advance_rows, prompt_rows
 
 
 @torch.no_grad()
@@ -29,46 +29,38 @@ def open_loop_rollout(
         prompt_actions: `(B, P, ...)` actions that led to them.
         actions: `(B, K, ...)` actions driving the K generated frames.
         seeds: one noise seed per row.
-    Returns: frames `(B, K, H, W, 3)` uint8, latents `(B, K, C, h, w)`, reward and termination_logit `(B, K)`.
+    Returns: frames `(B, K, H, W, 3)` uint8, latents `(B, K, C, h, w)`, reward and termination_logit `(B, K)`,
+    reward_logits `(B, K, R)` (reward-class models; else None).
     """
     dit, codec, sampling = world.dit, world.codec, world.sampling
     device = world.device
-    steps = sampler_steps or sampling.sampler_steps
     b, p = prompt_frames.shape[:2]
     k = actions.shape[1]
     latents = codec.encode(prompt_frames.to(device))  # (B, P, C, h, w)
-    shape = tuple(latents.shape[2:])
     cache = dit.new_cache(b)
-    positions = torch.arange(p, device=device)[None].repeat(b, 1)
     if prompt_has_action is None:
         prompt_has_action = torch.ones(b, p, dtype=torch.bool)
         prompt_has_action[:, 0] = False
-    ctx = torch.stack([frame_noise(seeds, [i] * b, shape, device)[:, 1] for i in range(p)], dim=1)
-    commit_frames(dit, cache, None, latents, prompt_actions.to(device), positions, ctx, sampling.context_noise,
-                  prompt_has_action.to(device))
-    previous = context_latents(latents[:, -1], ctx[:, -1], sampling.context_noise)  # as the last prompt frame was cached
-    frames, out_latents, rewards, terminations = [], [], [], []
+    previous = prompt_rows(dit, codec, sampling, cache, None, latents, prompt_actions.to(device),
+                           prompt_has_action.to(device), seeds)
+    frames, out_latents, rewards, terminations, reward_logits = [], [], [], [], []
     actions = actions.to(device)
     for i in range(k):
-        pos = torch.full((b,), p + i, device=device)
-        extra = steps - 1 if sampling.solver == "consistency" else 0  # re-noising draws of few-step students
-        noise = frame_noise(seeds, pos.tolist(), shape, device, extra=extra)
-        x = generate_frames(dit, cache, None, actions[:, i], pos, noise[:, 0], steps, sampling.shift,
-                            solver=sampling.solver, renoise=noise[:, 2:], previous=previous)
-        reward, termination = commit_frames(
-            dit, cache, None, x[:, None], actions[:, i, None], pos[:, None], noise[:, 1, None], sampling.context_noise,
-            previous=previous,
-        )
-        previous = context_latents(x, noise[:, 1], sampling.context_noise)
-        out_latents.append(x)
-        frames.append(float_to_frames(codec.decode(x)))
-        rewards.append(reward[:, 0])
-        terminations.append(termination[:, 0])
+        out = advance_rows(dit, codec, sampling, cache, None, actions[:, i], [p + i] * b, seeds, previous,
+                           sampler_steps)
+        previous = out["committed"]
+        out_latents.append(out["latents"])
+        frames.append(float_to_frames(codec.decode(out["latents"])))
+        rewards.append(out["reward"])
+        terminations.append(out["termination_logit"])
+        if out["reward_logits"] is not None:
+            reward_logits.append(out["reward_logits"])
     return {
         "frames": torch.stack(frames, dim=1).cpu(),
         "latents": torch.stack(out_latents, dim=1),
         "reward": torch.stack(rewards, dim=1).cpu(),
         "termination_logit": torch.stack(terminations, dim=1).cpu(),
+        "reward_logits": torch.stack(reward_logits, dim=1).cpu() if reward_logits else None,
     }
 
 

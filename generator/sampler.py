@@ -15,6 +15,7 @@ row's frames do not depend on which other rows share the batch, on restarts of o
 from __future__ import annotations
 
 import torch
+from einops import rearrange
 
 from generator.kv_cache import KVCache
 from generator.model import DiT
@@ -93,8 +94,10 @@ def generate_frames(
     """
     if solver == "consistency":
         return consistency_frames(model, cache, rows, actions, positions, noise, sampler_steps, shift, renoise, previous)
+    if solver == "categorical":
+        return categorical_frames(model, cache, rows, actions, positions, noise, previous)
     if solver != "euler":
-        raise ValueError(f"unknown solver {solver!r}; choose 'euler' or 'consistency'")
+        raise ValueError(f"unknown solver {solver!r}; choose 'euler', 'consistency' or 'categorical'")
     times = flow_timesteps(sampler_steps, shift, device=noise.device)
     if cache is not None and rows is not None and sampler_steps > 1:
         cache, rows = cache.gather(rows), None  # the cache does not change while this frame is denoised
@@ -144,6 +147,34 @@ def consistency_frames(
 
 
 @torch.no_grad()
+def categorical_frames(
+    model: DiT,
+    cache: KVCache | None,
+    rows: torch.Tensor | None,
+    actions: torch.Tensor,
+    positions: torch.Tensor,
+    noise: torch.Tensor,
+    previous: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """One pass from pure noise for codebook models: every token's code is sampled from its logits (inverse CDF of
+    one uniform per token, `Phi(noise)` of the frame's first N noise values, so a row's draw is a function of its
+    seed and position only) and the frame is assembled from the codebook's tiles."""
+    if not model.config.codebook_size:
+        raise ValueError("the categorical solver needs a model with a codebook head (DiTConfig.codebook_size > 0)")
+    ones = torch.ones(noise.shape[0], 1, device=noise.device)
+    out = model(noise[:, None], ones, actions[:, None], positions[:, None], cache=cache, rows=rows,
+                previous=None if previous is None else previous[:, None])
+    probs = out.code_logits[:, 0].softmax(-1)  # (R, N, K)
+    n = probs.shape[1]
+    uniform = torch.special.ndtr(noise.reshape(noise.shape[0], -1)[:, :n].double()).float()  # (R, N)
+    codes = torch.searchsorted(probs.cumsum(-1), uniform[..., None]).squeeze(-1).clamp_max(probs.shape[-1] - 1)
+    gh, gw = model.config.grid
+    p = model.config.patch_size
+    tiles = model.codebook[codes]  # (R, N, p * p * c)
+    return rearrange(tiles, "r (gh gw) (p q c) -> r c (gh p) (gw q)", gh=gh, gw=gw, p=p, q=p)
+
+
+@torch.no_grad()
 def context_latents(latents: torch.Tensor, noise: torch.Tensor, context_noise: float) -> torch.Tensor:
     """Latents as they enter the cache: re-noised to the `context_noise` flow time."""
     return (1 - context_noise) * latents + context_noise * noise
@@ -168,13 +199,15 @@ def commit_frames(
     context_noise: float,
     has_action: torch.Tensor | None = None,
     previous: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    full_output: bool = False,
+):
     """Write T frames per row `(R, T, C, h, w)` into the cache at `positions` `(R, T)`.
 
     Frames are re-noised to `context_noise` with `noise` (same shape as `latents`). `previous` `(R, C, h, w)` is
     the committed latent just before the first of them (models with `previous_frame_input`; None at an
-    episode's first frame). Returns the predicted reward and termination logit of each transition, `(R, T)` each.
-    The committed latents themselves are `context_latents(latents, noise, context_noise)`.
+    episode's first frame). Returns the predicted reward and termination logit of each transition, `(R, T)` each
+    (with `full_output`, the whole `DiTOutput` of the pass). The committed latents themselves are
+    `context_latents(latents, noise, context_noise)`.
     """
     level = torch.full(positions.shape, float(context_noise), device=latents.device)
     noisy = context_latents(latents, noise, context_noise)
@@ -182,4 +215,112 @@ def commit_frames(
     out = model(noisy, level, actions, positions, has_action=has_action, cache=cache, rows=rows, write_cache=True,
                 previous=before)
     cache.commit(rows, positions)
-    return out.reward, out.termination_logit
+    return out if full_output else (out.reward, out.termination_logit)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The autoregressive step: the one place where a prompt is committed and a frame is generated, snapped and committed.
+# The dream env, the evaluation rollouts and self-rollout training all call these two functions.
+
+
+def _extra_draws(sampling, sampler_steps: int) -> int:
+    return sampler_steps - 1 if sampling.solver == "consistency" else 0
+
+
+OUTCOME_STREAM = 0x0C7C0E  # outcome draws are seeded apart from the frame noise of the same (seed, position)
+
+
+def sample_outcomes(
+    seeds: list[int], positions: list[int], reward: torch.Tensor, termination_logit: torch.Tensor,
+    reward_logits: torch.Tensor | None = None, reward_values: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Draw each row's reward and termination `(R,)` from the outcome head, with two uniforms from a generator
+    seeded by `(seed, position)` of that row alone (so the draw does not depend on the batch or on speculation).
+
+    Reward-class models (`reward_logits` `(R, K)` over `reward_values` `(K,)`) sample a class and return its value;
+    older models return their regressed `reward`. Termination is `Bernoulli(sigmoid(termination_logit))`."""
+    generator = torch.Generator()
+    uniforms = []
+    for seed, position in zip(seeds, positions):
+        generator.manual_seed(mix_seed(seed, position, OUTCOME_STREAM))
+        uniforms.append(torch.rand(2, generator=generator, dtype=torch.float64))
+    u = torch.stack(uniforms) if uniforms else torch.zeros(0, 2, dtype=torch.float64)  # (R, 2)
+    if reward_logits is not None:
+        cumulative = reward_logits.double().softmax(-1).cpu().cumsum(-1)  # (R, K)
+        index = torch.searchsorted(cumulative, u[:, :1].contiguous()).squeeze(-1).clamp_max(cumulative.shape[-1] - 1)
+        sampled = reward_values.cpu().float()[index]
+    else:
+        sampled = reward.detach().float().cpu()
+    terminated = u[:, 1] < torch.sigmoid(termination_logit.detach().double().cpu())
+    return sampled, terminated
+
+
+@torch.no_grad()
+def prompt_rows(
+    dit: DiT,
+    codec,
+    sampling,
+    cache: KVCache,
+    rows: torch.Tensor | None,
+    latents: torch.Tensor,
+    actions: torch.Tensor,
+    has_action: torch.Tensor,
+    seeds: list[int],
+) -> torch.Tensor:
+    """Commit real prompt latents `(R, P, C, h, w)` (positions 0..P-1, noise from each row's seed) to `rows` of the
+    cache; returns each row's last frame as cached `(R, C, h, w)`: the previous-frame input of its next frame."""
+    r, p = latents.shape[:2]
+    device = latents.device
+    shape = tuple(latents.shape[2:])
+    positions = torch.arange(p, device=device)[None].repeat(r, 1)
+    noise = torch.stack([frame_noise(seeds, [i] * r, shape, device)[:, 1] for i in range(p)], dim=1)
+    commit_frames(dit, cache, rows, latents, actions, positions, noise, sampling.context_noise, has_action)
+    return context_latents(latents[:, -1].float(), noise[:, -1], sampling.context_noise)
+
+
+@torch.no_grad()
+def advance_rows(
+    dit: DiT,
+    codec,
+    sampling,
+    cache: KVCache,
+    rows: torch.Tensor | None,
+    actions: torch.Tensor,
+    positions: list[int],
+    seeds: list[int],
+    previous: torch.Tensor,
+    sampler_steps: int | None = None,
+) -> dict[str, torch.Tensor]:
+    """Advance `rows` of the cache by one frame each: generate it under `actions` `(R, ...)` at `positions`, snap it
+    to what the codec represents (`codec.snap`: real tiles for the tile codec), commit it re-noised to the context
+    level. Noise comes from `frame_noise(seeds, positions)` only.
+
+    Returns `latents` `(R, C, h, w)` (the frame shown), `reward` and `termination_logit` `(R,)` (the outcome head's
+    expected reward and termination logit), `reward_logits` `(R, K)` for reward-class models (else None),
+    `sampled_reward` and `terminated` `(R,)` on the CPU (`sample_outcomes`: what an env hands its agent) and
+    `committed` `(R, C, h, w)` (the frame as cached: the next frame's previous-frame input).
+    """
+    steps = int(sampler_steps or sampling.sampler_steps)
+    device = previous.device
+    pos = torch.as_tensor(positions, device=device)
+    shape = tuple(previous.shape[1:])
+    noise = frame_noise(seeds, [int(q) for q in positions], shape, device, extra=_extra_draws(sampling, steps))
+    x = generate_frames(dit, cache, rows, actions, pos, noise[:, 0], steps, sampling.shift, solver=sampling.solver,
+                        renoise=noise[:, 2:], previous=previous)
+    x = codec.snap(x.float())
+    out = commit_frames(dit, cache, rows, x[:, None], actions[:, None], pos[:, None], noise[:, 1, None],
+                        sampling.context_noise, previous=previous, full_output=True)
+    reward_logits = None if out.reward_logits is None else out.reward_logits[:, 0].float()
+    sampled_reward, terminated = sample_outcomes(
+        seeds, [int(q) for q in positions], out.reward[:, 0], out.termination_logit[:, 0], reward_logits,
+        getattr(dit, "reward_values", None),
+    )
+    return {
+        "latents": x,
+        "reward": out.reward[:, 0].float(),
+        "termination_logit": out.termination_logit[:, 0].float(),
+        "reward_logits": reward_logits,
+        "sampled_reward": sampled_reward,
+        "terminated": terminated,
+        "committed": context_latents(x, noise[:, 1], sampling.context_noise),
+    }

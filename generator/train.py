@@ -32,7 +32,7 @@ from generator.checkpoint import (
     unflatten_state,
 )
 from generator.codec import CodecConfig, build_codec, load_codec
-from generator.data import EpisodeDataset
+from generator.data import EpisodeDataset, open_datasets
 from generator.model import DiT, dit_config
 from generator.pretrained import SamplingConfig, WorldModel, WorldModelInfo
 from generator.sampler import context_latents, logit_normal, previous_frames
@@ -66,6 +66,17 @@ class TrainConfig:
     context_noise: float = 0.1  # inference level stored with the model
     sampler_steps: int = 8  # default sampler steps stored with the model
     outcome_weight: float = 0.1  # weight of the reward + termination losses
+    # Codebook models (the "tiles" codec): weight of the per-token cross-entropy on the true code of each frame.
+    code_weight: float = 1.0
+    # Probability that a sampled window is one holding a rare event (a non-zero reward or a termination); 0 samples
+    # windows uniformly. Events are a few percent of Crafter's windows; oversampling lets the reward and termination
+    # classes be learned (DIAMOND likewise waits for rare reward classes before training on them).
+    event_fraction: float = 0.0
+    # Self-rollout (DIAMOND's autoregressive denoiser training, cheap form): with this probability per batch, the
+    # frames before a clip's last one are replaced, from a random point on, by the model's own one-step predictions
+    # (no gradient, snapped by the codec), and the last frame is learned from that self-made context.
+    self_rollout_prob: float = 0.0
+    self_rollout_frames: int = 3
     seed: int = 0
     device: str = "auto"
     log_every: int = 50
@@ -99,8 +110,11 @@ def flow_matching_loss(
     batch: dict[str, torch.Tensor],
     config: TrainConfig,
     generator: torch.Generator,
+    code_targets: torch.Tensor | None = None,
+    learn_mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Loss of one clip batch: flow MSE on every valid frame + reward MSE + termination BCE.
+    """Loss of one clip batch: flow MSE on every valid frame + reward MSE + termination BCE (+ code cross-entropy
+    against `code_targets` `(B, T, N)` for codebook models). `learn_mask` `(B, T)` restricts the learned frames.
 
     The flow MSE is the velocity error, or for clean-frame ("x") models the clean-frame error.
 
@@ -125,6 +139,8 @@ def flow_matching_loss(
         committed = context_latents(latents, torch.randn(latents.shape, generator=generator).to(device), context_levels)
         previous = previous_frames(committed, None)
         learn = valid & (torch.arange(t, device=device)[None] > 0) | (valid & is_first)
+    if learn_mask is not None:
+        learn = learn & learn_mask.to(device)
     out = model(noisy, levels, batch["actions"].to(device), positions, has_action=has_action, valid=valid,
                 previous=previous)
     target = noise - latents
@@ -139,13 +155,78 @@ def flow_matching_loss(
     weight = learn.float()
     flow = (per_frame * weight).sum() / weight.sum().clamp_min(1)
     transition = (learn & has_action).float()  # the reward/termination of a transition into the frame
-    reward = (((out.reward - batch["rewards"].to(device).float()) ** 2) * transition).sum() / transition.sum().clamp_min(1)
+    rewards = batch["rewards"].to(device).float()
+    if out.reward_logits is not None:
+        classes = reward_classes(rewards, getattr(model, "module", model).reward_values)
+        reward_error = F.cross_entropy(out.reward_logits.flatten(0, 1), classes.flatten(), reduction="none").view(b, t)
+    else:
+        reward_error = (out.reward - rewards) ** 2
+    reward = (reward_error * transition).sum() / transition.sum().clamp_min(1)
     termination = (
         F.binary_cross_entropy_with_logits(out.termination_logit, batch["terminated"].to(device).float(), reduction="none")
         * transition
     ).sum() / transition.sum().clamp_min(1)
     loss = flow + config.outcome_weight * (reward + termination)
-    return loss, {"loss": loss.item(), "flow": flow.item(), "reward": reward.item(), "termination": termination.item()}
+    metrics = {"flow": flow.item(), "reward": reward.item(), "termination": termination.item()}
+    if code_targets is not None:
+        # Cross-entropy of every learned frame's tokens against the true code; the flow loss alone would only pull
+        # the expected tile towards it.
+        ce = F.cross_entropy(out.code_logits.flatten(0, 2), code_targets.flatten(), reduction="none")
+        ce = ce.view(b, t, -1).mean(-1)  # (B, T)
+        code = (ce * weight).sum() / weight.sum().clamp_min(1)
+        loss = loss + config.code_weight * code
+        with torch.no_grad():
+            hit = (out.code_logits.argmax(-1) == code_targets).float().mean(-1)
+            metrics["code"] = code.item()
+            metrics["code_accuracy"] = ((hit * weight).sum() / weight.sum().clamp_min(1)).item()
+    metrics["loss"] = loss.item()
+    return loss, metrics
+
+
+def reward_classes(rewards: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """Class of each reward: the index of the nearest of `values` `(K,)` (ties to the lower value)."""
+    return (rewards[..., None] - values.to(rewards.device)).abs().argmin(-1)
+
+
+@torch.no_grad()
+def self_rollout(
+    model, codec, sampling, latents: torch.Tensor, batch: dict, frames: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Replace frames `r .. T-2` of each clip `(B, T, C, h, w)` by the model's own one-step predictions, generated
+    autoregressively from the real frames before `r` with the real actions (`generator.sampler.advance_rows`, so
+    snapped exactly as at inference); `r = T - 1 - frames`. Returns the new clips and the mask `(B, T)` of frames
+    still to learn: the real ones before `r` and the last frame, whose target stays real (DIAMOND's
+    `num_autoregressive_steps`: the model learns to recover the real next frame from its own context).
+    """
+    from generator.sampler import advance_rows, prompt_rows
+
+    b, t = latents.shape[:2]
+    r = t - 1 - frames
+    if r < 1:
+        raise ValueError(f"self_rollout_frames {frames} leaves no real prompt in clips of {t} frames (at most {t - 2})")
+    dit = getattr(model, "module", model)
+    seeds = torch.randint(2**62, (b,), generator=generator).tolist()
+    actions = batch["actions"].to(latents.device)
+    has_action = ~batch["is_first"].to(latents.device)
+    was_training = dit.training
+    dit.eval()
+    cache = dit.new_cache(b)
+    previous = prompt_rows(dit, codec, sampling, cache, None, latents[:, :r], actions[:, :r], has_action[:, :r], seeds)
+    rolled = latents.clone()
+    for i in range(r, t - 1):
+        out = advance_rows(dit, codec, sampling, cache, None, actions[:, i], [i] * b, seeds, previous, sampler_steps=1)
+        rolled[:, i] = out["latents"]
+        previous = out["committed"]
+    dit.train(was_training)
+    learn = torch.zeros(b, t, dtype=torch.bool, device=latents.device)
+    learn[:, :r] = True
+    learn[:, -1] = True
+    # Episodes that end inside the rolled stretch keep their real frames: a rollout past the end means nothing.
+    ended = ~batch["valid"].to(latents.device)[:, : t]
+    keep_real = ended.any(dim=1)
+    rolled[keep_real] = latents[keep_real]
+    learn[keep_real] = True
+    return rolled, learn
 
 
 def lr_factor(step: int, config: TrainConfig) -> float:
@@ -191,8 +272,15 @@ def build_world_model(config: TrainConfig, dataset: EpisodeDataset) -> WorldMode
     overrides = dict(latent_channels=channels, latent_size=(h, w), action_space=space_to_json(dataset.action_space))
     if config.model in ("small", "base") and (h, w) != (64, 64):
         overrides["patch_size"] = max(1, h // 8)  # keep 64 tokens per frame
+    if codec.config.kind == "tiles":
+        overrides["codebook_size"] = codec.config.codes
+        overrides["patch_size"] = codec.config.tile_size
     overrides.update(config.model_overrides)
     dit = DiT(dit_config(config.model, **overrides))
+    if dit.config.codebook_size:
+        if codec.config.kind != "tiles" or dit.config.patch_size != codec.config.tile_size:
+            raise ValueError("a codebook head (codebook_size > 0) needs the tile codec with patch_size == tile_size")
+        dit.bind_codebook(codec.codebook)
     if config.clip_frames > dit.config.window_frames:
         raise ValueError(f"clip_frames {config.clip_frames} exceeds the model window {dit.config.window_frames}")
     meta = dataset.meta
@@ -201,7 +289,7 @@ def build_world_model(config: TrainConfig, dataset: EpisodeDataset) -> WorldMode
         frame_size=tuple(dataset.frame_size),
         fps=int(meta.get("fps", 15)),
         action_space=space_to_json(dataset.action_space),
-        dataset=str(Path(config.data).resolve()),
+        dataset=",".join(str(Path(p).resolve()) for p in str(config.data).split(",") if p),
     )
     sampling = SamplingConfig(sampler_steps=config.sampler_steps, context_noise=config.context_noise)
     return WorldModel(dit, codec, sampling, info)
@@ -209,9 +297,9 @@ def build_world_model(config: TrainConfig, dataset: EpisodeDataset) -> WorldMode
 
 def build_prompts(data: str, context_frames: int = 4, count: int = 32) -> dict[str, torch.Tensor]:
     """Real starting clips for dream episodes, taken evenly from the validation split (train if it is empty)."""
-    dataset = EpisodeDataset(data, window=context_frames, split="val")
+    dataset = open_datasets(data, window=context_frames, split="val")
     if len(dataset) == 0:
-        dataset = EpisodeDataset(data, window=context_frames, split="train")
+        dataset = open_datasets(data, window=context_frames, split="train")
     picks = sorted({int(i * len(dataset) / count) for i in range(min(count, len(dataset)))})
     items = [dataset[i] for i in picks]
     items = [it for it in items if bool(it["valid"].all())] or items
@@ -242,8 +330,15 @@ def train(config: TrainConfig) -> dict:
         out.mkdir(parents=True, exist_ok=True)
 
     torch.manual_seed(config.seed)  # identical initial weights on every rank
-    dataset = EpisodeDataset(config.data, window=config.clip_frames, split="train")
+    dataset = open_datasets(config.data, window=config.clip_frames, split="train")
     world = build_world_model(config, dataset).to(device)
+    window_weights = None
+    if config.event_fraction:
+        events = torch.from_numpy(dataset.window_events())
+        rare = int(events.sum())
+        if rare and rare < len(events):
+            # Events get `event_fraction` of the draws, the other windows the rest, each group uniformly.
+            window_weights = torch.where(events, config.event_fraction / rare, (1 - config.event_fraction) / (len(events) - rare))
     world.prompts = build_prompts(config.data)
     model, codec = world.dit, world.codec
     codec.requires_grad_(False)
@@ -299,11 +394,18 @@ def train(config: TrainConfig) -> dict:
     started = time.time()
     stop = min(config.stop_at or config.steps, config.steps)
     while step < stop:
-        batch = dataset.sample(config.batch_size, data_generator)
+        batch = dataset.sample(config.batch_size, data_generator, weights=window_weights)
         with torch.no_grad():
             latents = codec.encode(batch["frames"].to(device))  # (B, T, C, h, w)
+        learn_mask = None
+        rolled = config.self_rollout_prob and float(torch.rand((), generator=noise_generator)) < config.self_rollout_prob
+        if rolled:
+            latents, learn_mask = self_rollout(model, codec, world.sampling, latents, batch, config.self_rollout_frames,
+                                               noise_generator)
+        code_targets = codec.indices(latents) if model.config.codebook_size else None
         with autocast:
-            loss, metrics = flow_matching_loss(ddp_model, latents, batch, config, noise_generator)
+            loss, metrics = flow_matching_loss(ddp_model, latents, batch, config, noise_generator, code_targets,
+                                               learn_mask)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
@@ -348,7 +450,7 @@ def evaluate_and_log(world: WorldModel, config: TrainConfig, writer, step: int, 
     context = min(4, config.clip_frames // 2)
     horizon = config.clip_frames - context
     try:
-        val = EpisodeDataset(config.data, window=config.clip_frames, split="val")
+        val = open_datasets(config.data, window=config.clip_frames, split="val")
     except ValueError:
         return {}
     if len(val) == 0:

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from generator.codec import float_to_frames
-from generator.sampler import commit_frames, context_latents, frame_noise, generate_frames
+from generator.sampler import advance_rows, prompt_rows
 
 
 PRECISIONS = ("fp32", "bf16")
@@ -34,8 +34,9 @@ PRECISIONS = ("fp32", "bf16")
 class Speculated:
     action: torch.Tensor  # the repeated action it assumed
     frame: torch.Tensor  # (H, W, 3) uint8
-    reward: float
+    reward: float  # sampled from the outcome head (`generator.sampler.sample_outcomes`)
     termination_logit: float
+    terminated: bool  # sampled
     committed: torch.Tensor  # (C, h, w) the latent as cached: the next frame's previous frame
 
 
@@ -101,15 +102,10 @@ class DreamCore:
             self.last_actions[row] = None
             self.positions[row] = p - 1
         latents = self.world.codec.encode(prompts["frames"].to(self.device))  # (R, P, C, h, w)
-        positions = torch.arange(p, device=self.device)[None].repeat(len(rows), 1)
-        noise = torch.stack(
-            [frame_noise(seeds, [i] * len(rows), self.latent_shape, self.device)[:, 1] for i in range(p)], dim=1
+        self.previous[index] = prompt_rows(
+            self.world.dit, self.world.codec, self.world.sampling, self.cache, index, latents,
+            prompts["actions"].to(self.device), prompts["has_action"].to(self.device), list(seeds),
         )
-        commit_frames(
-            self.world.dit, self.cache, index, latents, prompts["actions"].to(self.device), positions, noise,
-            self.world.sampling.context_noise, prompts["has_action"].to(self.device),
-        )
-        self.previous[index] = context_latents(latents[:, -1].float(), noise[:, -1], self.world.sampling.context_noise)
         return prompts["frames"][:, -1].to(self.device)
 
     # -- stepping --------------------------------------------------------------------------------------------
@@ -118,13 +114,15 @@ class DreamCore:
     def step(self, rows: list[int], actions: torch.Tensor) -> dict[str, torch.Tensor]:
         """Advance `rows` by one frame under `actions` `(R, ...)` (already validated, on this device).
 
-        Returns frames `(R, H, W, 3)` uint8, reward `(R,)`, termination_logit `(R,)`, accepted `(R,)` bool.
+        Returns frames `(R, H, W, 3)` uint8, reward `(R,)` (sampled), termination_logit `(R,)`, terminated `(R,)`
+        bool (sampled), accepted `(R,)` bool.
         """
         self.wait()
         r = len(rows)
         frames = [None] * r
         rewards = torch.zeros(r)
         logits = torch.zeros(r)
+        terminated = torch.zeros(r, dtype=torch.bool)
         accepted = torch.zeros(r, dtype=torch.bool)
         fresh = []
         for i, row in enumerate(rows):
@@ -132,6 +130,7 @@ class DreamCore:
             if queue and torch.equal(queue[0].action, actions[i]):
                 spec = queue.pop(0)
                 frames[i], rewards[i], logits[i], accepted[i] = spec.frame, spec.reward, spec.termination_logit, True
+                terminated[i] = spec.terminated
                 self.previous[row] = spec.committed
                 self.stats["accepted"] += 1
             else:
@@ -149,6 +148,7 @@ class DreamCore:
             )
             for j, i in enumerate(fresh):
                 frames[i], rewards[i], logits[i] = out["frames"][j], out["reward"][j], out["termination_logit"][j]
+                terminated[i] = out["terminated"][j]
                 self.previous[rows[i]] = out["committed"][j]
             self.stats["generated"] += len(fresh)
         for i, row in enumerate(rows):
@@ -160,7 +160,8 @@ class DreamCore:
                 self._worker.start()
             else:
                 self._speculate(rows)
-        return {"frames": torch.stack(frames), "reward": rewards, "termination_logit": logits, "accepted": accepted}
+        return {"frames": torch.stack(frames), "reward": rewards, "termination_logit": logits, "terminated": terminated,
+                "accepted": accepted}
 
     def _advance(self, rows: list[int], actions: torch.Tensor, positions: list[int], previous: torch.Tensor) -> dict:
         """Generate and commit one frame for each of `rows` at `positions` after `previous` latents, batched."""
@@ -168,25 +169,17 @@ class DreamCore:
             return self._advance_rows(rows, actions, positions, previous)
 
     def _advance_rows(self, rows: list[int], actions: torch.Tensor, positions: list[int], previous: torch.Tensor) -> dict:
-        dit, sampling = self.world.dit, self.world.sampling
         # All rows in order: attend to the cache in place instead of gathering copies of it.
         index = None if rows == list(range(self.num_envs)) else torch.tensor(rows, device=self.device)
-        pos = torch.tensor(positions, device=self.device)
-        extra = self.sampler_steps - 1 if sampling.solver == "consistency" else 0
-        noise = frame_noise([self.row_seeds[row] for row in rows], positions, self.latent_shape, self.device, extra=extra)
-        x = generate_frames(dit, self.cache, index, actions, pos, noise[:, 0], self.sampler_steps, sampling.shift,
-                            solver=sampling.solver, renoise=noise[:, 2:], previous=previous)
-        reward, logit = commit_frames(
-            dit, self.cache, index, x[:, None], actions[:, None], pos[:, None], noise[:, 1, None], sampling.context_noise,
-            previous=previous,
-        )
-        x = x.float()
-        frames = float_to_frames(self.world.codec.decode(x).float())  # (R, H, W, 3) uint8
+        out = advance_rows(self.world.dit, self.world.codec, self.world.sampling, self.cache, index, actions, positions,
+                           [self.row_seeds[row] for row in rows], previous, self.sampler_steps)
+        frames = float_to_frames(self.world.codec.decode(out["latents"]).float())  # (R, H, W, 3) uint8
         return {
             "frames": frames,
-            "reward": reward[:, 0].float().cpu(),
-            "termination_logit": logit[:, 0].float().cpu(),
-            "committed": context_latents(x, noise[:, 1], sampling.context_noise),
+            "reward": out["sampled_reward"],
+            "termination_logit": out["termination_logit"].cpu(),
+            "terminated": out["terminated"],
+            "committed": out["committed"],
         }
 
     @torch.no_grad()
@@ -203,7 +196,7 @@ class DreamCore:
             for j, row in enumerate(need):
                 self.queues[row].append(
                     Speculated(actions[j], out["frames"][j], float(out["reward"][j]), float(out["termination_logit"][j]),
-                               out["committed"][j])
+                               bool(out["terminated"][j]), out["committed"][j])
                 )
             self.stats["speculated"] += len(need)
 

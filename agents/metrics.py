@@ -1,0 +1,137 @@
+"""Frame metrics that read what an agent sees: did the view move as the game moves it, is the frame still made
+of the game's tiles.
+
+Pure functions on uint8 frames ``(..., H, W, 3)``; defaults follow Crafter at 64x64 (a 9x7 world view of 7-px
+tiles over 2 inventory rows, the player in the middle tile, `docs/results.md`).
+
+- `view_shift`: which one-tile displacement of the world view best explains the next frame (none, or one tile
+  in one of four directions), and whether that is unambiguous (the best fit clearly beats every other one). A move
+  in Crafter shifts the whole world view by exactly one tile; a blocked move, or any other action, shifts nothing.
+- `shift_agreement`: on steps where the real game's shift is unambiguous, how often the dream's shift equals it,
+  separately where the real view moved and where it stayed.
+- `distinct_tiles`: the number of different tiles in a frame's world view: a world collapsing to a static field
+  loses them, one dissolving into a patchwork of unrelated tiles gains them.
+"""
+from __future__ import annotations
+
+import torch
+
+# Displacements of the view content (rows, cols) in tiles: index 0 is "stayed".
+SHIFTS: tuple[tuple[int, int], ...] = ((0, 0), (0, 1), (0, -1), (1, 0), (-1, 0))
+
+
+def _world_tiles(frames: torch.Tensor, tile: int, view: tuple[int, int]) -> torch.Tensor:
+    """uint8 ``(N, H, W, 3)`` -> the world view's tiles ``(N, rows, cols, tile * tile * 3)`` float."""
+    rows, cols = view
+    area = frames[:, : rows * tile, : cols * tile].float()
+    return area.reshape(-1, rows, tile, cols, tile, 3).permute(0, 1, 3, 2, 4, 5).flatten(3)
+
+
+def view_shift(
+    before: torch.Tensor,
+    after: torch.Tensor,
+    tile: int = 7,
+    view: tuple[int, int] = (7, 9),
+    player: tuple[int, int] | None = (3, 4),
+    ratio: float = 0.5,
+    min_error: float = 2.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The view shift from ``before`` to ``after`` (uint8 ``(..., H, W, 3)`` each), as an index into `SHIFTS`, and
+    whether it is unambiguous, both ``(...)``.
+
+    For every candidate displacement the error is the mean absolute pixel difference between each tile of ``after``
+    and the tile of ``before`` it would have come from, over the tiles both frames show (the ``player`` tile,
+    whose sprite turns with the player, left out). The shift is the candidate with the least error; it is
+    unambiguous when that error is at most ``ratio`` times the second least and the second least is at least
+    ``min_error`` grey levels (a uniform field fits every shift equally and is ambiguous).
+    """
+    if before.shape != after.shape:
+        raise ValueError(f"view_shift needs frames of one shape, got {tuple(before.shape)} and {tuple(after.shape)}")
+    lead = before.shape[:-3]
+    a = _world_tiles(before.reshape(-1, *before.shape[-3:]), tile, view)  # (N, r, c, D)
+    b = _world_tiles(after.reshape(-1, *after.shape[-3:]), tile, view)
+    rows, cols = view
+    errors = []
+    for dy, dx in SHIFTS:
+        # after[y, x] should equal before[y - dy, x - dx]
+        ys = slice(max(dy, 0), rows + min(dy, 0))
+        xs = slice(max(dx, 0), cols + min(dx, 0))
+        ys_src = slice(max(-dy, 0), rows + min(-dy, 0))
+        xs_src = slice(max(-dx, 0), cols + min(-dx, 0))
+        diff = (b[:, ys, xs] - a[:, ys_src, xs_src]).abs().mean(-1)  # (N, r', c')
+        keep = torch.ones(diff.shape[1:], dtype=torch.bool)
+        if player is not None:
+            # The player stays in the middle while the view moves: its tile in `after`, and the tile its sprite in
+            # `before` would have been carried to, show no view content.
+            for y, x in ((player[0], player[1]), (player[0] + dy, player[1] + dx)):
+                y, x = y - ys.start, x - xs.start
+                if 0 <= y < keep.shape[0] and 0 <= x < keep.shape[1]:
+                    keep[y, x] = False
+        errors.append(diff[:, keep].mean(-1))
+    errors = torch.stack(errors, dim=-1)  # (N, 5)
+    best2 = errors.topk(2, dim=-1, largest=False)
+    shift = best2.indices[:, 0]
+    clear = (best2.values[:, 0] <= ratio * best2.values[:, 1]) & (best2.values[:, 1] >= min_error)
+    return shift.reshape(lead), clear.reshape(lead)
+
+
+def shift_agreement(real: torch.Tensor, dream: torch.Tensor, mask: torch.Tensor | None = None, **kwargs) -> dict:
+    """Agreement of the dream's view shifts with the real game's over consecutive frames.
+
+    ``real`` and ``dream`` are ``(B, T, H, W, 3)`` uint8 with the same first frame(s) semantics: the shift at step
+    t is from frame t-1 to frame t of each. ``mask`` ``(B, T - 1)`` marks the steps to count. Counts only steps
+    where the real shift is unambiguous; returns the counts and the agreement where the real view ``moved`` and
+    where it ``stayed`` (``None`` when no such step), plus the confusion counts by shift index.
+    """
+    real_shift, real_clear = view_shift(real[:, :-1], real[:, 1:], **kwargs)  # (B, T-1)
+    dream_shift, _ = view_shift(dream[:, :-1], dream[:, 1:], **kwargs)
+    counted = real_clear if mask is None else real_clear & mask.bool()
+    moved = counted & (real_shift != 0)
+    stayed = counted & (real_shift == 0)
+    agree = dream_shift == real_shift
+    confusion = torch.zeros(len(SHIFTS), len(SHIFTS), dtype=torch.long)
+    for r, d in zip(real_shift[counted].tolist(), dream_shift[counted].tolist()):
+        confusion[r, d] += 1
+    return summarize_shifts({
+        "moved_steps": int(moved.sum()), "moved_agreed": int(agree[moved].sum()),
+        "stayed_steps": int(stayed.sum()), "stayed_agreed": int(agree[stayed].sum()),
+        "ambiguous_steps": int(((~real_clear) & (mask.bool() if mask is not None else True)).sum()),
+        "confusion_real_by_dream": confusion.tolist(),
+    })
+
+
+def summarize_shifts(counts: dict, *more: dict) -> dict:
+    """Sum the counts of several `shift_agreement` results and recompute the agreement rates."""
+    keys = ("moved_steps", "moved_agreed", "stayed_steps", "stayed_agreed", "ambiguous_steps")
+    total = {key: sum(int(c[key]) for c in (counts, *more)) for key in keys}
+    total["confusion_real_by_dream"] = torch.stack(
+        [torch.as_tensor(c["confusion_real_by_dream"]) for c in (counts, *more)]).sum(0).tolist()
+    total["moved_agreement"] = total["moved_agreed"] / total["moved_steps"] if total["moved_steps"] else None
+    total["stayed_agreement"] = total["stayed_agreed"] / total["stayed_steps"] if total["stayed_steps"] else None
+    return total
+
+
+def distinct_tiles(frames: torch.Tensor, tile: int = 7, view: tuple[int, int] = (7, 9), tolerance: float = 0.0
+                   ) -> torch.Tensor:
+    """Number of different tiles in each frame's world view ``(...)`` for uint8 frames ``(..., H, W, 3)``.
+
+    Tiles count as one when their mean absolute pixel difference is at most ``tolerance`` grey levels (0: exactly
+    equal). Crafter's night noise makes every dark tile differ a little, so compare dreams and real frames with
+    the same tolerance."""
+    lead = frames.shape[:-3]
+    tiles = _world_tiles(frames.reshape(-1, *frames.shape[-3:]), tile, view).flatten(1, 2)  # (N, r*c, D)
+    counts = []
+    for frame_tiles in tiles:
+        if tolerance <= 0:
+            counts.append(len(torch.unique(frame_tiles, dim=0)))
+            continue
+        distance = torch.cdist(frame_tiles, frame_tiles, p=1) / frame_tiles.shape[-1]  # (n, n)
+        close = distance <= tolerance
+        seen = torch.zeros(len(frame_tiles), dtype=torch.bool)
+        count = 0
+        for i in range(len(frame_tiles)):
+            if not seen[i]:
+                count += 1
+                seen |= close[i]
+        counts.append(count)
+    return torch.tensor(counts, dtype=torch.float32).reshape(lead)

@@ -1,0 +1,62 @@
+"""The frame metrics that read what an agent sees (agents/metrics.py)."""
+import torch
+
+from agents.metrics import SHIFTS, distinct_tiles, shift_agreement, view_shift
+
+
+def tiled_frame(tiles: torch.Tensor, tile: int = 7) -> torch.Tensor:
+    """A 64x64 frame from a (9, 9) grid of tile ids: each id a fixed random 7x7 texture, the rest black."""
+    textures = torch.randint(0, 256, (int(tiles.max()) + 1, tile, tile, 3), generator=torch.Generator().manual_seed(0),
+                             dtype=torch.uint8)
+    frame = torch.zeros(64, 64, 3, dtype=torch.uint8)
+    for y in range(tiles.shape[0]):
+        for x in range(tiles.shape[1]):
+            frame[y * tile:(y + 1) * tile, x * tile:(x + 1) * tile] = textures[tiles[y, x]]
+    return frame
+
+
+def world(seed: int) -> torch.Tensor:
+    """A large random tile map to cut 9x9 views from."""
+    return torch.randint(0, 12, (30, 30), generator=torch.Generator().manual_seed(seed))
+
+
+def view_at(grid: torch.Tensor, top: int, left: int, player: int = 99) -> torch.Tensor:
+    view = grid[top:top + 9, left:left + 9].clone()
+    view[3, 4] = player  # the player sprite always sits in the middle of the 9x7 world view
+    view[7:] = 50  # inventory rows, never part of the world view
+    return tiled_frame(view)
+
+
+def test_view_shift_reads_a_one_tile_move_in_each_direction():
+    grid = world(0)
+    before = view_at(grid, 10, 10)
+    moves = {(10, 9): (0, 1), (10, 11): (0, -1), (9, 10): (1, 0), (11, 10): (-1, 0), (10, 10): (0, 0)}
+    for (top, left), expected in moves.items():
+        after = view_at(grid, top, left, player=98)  # the sprite turns: it must not decide the shift
+        shift, clear = view_shift(before, after)
+        assert SHIFTS[int(shift)] == expected
+        assert bool(clear)
+
+
+def test_view_shift_is_ambiguous_on_a_uniform_field():
+    field = torch.zeros(30, 30, dtype=torch.long)
+    shift, clear = view_shift(view_at(field, 5, 5), view_at(field, 5, 6))
+    assert not bool(clear)
+
+
+def test_shift_agreement_counts_moved_and_stayed_separately():
+    grid = world(1)
+    real = torch.stack([view_at(grid, 10, 10), view_at(grid, 10, 11), view_at(grid, 10, 11), view_at(grid, 11, 11)])
+    stuck = torch.stack([view_at(grid, 10, 10)] * 4)  # a dream that never moves the view
+    result = shift_agreement(real[None], stuck[None])
+    assert result["moved_steps"] == 2 and result["stayed_steps"] == 1
+    assert result["moved_agreement"] == 0.0 and result["stayed_agreement"] == 1.0
+    assert shift_agreement(real[None], real[None])["moved_agreement"] == 1.0
+
+
+def test_distinct_tiles_counts_world_view_tiles_only():
+    grid = torch.zeros(30, 30, dtype=torch.long)
+    grid[10, 12] = 3
+    frame = view_at(grid, 10, 10)  # grass, one other tile, the player; inventory rows ignored
+    assert int(distinct_tiles(frame)) == 3
+    assert distinct_tiles(torch.stack([frame, frame])).tolist() == [3.0, 3.0]

@@ -1,0 +1,237 @@
+"""Tile tokens: the nearest-tile codebook, snapping, the codebook head, reward classes and their sampling."""
+import numpy as np
+import pytest
+import torch
+
+from generator.checkpoint import CheckpointError
+from generator.codec import CodecConfig, build_tile_codebook, float_to_frames, load_codec, save_codec
+from generator.pretrained import WorldModel
+from generator.sampler import advance_rows, frame_noise, prompt_rows, sample_outcomes
+from tiny_world import make_tiny_tile_world, tile_frames, tile_textures
+
+
+def test_codebook_keeps_one_code_per_distinct_tile_and_round_trips_exactly():
+    textures = tile_textures(5)
+    ids = torch.randint(0, 5, (20, 3, 3), generator=torch.Generator().manual_seed(1))
+    ids[0] = torch.tensor([[0, 1, 2], [3, 4, 0], [1, 2, 3]])
+    frames = tile_frames(ids, textures)  # (20, 16, 16, 3), black outside the 15x15 tile area
+    codec = build_tile_codebook([frames[:10], frames[10:]], (16, 16), tile_size=5, threshold=0.5)
+    assert codec.config.codes == 5 and codec.config.tile_grid == (3, 3)
+    assert codec.latent_shape == (3, 15, 15)
+    assert torch.equal(float_to_frames(codec.decode(codec.encode(frames))), frames)
+    assert codec.indices(codec.encode(frames)).shape == (20, 9)
+
+
+def test_a_tile_near_a_code_joins_it_and_codes_never_move():
+    textures = tile_textures(2)
+    frames = tile_frames(torch.zeros(1, 3, 3, dtype=torch.long), textures)
+    nudged = frames.clone()
+    nudged[0, :5, :5] = (nudged[0, :5, :5].int() + 3).clamp(0, 255).to(torch.uint8)  # a few grey levels off
+    codec = build_tile_codebook([frames, nudged], (16, 16), tile_size=5, threshold=0.75)
+    assert codec.config.codes == 1  # the nudged tile is within the threshold: no new code
+    assert torch.equal(float_to_frames(codec.decode(codec.encode(nudged))), frames)  # snapped to the first tile
+    far = tile_frames(torch.ones(1, 3, 3, dtype=torch.long), textures)
+    assert build_tile_codebook([frames, far], (16, 16), tile_size=5, threshold=0.75).config.codes == 2
+
+
+def test_snap_is_per_row_and_deterministic():
+    world, textures = make_tiny_tile_world()
+    codec = world.codec
+    ids = torch.randint(0, 6, (4, 3, 3), generator=torch.Generator().manual_seed(2))
+    clean = codec.encode(tile_frames(ids, textures))
+    noisy = clean + 0.05 * torch.randn(clean.shape, generator=torch.Generator().manual_seed(3))
+    snapped = codec.snap(noisy)
+    assert torch.equal(snapped, clean)
+    assert torch.equal(torch.cat([codec.snap(noisy[i:i + 1]) for i in range(4)]), snapped)
+    assert torch.equal(codec.snap(noisy), snapped)
+
+
+def test_tile_codec_config_is_checked():
+    with pytest.raises(ValueError, match="does not fit"):
+        CodecConfig(kind="tiles", frame_size=(16, 16), tile_size=7, tile_grid=(3, 3), codes=4)
+    with pytest.raises(ValueError, match="codes >= 1"):
+        CodecConfig(kind="tiles", frame_size=(16, 16), tile_size=5, tile_grid=(3, 3), codes=0)
+
+
+def test_saved_tile_codec_loads_and_a_mismatched_codebook_is_refused(tmp_path):
+    world, _ = make_tiny_tile_world()
+    save_codec(world.codec, tmp_path / "codec")
+    assert torch.equal(load_codec(tmp_path / "codec").codebook, world.codec.codebook)
+    world.save_pretrained(tmp_path / "model")
+    assert torch.equal(WorldModel.from_pretrained(tmp_path / "model").dit.codebook, world.codec.codebook)
+    other, _ = make_tiny_tile_world(seed=5)  # same sizes, other tiles
+    other.dit.load_state_dict(world.dit.state_dict())
+    other.save_pretrained(tmp_path / "mixed")  # the DiT's codebook is world's, the codec's is other's
+    with pytest.raises(CheckpointError, match="different codebooks"):
+        WorldModel.from_pretrained(tmp_path / "mixed")
+
+
+@torch.no_grad()
+def rollout(world, seeds, steps=6, rows=None):
+    dit, codec, sampling = world.dit, world.codec, world.sampling
+    prompts = world.prompts
+    b = len(seeds)
+    cache = dit.new_cache(b)
+    latents = codec.encode(prompts["frames"][:b])
+    previous = prompt_rows(dit, codec, sampling, cache, None, latents, prompts["actions"][:b],
+                           prompts["has_action"][:b], seeds)
+    frames, outcomes = [], []
+    actions = torch.arange(steps)[None].repeat(b, 1) % int(world.dit.config.action_space["n"])
+    for i in range(steps):
+        out = advance_rows(dit, codec, sampling, cache, None, actions[:, i], [2 + i] * b, seeds, previous)
+        previous = out["committed"]
+        frames.append(out["latents"])
+        outcomes.append((out["sampled_reward"], out["terminated"]))
+    return torch.stack(frames, 1), outcomes
+
+
+@pytest.mark.parametrize("solver", ["euler", "categorical"])
+def test_generated_frames_are_made_of_codebook_tiles(solver):
+    world, _ = make_tiny_tile_world(solver=solver)
+    frames, _ = rollout(world, [1, 2, 3])
+    assert torch.equal(world.codec.snap(frames), frames)
+    ids = world.codec.indices(frames)
+    assert torch.equal(world.codec.from_indices(ids), frames)
+
+
+@pytest.mark.parametrize("solver", ["euler", "categorical"])
+def test_a_row_does_not_depend_on_its_batch(solver):
+    world, _ = make_tiny_tile_world(solver=solver)
+    with torch.no_grad():
+        world.dit.copy_log_scale.fill_(-20.0)  # no copy bias: the sampled codes are uncertain
+    together, _ = rollout(world, [7, 8, 9])
+    alone, _ = rollout(world, [7])  # the same prompt clip (row 0) and seed, without the other rows
+    assert torch.equal(together[0], alone[0])
+    other_seed, _ = rollout(world, [70])
+    if solver == "categorical":  # the seed decides the sampled codes
+        assert not torch.equal(together[0], other_seed[0])
+
+
+def test_untrained_codebook_model_copies_the_previous_frame():
+    world, textures = make_tiny_tile_world()
+    with torch.no_grad():
+        world.dit.code_head.weight.zero_()
+    frames, _ = rollout(world, [4, 5], steps=3)
+    last_prompt = world.codec.encode(world.prompts["frames"][:2, -1])
+    for i in range(3):
+        assert torch.equal(frames[:, i], last_prompt)
+
+
+def test_outcome_classes_are_sampled_from_the_rows_own_stream():
+    logits = torch.tensor([[0.0, 0.0, 0.0]] * 4)  # three equally likely reward classes
+    values = torch.tensor([-1.0, 0.0, 1.0])
+    termination = torch.zeros(4)  # p = 1/2
+    a = sample_outcomes([1, 2, 3, 4], [10] * 4, torch.zeros(4), termination, logits, values)
+    b = sample_outcomes([1, 2, 3, 4], [10] * 4, torch.zeros(4), termination, logits, values)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])  # same seeds and positions, same outcomes
+    alone = sample_outcomes([3], [10], torch.zeros(1), termination[:1], logits[:1], values)
+    assert alone[0][0] == a[0][2] and alone[1][0] == a[1][2]  # a row's draw ignores its batch
+    many = sample_outcomes(list(range(3000)), [0] * 3000, torch.zeros(3000), torch.zeros(3000),
+                           torch.zeros(3000, 3), values)
+    counts = np.bincount((many[0] + 1).long().numpy(), minlength=3) / 3000
+    assert np.allclose(counts, 1 / 3, atol=0.04) and abs(float(many[1].float().mean()) - 0.5) < 0.04
+    sure = sample_outcomes([1, 2], [0, 0], torch.zeros(2), torch.full((2,), 30.0), torch.tensor([[0, 0, 30.0]] * 2),
+                           values)
+    assert sure[0].tolist() == [1.0, 1.0] and sure[1].tolist() == [True, True]
+
+
+def test_rollout_outcomes_repeat_with_the_seed():
+    world, _ = make_tiny_tile_world()
+    _, first = rollout(world, [11, 12])
+    _, again = rollout(world, [11, 12])
+    for (r1, t1), (r2, t2) in zip(first, again):
+        assert torch.equal(r1, r2) and torch.equal(t1, t2)
+    assert {float(v) for r, _ in first for v in r} <= {-1.0, 0.0, 1.0}
+
+
+def scrolling_tile_game(root, textures, episodes=6, length=20, seed=0, policy="random"):
+    """A 16x16 grid game: a 3x3 view of 5-px tiles over a random tile map; action 1 scrolls right, 2 down, 0 stays;
+    a reward of +1 when the view's centre tile is tile 0, and the last episode ends by termination."""
+    import gymnasium
+
+    from generator.data import EpisodeWriter
+
+    rng = np.random.default_rng(seed)
+    writer = EpisodeWriter(root, game="synthetic-tiles", frame_size=(16, 16), action_space=gymnasium.spaces.Discrete(3),
+                           fps=10, policy={"name": policy})
+    for e in range(episodes):
+        world = torch.from_numpy(rng.integers(0, len(textures), size=(40, 40)))
+        y, x = 0, 0
+        ids, actions, rewards = [], [0], [0.0]
+        for i in range(length + 1):
+            ids.append(world[y:y + 3, x:x + 3])
+            if i < length:
+                a = int(rng.integers(0, 3))
+                x, y = x + (a == 1), y + (a == 2)
+                actions.append(a)
+                rewards.append(float(world[y + 1, x + 1] == 0))
+        terminated = np.zeros(length + 1, bool)
+        terminated[-1] = e == episodes - 1
+        writer.write({"frames": tile_frames(torch.stack(ids), textures).numpy(), "actions": np.array(actions),
+                      "rewards": np.array(rewards, np.float32), "terminated": terminated,
+                      "truncated": ~terminated & (np.arange(length + 1) == length)}, seed=e)
+    return root
+
+
+def test_tile_training_runs_with_every_option_and_resumes(tmp_path):
+    from generator.data import open_datasets
+    from generator.train import TrainConfig, train
+
+    textures = tile_textures(6)
+    first = scrolling_tile_game(tmp_path / "a", textures, seed=0)
+    second = scrolling_tile_game(tmp_path / "b", textures, seed=1, policy="sticky")
+    data = f"{first},{second}"
+    assert open_datasets(data, window=4).num_episodes == 12
+    codec = build_tile_codebook([open_datasets(first).episode(k)["frames"] for k in range(6)], (16, 16), tile_size=5,
+                                threshold=0.1)
+    save_codec(codec, tmp_path / "codec")
+    config = TrainConfig(
+        data=data, out=str(tmp_path / "run"), model="tiles", codec=str(tmp_path / "codec"), steps=12, batch_size=4,
+        clip_frames=4, lr=3e-3, warmup_steps=2, ckpt_every=6, log_every=2, eval_windows=2, progress=False,
+        event_fraction=0.5, self_rollout_prob=0.5, self_rollout_frames=2, sampler_steps=1,
+        model_overrides={"dim": 32, "depth": 2, "heads": 2, "window_frames": 4, "reward_values": [0.0, 1.0]},
+    )
+    train(TrainConfig(**{**config.__dict__, "stop_at": 6}))
+    resumed = train(config)
+    assert resumed["step"] == 12
+    world = WorldModel.from_pretrained(tmp_path / "run" / "model")
+    assert world.dit.config.codebook_size == codec.config.codes and world.dit.config.reward_values == (0.0, 1.0)
+    assert torch.equal(world.dit.codebook, codec.codebook)
+    frames, _ = rollout(world, [1, 2])
+    assert torch.equal(world.codec.snap(frames), frames)
+
+
+def test_self_rollout_replaces_the_middle_of_a_clip_by_snapped_predictions():
+    from generator.train import self_rollout
+
+    world, textures = make_tiny_tile_world()
+    ids = torch.randint(0, 6, (2, 5, 3, 3), generator=torch.Generator().manual_seed(4))
+    latents = world.codec.encode(tile_frames(ids, textures))  # (2, 5, 3, 15, 15)
+    batch = {"actions": torch.zeros(2, 5, dtype=torch.long), "is_first": torch.tensor([[True] + [False] * 4] * 2),
+             "valid": torch.ones(2, 5, dtype=torch.bool)}
+    with torch.no_grad():
+        world.dit.code_head.weight.zero_()  # an untrained model copies: the rolled frames repeat frame r - 1
+    rolled, learn = self_rollout(world.dit, world.codec, world.sampling, latents, batch, 2, torch.Generator())
+    r = 5 - 1 - 2
+    assert torch.equal(rolled[:, :r], latents[:, :r]) and torch.equal(rolled[:, -1], latents[:, -1])
+    for i in range(r, 4):
+        assert torch.equal(rolled[:, i], latents[:, r - 1])
+    assert learn.tolist() == [[True, True, False, False, True]] * 2
+    with pytest.raises(ValueError, match="no real prompt"):
+        self_rollout(world.dit, world.codec, world.sampling, latents, batch, 4, torch.Generator())
+
+
+def test_rare_event_windows_are_found_and_oversampled(tmp_path):
+    from generator.data import EpisodeDataset
+
+    root = scrolling_tile_game(tmp_path / "d", tile_textures(6), episodes=3, length=10)
+    dataset = EpisodeDataset(root, window=3)
+    events = dataset.window_events()
+    assert len(events) == len(dataset)
+    for i in range(len(dataset)):
+        item = dataset[i]
+        has = bool(((item["rewards"][1:] != 0) | item["terminated"][1:])[item["valid"][1:]].any())
+        assert bool(events[i]) == has
+    weights = torch.where(torch.from_numpy(events), 1.0, 0.0)
+    batch = dataset.sample(64, torch.Generator().manual_seed(0), weights=weights)
+    assert bool(((batch["rewards"][:, 1:] != 0) | batch["terminated"][:, 1:]).any(1).all())
