@@ -55,6 +55,8 @@ class FidelityConfig:
     rollout_rows: int = 16
     health_span: int = 50  # the last this many rollout frames are compared with real frames
     tile_tolerance: float = 6.0  # grey levels within which two tiles count as one (night noise)
+    tile_size: int = 7  # the world view's geometry for the distinct-tiles figure (Crafter at 64x64)
+    view_tiles: tuple[int, int] = (7, 9)
     device: str = "cpu"
     seed: int = 0
     progress: bool = True
@@ -131,10 +133,11 @@ def tiles_within_threshold(frames: torch.Tensor, codec: TileCodec) -> torch.Tens
     return (distance <= cfg.tile_threshold).float().mean(-1)
 
 
-def health(frames: torch.Tensor, codec: TileCodec | None, tolerance: float) -> dict[str, torch.Tensor]:
+def health(frames: torch.Tensor, codec: TileCodec | None, config: FidelityConfig) -> dict[str, torch.Tensor]:
     """Health figures of frames ``(N, H, W, 3)``: ``within_threshold`` (needs a codec), ``distinct_tiles``,
     ``edge_energy``, each ``(N,)``."""
-    out = {"distinct_tiles": distinct_tiles(frames, tolerance=tolerance), "edge_energy": edge_energy(frames)}
+    tiles = distinct_tiles(frames, config.tile_size, tuple(config.view_tiles), tolerance=config.tile_tolerance)
+    out = {"distinct_tiles": tiles, "edge_energy": edge_energy(frames)}
     if codec is not None:
         out["within_threshold"] = tiles_within_threshold(frames, codec)
     return out
@@ -300,7 +303,7 @@ def evaluate_fidelity(config: FidelityConfig) -> dict:
         for k in range(data.num_episodes):
             real_frames.append(data.episode(k)["frames"][::4])
     real_frames = torch.cat(real_frames)
-    reference = {key: float(value.mean()) for key, value in health(real_frames, codec, config.tile_tolerance).items()}
+    reference = {key: float(value.mean()) for key, value in health(real_frames, codec, config).items()}
 
     results: dict = {}
     strips, times = {}, list(range(0, config.rollout_frames + 1, max(1, config.rollout_frames // 10)))
@@ -315,7 +318,7 @@ def evaluate_fidelity(config: FidelityConfig) -> dict:
         prompts = EpisodeDataset(next(iter(streams.values())), window=config.context_frames)
         frames, seconds = drift_rollout(world, prompts, config.context_frames, config.rollout_frames,
                                         config.rollout_rows, config.seed, steps)  # (rows, frames, H, W, 3)
-        figures = health(frames.flatten(0, 1), codec, config.tile_tolerance)
+        figures = health(frames.flatten(0, 1), codec, config)
         curves = {key: value.view(frames.shape[0], frames.shape[1]).mean(0) for key, value in figures.items()}
         span = min(config.health_span, config.rollout_frames)
         row["rollout"] = {

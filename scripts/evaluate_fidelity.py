@@ -17,12 +17,14 @@ from generator.cli import add_dataclass_arguments, dataclass_from_args
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_dataclass_arguments(parser, FidelityConfig, skip=("models", "streams", "codebook"))
+    add_dataclass_arguments(parser, FidelityConfig, skip=("models", "streams", "codebook", "view_tiles"))
+    parser.add_argument("--view-tiles", default="7,9", help="rows,cols of the world view's tiles (Crafter: 7,9)")
     parser.add_argument("models", nargs="+", help="name=checkpoint[@sampler_steps]")
     parser.add_argument("--streams", nargs="+", required=True, help="name=dataset folder of held-out episodes")
     parser.add_argument("--codebook", default=None, help="tile codec for the health figure (default: a model's)")
     args = parser.parse_args()
     config = dataclass_from_args(FidelityConfig, args)
+    config.view_tiles = tuple(int(v) for v in args.view_tiles.split(","))
     evaluate_fidelity(config)
     print((Path(config.out) / "fidelity.md").read_text())
 

@@ -235,3 +235,27 @@ def test_rare_event_windows_are_found_and_oversampled(tmp_path):
     weights = torch.where(torch.from_numpy(events), 1.0, 0.0)
     batch = dataset.sample(64, torch.Generator().manual_seed(0), weights=weights)
     assert bool(((batch["rewards"][:, 1:] != 0) | batch["terminated"][:, 1:]).any(1).all())
+
+
+def test_fidelity_evaluation_writes_every_figure(tmp_path):
+    import json
+
+    from agents.fidelity import FidelityConfig, evaluate_fidelity
+
+    world, textures = make_tiny_tile_world(reward_values=(0.0, 1.0), n_actions=3)
+    world.save_pretrained(tmp_path / "model")
+    sticky = scrolling_tile_game(tmp_path / "sticky", textures, episodes=3, length=14, seed=3)
+    config = FidelityConfig(models=[f"tiles={tmp_path / 'model'}@1", f"cat={tmp_path / 'model'}@1"],
+                            streams=[f"sticky={sticky}"], out=str(tmp_path / "fid"), context_frames=2, horizon=4,
+                            windows=4, rollout_frames=20, rollout_rows=2, health_span=5, tile_size=5, view_tiles=(3, 3),
+                            progress=False)
+    summary = evaluate_fidelity(config)
+    for name in ("fidelity.json", "fidelity.md", "open_loop_sticky.png", "health.png", "strip.png"):
+        assert (tmp_path / "fid" / name).exists()
+    row = summary["models"]["tiles"]
+    assert len(row["streams"]["sticky"]["open_loop"]["psnr"]) == 4
+    assert row["rollout"]["last"]["within_threshold"] == 1.0  # snapped frames are codebook tiles
+    assert summary["real_reference"]["within_threshold"] == 1.0
+    outcomes = row["streams"]["sticky"]["outcomes"]
+    assert outcomes["reward_positive"]["count"] == 3 * 14  # every real transition read once
+    assert json.loads((tmp_path / "fid" / "fidelity.json").read_text())["config"]["horizon"] == 4

@@ -59,7 +59,7 @@ def tile_frames(ids: torch.Tensor, textures: torch.Tensor, frame_size=(16, 16)) 
 
 
 def make_tiny_tile_world(codes: int = 6, seed: int = 0, reward_values=(-1.0, 0.0, 1.0), prompts: int = 4,
-                         sampler_steps: int = 1, solver: str = "euler"):
+                         sampler_steps: int = 1, solver: str = "euler", n_actions: int = 5):
     """A random-weight tile WorldModel over 16x16 frames of 5-px tiles (3x3 grid, last pixel row/column black) with
     a codebook of `codes` random tiles, a codebook head and reward classes; prompt clips drawn from the codebook.
     Returns the model and the tile textures `(codes, 5, 5, 3)` uint8."""
@@ -73,14 +73,14 @@ def make_tiny_tile_world(codes: int = 6, seed: int = 0, reward_values=(-1.0, 0.0
     tiles.codebook.copy_(tiles_of(frames_to_float(textures), 5)[:, 0])  # (codes, 75)
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, codes, (prompts, 2, 3, 3), generator=g)
-    action_space = {"type": "Discrete", "n": 5, "start": 0}
+    action_space = {"type": "Discrete", "n": n_actions, "start": 0}
     torch.manual_seed(seed)
     dit = DiT(dit_config("tiles", latent_size=(15, 15), patch_size=5, dim=32, depth=2, heads=2, window_frames=4,
                          action_space=action_space, codebook_size=codes, reward_values=reward_values))
     dit.bind_codebook(tiles.codebook)
     with torch.no_grad():
         dit.code_head.weight.normal_(0, 0.05)
-    bank = {"frames": tile_frames(ids, textures), "actions": torch.randint(0, 5, (prompts, 2), generator=g),
+    bank = {"frames": tile_frames(ids, textures), "actions": torch.randint(0, n_actions, (prompts, 2), generator=g),
             "has_action": torch.tensor([[False, True]] * prompts)}
     info = WorldModelInfo(game="synthetic-tiles", frame_size=(16, 16), fps=10, action_space=action_space)
     sampling = SamplingConfig(sampler_steps=sampler_steps, context_noise=0.1, solver=solver)
