@@ -11,7 +11,7 @@ them) and generates ``horizon`` frames driven by the next real actions. Per hori
 - ``idm_accuracy_dream`` / ``idm_accuracy_real``: how often an inverse dynamics model (`agents.idm`, trained on real
   play) recovers the real action from the dream's transition ``(dream[h-1], dream[h])`` versus from the real one
   (``dream[0]`` is the last real context frame). A dream that ignores its actions falls to the IDM's majority rate;
-- ``view_shift``: on steps where the real view shift (`agents.metrics.view_shift`) is unambiguous, how often the
+- ``view_shift``: on steps where the real view shift (`generator.metrics.view_shift`) is unambiguous, how often the
   dream's view shifted the same way, where the real view moved and where it stayed: action following read from
   the frames themselves, with no learned model in the loop;
 - ``reward`` and ``termination``: precision and recall of the model's outcome head against the real episode.
@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from agents.metrics import shift_agreement, summarize_shifts
+from generator.metrics import shift_agreement, summarize_shifts
 from generator.data import EpisodeDataset
 from generator.pretrained import WorldModel
 from generator.rollout import mse, open_loop_rollout, psnr_from_mse

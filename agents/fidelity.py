@@ -5,7 +5,7 @@ episodes recorded with that policy, e.g. sticky-random and the movement-heavy ex
 
 - **open loop** (`agents.compare.compare_dream_real`): PSNR and SSIM per horizon 1..``horizon`` beside copy-last-
   frame, and **action following**: agreement of the dream's view shift with the real game's on steps where the real
-  shift is unambiguous, where the real view moved and where it stayed (`agents.metrics.view_shift`);
+  shift is unambiguous, where the real view moved and where it stayed (`generator.metrics.view_shift`);
 - **outcomes on real transitions**: the reward and termination heads read on real frames (teacher forced), against
   the recorded rewards: precision/recall of positive rewards (any, and achievements: > 0.5) and termination recall;
 
@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from agents.compare import _finite, compare_dream_real, precision_recall
-from agents.metrics import distinct_tiles
+from generator.metrics import distinct_tiles
 from agents.model_table import drift_rollout, edge_energy, parse_entry
 from generator.codec import TileCodec, load_codec, nearest_codes, tiles_of
 from generator.data import EpisodeDataset, open_datasets

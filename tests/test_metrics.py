@@ -1,7 +1,7 @@
-"""The frame metrics that read what an agent sees (agents/metrics.py)."""
+"""The frame metrics that read what an agent sees (generator/metrics.py)."""
 import torch
 
-from agents.metrics import SHIFTS, distinct_tiles, shift_agreement, view_shift
+from generator.metrics import SHIFTS, distinct_tiles, shift_agreement, view_shift
 
 
 def tiled_frame(tiles: torch.Tensor, tile: int = 7) -> torch.Tensor:

@@ -139,6 +139,13 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict:
     dream, real = dream[:length], real[:length]
     psnr_per_step = [psnr(dream[i], real[i]) for i in range(1, length)]
     copy_psnr = [psnr(real[0], real[i]) for i in range(1, length)]
+    following = None
+    if info.game == "crafter" and tuple(info.frame_size) == (64, 64) and length > 1:
+        import torch
+
+        from generator.metrics import shift_agreement
+
+        following = shift_agreement(torch.from_numpy(real)[None], torch.from_numpy(dream)[None])
     seconds = float(np.sum(step_seconds))
     dream_fps = n * config.steps / seconds
     video = write_video(out / f"demo.{config.video_format}", side_by_side(real, dream, difference(real, dream)),
@@ -158,6 +165,7 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict:
         "psnr_dream_vs_real": psnr_per_step,
         "psnr_copy_last_prompt_frame_vs_real": copy_psnr,
         "mean_psnr_first_16": float(np.mean([x for x in psnr_per_step[:16] if np.isfinite(x)] or [float("nan")])),
+        "view_shift": following,
         "video": str(video),
         "plot": str(plot),
         "seconds_total": time.perf_counter() - started,
@@ -169,5 +177,9 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict:
     log(f"real {info.game}: {real_fps:.1f} steps/s (1 env, stepping only)")
     log(f"dream env 0 vs real, same start and actions: PSNR {result['mean_psnr_first_16']:.1f} dB over the first "
         f"16 steps ({length - 1} steps compared)")
+    if following is not None and following["moved_steps"]:
+        log(f"dream env 0 follows the real view: moved with it on {following['moved_agreed']} of "
+            f"{following['moved_steps']} steps where the real view moved, stayed on {following['stayed_agreed']} of "
+            f"{following['stayed_steps']} where it stayed")
     log(f"wrote {video}, {plot} and {out / 'demo.json'} in {result['seconds_total']:.1f} s")
     return result
