@@ -247,3 +247,29 @@ def test_bf16_precision_stays_close_to_fp32_is_deterministic_and_keeps_a_bf16_ca
     assert difference[1:].max() > 0  # bf16 really ran
     with pytest.raises(ValueError, match="precision"):
         WorldModelVecEnv(world, num_envs=1, device="cpu", precision="fp16")
+
+
+@pytest.mark.parametrize("kind", ["pixels", "tiles"])
+def test_env_frames_equal_the_evaluation_rollout(kind):
+    """The env and the open-loop evaluation step the model through the same autoregressive step: same seeds, same
+    prompt, same actions, same frames (and the same sampled rewards)."""
+    from generator.rollout import open_loop_rollout
+    from generator.sampler import mix_seed
+    from tiny_world import make_tiny_tile_world
+
+    world = make_tiny_world(previous_frame_input=True) if kind == "pixels" else make_tiny_tile_world()[0]
+    prompt = {"frames": world.prompts["frames"][:2].numpy(), "actions": world.prompts["actions"][:2].numpy()}
+    actions = np.array([[1, 3], [0, 2], [4, 4], [2, 1], [3, 0]])
+    env = WorldModelVecEnv(world, num_envs=2, device="cpu")
+    env.reset(seed=[5, 9], options={"prompt": prompt})
+    frames, rewards = [], []
+    for step in actions:
+        obs, reward, *_ = env.step(step)
+        frames.append(obs)
+        rewards.append(reward)
+    env.close()
+    seeds = [mix_seed(5, 0), mix_seed(9, 0)]
+    has_action = torch.tensor([[False, True]] * 2)
+    out = open_loop_rollout(world, torch.from_numpy(prompt["frames"]), torch.from_numpy(prompt["actions"]),
+                            torch.from_numpy(actions.T.copy()), seeds, prompt_has_action=has_action)
+    assert np.array_equal(np.stack(frames, axis=1), out["frames"].numpy())

@@ -80,6 +80,8 @@ def make_tiny_tile_world(codes: int = 6, seed: int = 0, reward_values=(-1.0, 0.0
     dit.bind_codebook(tiles.codebook)
     with torch.no_grad():
         dit.code_head.weight.normal_(0, 0.05)
+        dit.outcome_head[-1].weight.normal_(0, 0.05)  # reward classes vary with the frame
+        dit.outcome_head[-1].bias[-1] = -20.0  # termination: never
     bank = {"frames": tile_frames(ids, textures), "actions": torch.randint(0, n_actions, (prompts, 2), generator=g),
             "has_action": torch.tensor([[False, True]] * prompts)}
     info = WorldModelInfo(game="synthetic-tiles", frame_size=(16, 16), fps=10, action_space=action_space)
