@@ -273,3 +273,54 @@ def test_env_frames_equal_the_evaluation_rollout(kind):
     out = open_loop_rollout(world, torch.from_numpy(prompt["frames"]), torch.from_numpy(prompt["actions"]),
                             torch.from_numpy(actions.T.copy()), seeds, prompt_has_action=has_action)
     assert np.array_equal(np.stack(frames, axis=1), out["frames"].numpy())
+
+
+ASYNC_SCRIPT_WITHOUT_CLOSE = """
+import sys
+import numpy as np
+sys.path.insert(0, {tests!r})
+from tiny_world import make_tiny_world
+from world_env.env import WorldModelVecEnv
+env = WorldModelVecEnv(make_tiny_world(), num_envs=2, device="cpu", speculation_depth=16, async_speculation=True)
+env.reset(seed=0)
+env.step(np.zeros(2, dtype=np.int64))
+print("script ends while speculation runs")
+"""
+
+
+def test_async_speculation_ends_cleanly_at_exit_without_close():
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tests = Path(__file__).resolve().parent
+    env = dict(os.environ, PYTHONPATH=str(tests.parent), OMP_NUM_THREADS="1")
+    script = ASYNC_SCRIPT_WITHOUT_CLOSE.format(tests=str(tests))
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]  # a daemon worker aborted here: "terminate called ..." (134)
+    assert "script ends" in proc.stdout
+
+
+def test_async_speculation_worker_stops_on_close_and_on_garbage_collection():
+    import gc
+    import threading
+
+    def workers():
+        return [t for t in threading.enumerate() if t.name.startswith("dream-speculation")]
+
+    assert not workers()
+    env = WorldModelVecEnv(make_tiny_world(), num_envs=2, device="cpu", speculation_depth=2, async_speculation=True)
+    env.reset(seed=0)
+    env.step(np.zeros(2, dtype=np.int64))
+    assert len(workers()) == 1
+    env.close()
+    assert not workers()
+    env = WorldModelVecEnv(make_tiny_world(), num_envs=2, device="cpu", speculation_depth=2, async_speculation=True)
+    env.reset(seed=0)
+    env.step(np.zeros(2, dtype=np.int64))
+    thread = workers()[0]
+    del env
+    gc.collect()
+    thread.join(timeout=30)
+    assert not thread.is_alive()

@@ -17,7 +17,8 @@ float32). It is meant for GPUs; on a CPU it works but is rarely faster.
 from __future__ import annotations
 
 import contextlib
-import threading
+import weakref
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -73,8 +74,10 @@ class DreamCore:
         # Each row's last accepted frame as cached, `(B, C, h, w)`: the previous-frame input of its next frame.
         self.previous = torch.zeros(num_envs, *self.latent_shape, device=self.device)
         self.stats = {"accepted": 0, "rejected": 0, "generated": 0, "speculated": 0}
-        self._worker: threading.Thread | None = None
-        self._worker_error: BaseException | None = None
+        # Background speculation runs on one non-daemon worker thread: the interpreter joins it at exit, where a
+        # daemon thread would be killed inside a torch call and abort the process.
+        self._executor: ThreadPoolExecutor | None = None
+        self._pending: Future | None = None
 
     # -- episodes --------------------------------------------------------------------------------------------
 
@@ -156,8 +159,11 @@ class DreamCore:
             self.last_actions[row] = actions[i]
         if self.speculation_depth:
             if self.async_speculation:
-                self._worker = threading.Thread(target=self._speculate_safely, args=(list(rows),), daemon=True)
-                self._worker.start()
+                if self._executor is None:
+                    self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dream-speculation")
+                    # wait=False: the last reference may be dropped on the worker itself, which cannot join itself.
+                    weakref.finalize(self, self._executor.shutdown, wait=False)
+                self._pending = self._executor.submit(self._speculate, list(rows))
             else:
                 self._speculate(rows)
         return {"frames": torch.stack(frames), "reward": rewards, "termination_logit": logits, "terminated": terminated,
@@ -200,17 +206,20 @@ class DreamCore:
                 )
             self.stats["speculated"] += len(need)
 
-    def _speculate_safely(self, rows: list[int]) -> None:
-        try:
-            self._speculate(rows)
-        except BaseException as err:  # surfaced on the caller's thread by wait()
-            self._worker_error = err
-
     def wait(self) -> None:
         """Block until background speculation is done (re-raising its error, if any)."""
-        if self._worker is not None:
-            self._worker.join()
-            self._worker = None
-        if self._worker_error is not None:
-            err, self._worker_error = self._worker_error, None
-            raise RuntimeError("background speculation failed") from err
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            try:
+                pending.result()
+            except BaseException as err:
+                raise RuntimeError("background speculation failed") from err
+
+    def close(self) -> None:
+        """Finish background speculation and stop its worker thread (stepping after this starts a new one)."""
+        try:
+            self.wait()
+        finally:
+            if self._executor is not None:
+                self._executor.shutdown(wait=True)
+                self._executor = None

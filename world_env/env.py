@@ -317,7 +317,7 @@ class WorldModelVecEnv(VectorEnv):
         return stats
 
     def close_extras(self, **kwargs):
-        self.core.wait()
+        self.core.close()
 
 
 class WorldModelEnv(gymnasium.Env):
