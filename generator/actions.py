@@ -26,8 +26,10 @@ class ActionEmbedding(nn.Module):
             self.table = nn.Embedding(int(space["n"]), dim)
         elif kind == "MultiDiscrete":
             nvec = [int(n) for n in space["nvec"]]
+            starts = [int(s) for s in space.get("start") or [0] * len(nvec)]
             # One table over all components; offsets select each component's rows (sum of embeddings).
             self.register_buffer("offsets", torch.tensor([0] + nvec[:-1]).cumsum(0), persistent=False)
+            self.register_buffer("starts", torch.tensor(starts), persistent=False)
             self.table = nn.Embedding(sum(nvec), dim)
         elif kind == "Box":
             size = math.prod(space["shape"])
@@ -48,7 +50,9 @@ class ActionEmbedding(nn.Module):
         if self.kind == "Discrete":
             emb = self.table((actions.long() - self.start).clamp_min(0))  # (B, T, D)
         elif self.kind == "MultiDiscrete":
-            emb = self.table(actions.long() + self.offsets).sum(-2)  # (B, T, k, D) -> (B, T, D)
+            # Padding actions (zeros, masked by `has_action`) may lie below `start`: clamped to a valid row.
+            rows = (actions.long() - self.starts).clamp_min(0) + self.offsets
+            emb = self.table(rows).sum(-2)  # (B, T, k, D) -> (B, T, D)
         else:
             flat = actions.float().flatten(start_dim=2)  # (B, T, size)
             emb = self.proj((flat - self.center) / self.scale)

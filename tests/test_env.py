@@ -137,6 +137,7 @@ def test_bad_actions_raise_clear_errors_and_leave_the_env_usable():
     "space, good, bad",
     [
         ({"type": "MultiDiscrete", "nvec": [2, 3]}, [[1, 2]], [[1, 3]]),
+        ({"type": "MultiDiscrete", "nvec": [2, 2], "start": [1, 1]}, [[2, 2]], [[0, 1]]),
         ({"type": "Box", "shape": [2], "low": [-1.0, -1.0], "high": [1.0, 1.0], "dtype": "float32"},
          [[0.5, -0.5]], [[0.5, 1.5]]),
     ],

@@ -319,43 +319,16 @@ def test_other_action_spaces_condition_the_model(space, actions):
     assert not torch.allclose(out.velocity, other.velocity)
 
 
-def test_previous_frame_input_is_required_and_used():
-    model = tiny_model(previous_frame_input=True)
-    latents, levels, actions, positions = random_inputs(model, 1, 3)
-    with pytest.raises(ValueError, match="previous"):
-        model(latents, levels, actions, positions)
-    out = model(latents, levels, actions, positions, previous=latents)
-    other = model(latents, levels, actions, positions, previous=latents + 1)
-    assert not torch.allclose(out.velocity, other.velocity, atol=1e-3)
+def test_multidiscrete_embedding_honours_start():
+    from generator.actions import ActionEmbedding
+
+    shifted = ActionEmbedding({"type": "MultiDiscrete", "nvec": [2, 3], "start": [1, -1]}, dim=8)
+    plain = ActionEmbedding({"type": "MultiDiscrete", "nvec": [2, 3]}, dim=8)
+    plain.load_state_dict(shifted.state_dict())
+    actions = torch.tensor([[[2, 1], [1, -1], [2, 0]]])  # the highest, the lowest and a middle action
+    assert torch.equal(shifted(actions), plain(actions - torch.tensor([1, -1])))
+    has_action = torch.tensor([[False, True, True]])
+    padded = torch.tensor([[[0, 0], [1, -1], [2, 0]]])  # step 0 is padding: zeros, below `start`
+    assert torch.equal(shifted(padded, has_action)[0, 0], shifted.null)
 
 
-def test_untrained_residual_x_prediction_copies_the_previous_frame():
-    # The output layer starts at zero (adaLN-Zero), so the predicted clean frame is the previous frame: one Euler
-    # step from pure noise lands exactly on it, and the velocity is (x_s - previous) / s.
-    torch.manual_seed(0)
-    model = DiT(dit_config("tiny", previous_frame_input=True, prediction="x")).eval()
-    latents, levels, actions, positions = random_inputs(model, 2, 3)
-    previous = torch.randn_like(latents)
-    levels = levels.clamp_min(0.2)
-    out = model(latents, levels, actions, positions, previous=previous)
-    assert torch.allclose(out.velocity, (latents - previous) / levels[:, :, None, None, None], atol=1e-5)
-    one_step = latents - out.velocity * levels[:, :, None, None, None]
-    assert torch.allclose(one_step, previous, atol=1e-5)
-    with pytest.raises(ValueError, match="prediction"):
-        dit_config("tiny", prediction="epsilon")
-
-
-def test_in_place_scratch_attention_equals_concatenation():
-    # DiT.new_cache keeps a scratch slot so a stepped frame attends to the cache buffer in place; a cache without
-    # one concatenates copies. Both must give the same frames, also once the ring overwrites the window's oldest.
-    from generator.kv_cache import KVCache
-
-    model = tiny_model(previous_frame_input=True, prediction="x")
-    prompt, prompt_actions, actions = make_episode(model, 3, 2, 7)
-    in_place, cache = rollout_cached(model, [1, 2, 3], prompt, prompt_actions, actions, steps=2)
-    assert cache.scratch == 1
-    cfg = model.config
-    model.new_cache = lambda b: KVCache(cfg.depth, b, cfg.window_frames - 1, cfg.tokens_per_frame, cfg.heads,
-                                        cfg.head_dim, scratch=0)
-    copied, _ = rollout_cached(model, [1, 2, 3], prompt, prompt_actions, actions, steps=2)
-    assert torch.equal(in_place, copied)

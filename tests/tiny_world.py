@@ -28,7 +28,9 @@ def make_tiny_world(action_space=None, frame_size=(16, 16), prompts=4, seed=0, t
     if kind == "Discrete":
         actions = torch.randint(0, action_space["n"], (prompts, p), generator=g)
     elif kind == "MultiDiscrete":
-        actions = torch.stack([torch.randint(0, n, (prompts, p), generator=g) for n in action_space["nvec"]], -1)
+        starts = action_space.get("start") or [0] * len(action_space["nvec"])
+        actions = torch.stack([torch.randint(s, s + n, (prompts, p), generator=g)
+                               for n, s in zip(action_space["nvec"], starts)], -1)
     else:
         actions = torch.rand(prompts, p, *action_space["shape"], generator=g) * 2 - 1
     bank = {
