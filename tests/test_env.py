@@ -325,3 +325,79 @@ def test_async_speculation_worker_stops_on_close_and_on_garbage_collection():
     gc.collect()
     thread.join(timeout=30)
     assert not thread.is_alive()
+
+
+def test_reset_seeds_follow_the_gymnasium_vector_api():
+    world = make_tiny_world()
+    actions = np.array([1, 2, 3])
+
+    def reset_then_step(env, **kwargs):
+        env.reset(**kwargs)
+        return env.step(actions)[0]
+
+    partly, plain = (WorldModelVecEnv(world, num_envs=3, device="cpu") for _ in range(2))
+    reset_then_step(partly, seed=[5, 6, 7])
+    reset_then_step(plain, seed=[5, 6, 7])
+    kept = reset_then_step(partly, seed=[None, 1, 2])  # env 0 is not reseeded: it starts its next episode
+    next_episode = reset_then_step(plain)
+    fresh = reset_then_step(plain, seed=np.array([9, 1, 2]))
+    assert np.array_equal(kept[0], next_episode[0])
+    assert np.array_equal(kept[1:], fresh[1:])
+    assert np.array_equal(reset_then_step(partly, seed=np.int64(4)), reset_then_step(plain, seed=[4, 5, 6]))
+
+
+@pytest.mark.parametrize(
+    "seed, error, match",
+    [(1.5, TypeError, "1.5"), ([1.5, 2, 3], TypeError, r"seed\[0\].*1.5"), (True, TypeError, "True"),
+     ([1, False, 3], TypeError, r"seed\[1\].*False"), (-1, ValueError, "-1"), ([0, -2, 1], ValueError, "-2"),
+     ("abc", TypeError, "abc"), ([1, 2], ValueError, "2 entries for 3 envs")],
+)
+def test_bad_seeds_raise_errors_naming_the_value(seed, error, match):
+    env = WorldModelVecEnv(make_tiny_world(), num_envs=3, device="cpu")
+    with pytest.raises(error, match=match):
+        env.reset(seed=seed)
+    with pytest.raises(gymnasium.error.Error, match="-1"):  # the single env refuses negative seeds too
+        WorldModelEnv(make_tiny_world(), device="cpu").reset(seed=-1)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [(dict(num_envs=0), ValueError, "num_envs"), (dict(sampler_steps=0), ValueError, "sampler_steps"),
+     (dict(sampler_steps=2.0), TypeError, "sampler_steps"), (dict(max_episode_steps=0), ValueError, "max_episode_steps"),
+     (dict(max_episode_steps=-5), ValueError, "-5"), (dict(autoreset_mode="bogus"), ValueError, "bogus"),
+     (dict(autoreset_mode=1), TypeError, "autoreset_mode"), (dict(speculation_depth=1.5), TypeError, "speculation_depth"),
+     (dict(speculation_depth=-1), ValueError, "speculation_depth"), (dict(output="jax"), ValueError, "output"),
+     (dict(precision="fp16"), ValueError, "precision")],
+)
+def test_bad_constructor_arguments_raise_errors_naming_them(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        WorldModelVecEnv(make_tiny_world(), device="cpu", **kwargs)
+
+
+def test_autoreset_mode_names_are_accepted_in_any_case():
+    env = WorldModelVecEnv(make_tiny_world(), device="cpu", autoreset_mode="same_step")
+    assert env.autoreset_mode == AutoresetMode.SAME_STEP
+
+
+def test_step_and_reset_after_close_raise():
+    env = WorldModelVecEnv(make_tiny_world(), num_envs=2, device="cpu")
+    env.reset(seed=0)
+    env.close()
+    with pytest.raises(RuntimeError, match="after close"):
+        env.step(np.array([0, 0]))
+    with pytest.raises(RuntimeError, match="after close"):
+        env.reset(seed=0)
+    single = WorldModelEnv(make_tiny_world(), device="cpu")
+    single.reset(seed=0)
+    single.close()
+    with pytest.raises(RuntimeError, match="after close"):
+        single.step(0)
+
+
+def test_world_model_id_requires_a_checkpoint(tiny_checkpoint):
+    with pytest.raises(TypeError, match="checkpoint="):
+        gymnasium.make("nextframe/WorldModel-v0", device="cpu")
+    with pytest.raises(TypeError, match="checkpoint="):
+        gymnasium.make_vec("nextframe/WorldModel-v0", num_envs=2, device="cpu")
+    env = gymnasium.make_vec("nextframe/WorldModel-v0", num_envs=2, checkpoint=str(tiny_checkpoint), device="cpu")
+    assert env.reset(seed=0)[0].shape == (2, 16, 16, 3)

@@ -12,10 +12,10 @@ from world_env.env import WorldModelEnv, WorldModelVecEnv
 
 __all__ = ["WorldModelEnv", "WorldModelVecEnv"]
 
-for _env_id in ("nextframe/Crafter-v0", "nextframe/WorldModel-v0"):
+_ENTRY_POINTS = {
+    "nextframe/Crafter-v0": ("world_env.env:WorldModelEnv", "world_env.env:WorldModelVecEnv"),
+    "nextframe/WorldModel-v0": ("world_env.env:make_world_model_env", "world_env.env:make_world_model_vec_env"),
+}
+for _env_id, (_entry_point, _vector_entry_point) in _ENTRY_POINTS.items():
     if _env_id not in registry:
-        register(
-            id=_env_id,
-            entry_point="world_env.env:WorldModelEnv",
-            vector_entry_point="world_env.env:WorldModelVecEnv",
-        )
+        register(id=_env_id, entry_point=_entry_point, vector_entry_point=_vector_entry_point)

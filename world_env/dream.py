@@ -59,7 +59,7 @@ class DreamCore:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         self.world = world
         self.num_envs = num_envs
-        self.sampler_steps = int(sampler_steps or world.sampling.sampler_steps)
+        self.sampler_steps = int(world.sampling.sampler_steps if sampler_steps is None else sampler_steps)
         self.speculation_depth = speculation_depth
         self.async_speculation = async_speculation
         self.device = world.device

@@ -29,6 +29,34 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return torch.device(device)
 
 
+def check_int(name: str, value: Any, minimum: int, *, optional: bool = False) -> int | None:
+    """`value` as an int >= `minimum` (None passes when `optional`); a ValueError/TypeError naming it otherwise."""
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        allowed = f"an int >= {minimum}" + (" or None" if optional else "")
+        raise TypeError(f"{name} must be {allowed}, got {value!r} ({type(value).__name__})")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}{' or None' if optional else ''}, got {value!r}")
+    return int(value)
+
+
+def check_seeds(seed: Any, num_envs: int) -> list[int | None]:
+    """One seed (an int >= 0, or None: keep the env's seed and go on to its next episode) per env, from
+    `reset(seed=...)`: None, an int (env i gets seed + i) or a sequence of num_envs ints or Nones (Gymnasium's
+    vector API)."""
+    if seed is None:
+        return [None] * num_envs
+    if isinstance(seed, (list, tuple, np.ndarray)):
+        if len(seed) != num_envs:
+            raise ValueError(f"seed list has {len(seed)} entries for {num_envs} envs")
+        return [check_int(f"seed[{i}]", s, 0, optional=True) for i, s in enumerate(seed)]
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"seed must be None, an int >= 0 or a list of {num_envs} ints >= 0 or None, got {seed!r}")
+    first = check_int("seed", seed, 0)
+    return [first + i for i in range(num_envs)]
+
+
 def load_world(checkpoint: str | Path | WorldModel | None, device: torch.device) -> WorldModel:
     if isinstance(checkpoint, WorldModel):
         return checkpoint.to(device).eval()
@@ -96,10 +124,10 @@ class WorldModelVecEnv(VectorEnv):
             model shipped with nextframe.
         num_envs: number of sub-environments.
         device: "auto" (CUDA when present), "cpu", "cuda", ...
-        sampler_steps: denoising steps per frame (default: the checkpoint's).
+        sampler_steps: denoising steps per frame, >= 1 (None: the checkpoint's).
         speculation_depth: frames speculated ahead per env assuming its action repeats (0: off).
-        async_speculation: run speculation in a background thread between `step` calls.
-        max_episode_steps: truncate episodes after this many steps (None: never).
+        async_speculation: run speculation in a background thread between `step` calls (`close()` stops it).
+        max_episode_steps: truncate episodes after this many steps, >= 1 (None: never).
         autoreset_mode: `AutoresetMode.NEXT_STEP` (default), `SAME_STEP` or `DISABLED` (or their names).
         output: "numpy" (default) or "torch" (tensors on the model's device).
         render_mode: None or "rgb_array" (a grid of all envs' current frames).
@@ -123,8 +151,17 @@ class WorldModelVecEnv(VectorEnv):
         render_mode: str | None = None,
         precision: str = "fp32",
     ):
-        if num_envs < 1:
-            raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+        num_envs = check_int("num_envs", num_envs, 1)
+        check_int("sampler_steps", sampler_steps, 1, optional=True)
+        check_int("speculation_depth", speculation_depth, 0)
+        check_int("max_episode_steps", max_episode_steps, 1, optional=True)
+        if isinstance(autoreset_mode, str):
+            names = [mode.name for mode in AutoresetMode]
+            if autoreset_mode.upper() not in names:
+                raise ValueError(f"autoreset_mode must be an AutoresetMode or one of {names}, got {autoreset_mode!r}")
+            autoreset_mode = AutoresetMode[autoreset_mode.upper()]
+        elif not isinstance(autoreset_mode, AutoresetMode):
+            raise TypeError(f"autoreset_mode must be an AutoresetMode or its name, got {autoreset_mode!r}")
         if output not in ("numpy", "torch"):
             raise ValueError(f"output must be 'numpy' or 'torch', got {output!r}")
         if render_mode not in (None, "rgb_array"):
@@ -132,7 +169,7 @@ class WorldModelVecEnv(VectorEnv):
         self.device = resolve_device(device)
         self.world = load_world(checkpoint, self.device)
         self.num_envs = num_envs
-        self.autoreset_mode = AutoresetMode[autoreset_mode.upper()] if isinstance(autoreset_mode, str) else autoreset_mode
+        self.autoreset_mode = autoreset_mode
         self.metadata = {**self.metadata, "autoreset_mode": self.autoreset_mode, "render_fps": self.world.info.fps}
         self.render_mode = render_mode
         self.output = output
@@ -194,11 +231,12 @@ class WorldModelVecEnv(VectorEnv):
         expand = lambda t: t.expand(count, *t.shape[1:]) if t.shape[0] == 1 else t  # noqa: E731
         return {"frames": expand(frames), "actions": expand(actions), "has_action": expand(has_action)}
 
-    def _reset_rows(self, rows: list[int], seed: int | list[int] | None, prompt: dict | None) -> None:
+    def _reset_rows(self, rows: list[int], row_seeds: list[int | None] | None, prompt: dict | None) -> None:
+        """Start new episodes in `rows`; `row_seeds[j]` (if not None) reseeds row `rows[j]`."""
         seeds = []
         for j, row in enumerate(rows):
-            if seed is not None:
-                self._base_seeds[row] = int(seed[j] if isinstance(seed, (list, tuple, np.ndarray)) else seed + row)
+            if row_seeds is not None and row_seeds[j] is not None:
+                self._base_seeds[row] = row_seeds[j]
                 self._episodes[row] = 0
             seeds.append(mix_seed(self._base_seeds[row], int(self._episodes[row])))
             self._episodes[row] += 1
@@ -206,6 +244,10 @@ class WorldModelVecEnv(VectorEnv):
         self._frames[rows] = first
         self._elapsed[rows] = 0
         self._needs_reset[rows] = False
+
+    def _check_open(self, call: str) -> None:
+        if self.closed:
+            raise RuntimeError(f"{call}() called after close(); make a new env")
 
     def _out(self, frames: torch.Tensor):
         if self.output == "torch":
@@ -217,10 +259,13 @@ class WorldModelVecEnv(VectorEnv):
     def reset(self, *, seed: int | list[int] | None = None, options: dict | None = None):
         """Start new episodes; returns `(observations (N, H, W, 3), infos)`.
 
-        `seed`: int (env i gets seed + i) or one seed per env. `options`: `{"reset_mask": bool array (N,)}` resets
+        `seed`: an int >= 0 (env i gets seed + i), or one int >= 0 or None per env (None: that env is not reseeded
+        and starts its next episode); None: no env is reseeded. `options`: `{"reset_mask": bool array (N,)}` resets
         only those envs (the others keep their state); `{"prompt": {"frames": (P, H, W, 3) or (N, P, H, W, 3)
         uint8, "actions": ...}}` starts from your own real clip instead of the checkpoint's.
         """
+        self._check_open("reset")
+        seeds = check_seeds(seed, self.num_envs)
         options = dict(options or {})
         mask = options.pop("reset_mask", None)
         prompt = options.pop("prompt", None)
@@ -235,11 +280,7 @@ class WorldModelVecEnv(VectorEnv):
             if not self._started and not mask.all():
                 raise RuntimeError("the first reset() must reset every env; pass no reset_mask")
             rows = [int(i) for i in np.flatnonzero(mask)]
-        if isinstance(seed, (list, tuple, np.ndarray)) and len(seed) != self.num_envs:
-            raise ValueError(f"seed list has {len(seed)} entries for {self.num_envs} envs")
-        if isinstance(seed, (list, tuple, np.ndarray)) and mask is not None:
-            seed = [seed[row] for row in rows]
-        self._reset_rows(rows, seed, prompt)
+        self._reset_rows(rows, [seeds[row] for row in rows], prompt)
         self._started = True
         return self._out(self._frames), {}
 
@@ -251,6 +292,7 @@ class WorldModelVecEnv(VectorEnv):
         the ending frame. DISABLED: you must `reset(options={"reset_mask": ...})` ended envs before stepping.
         `infos["speculation_accepted"]` marks envs whose frame came from speculation.
         """
+        self._check_open("step")
         if not self._started:
             raise RuntimeError("call reset() before step()")
         action_tensor = self.check_actions(actions, self.device)
@@ -354,3 +396,24 @@ class WorldModelEnv(gymnasium.Env):
 
     def close(self):
         self.vec.close()
+
+
+def _require_checkpoint(checkpoint) -> None:
+    if checkpoint is None:
+        raise TypeError(
+            "nextframe/WorldModel-v0 needs checkpoint=<a world-model folder written by scripts/train.py, or a loaded "
+            "WorldModel>, e.g. gymnasium.make('nextframe/WorldModel-v0', checkpoint='runs/teacher/model'); "
+            "nextframe/Crafter-v0 is the shipped Crafter model"
+        )
+
+
+def make_world_model_env(checkpoint: str | Path | WorldModel | None = None, **kwargs) -> WorldModelEnv:
+    """Entry point of `nextframe/WorldModel-v0` (single env): `checkpoint` is required."""
+    _require_checkpoint(checkpoint)
+    return WorldModelEnv(checkpoint, **kwargs)
+
+
+def make_world_model_vec_env(checkpoint: str | Path | WorldModel | None = None, **kwargs) -> WorldModelVecEnv:
+    """Vector entry point of `nextframe/WorldModel-v0`: `checkpoint` is required."""
+    _require_checkpoint(checkpoint)
+    return WorldModelVecEnv(checkpoint, **kwargs)
