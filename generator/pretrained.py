@@ -120,10 +120,47 @@ class WorldModel(nn.Module):
                     f"{directory}: model.safetensors and codec.safetensors hold different codebooks; the model was "
                     "trained on another tile codec (rebuild the checkpoint from one training run)"
                 )
-        prompts = tensors.get("prompts")
-        if prompts is not None and not {"frames", "actions", "has_action"} <= set(prompts):
-            raise CheckpointError(f"{directory}/prompts.safetensors lacks frames/actions/has_action")
-        return cls(dit, codec, sampling, info, prompts).to(device).eval()
+        check_info(info, dit_config, codec_config, tensors.get("prompts"), where=str(directory))
+        return cls(dit, codec, sampling, info, tensors.get("prompts")).to(device).eval()
+
+
+def check_info(info: WorldModelInfo, dit_config: DiTConfig, codec_config: CodecConfig,
+               prompts: dict[str, torch.Tensor] | None, where: str) -> None:
+    """Raise `CheckpointError` unless `info` (what the env presents) fits the network, codec and prompt clips."""
+    from generator.data import action_array_spec, space_from_json
+
+    fix = "config.json was edited or mixed from another model; restore the one written with the weights"
+    try:
+        space = space_from_json(info.action_space)
+        network_space = space_from_json(dit_config.action_space)
+    except ValueError as err:
+        raise CheckpointError(f"{where}: invalid action space in config.json: {err}") from err
+    if space != network_space:
+        raise CheckpointError(f"{where}: info.action_space {space} does not match the network's action embedding "
+                              f"{network_space} (dit.action_space); {fix}")
+    if tuple(info.frame_size) != tuple(codec_config.frame_size):
+        raise CheckpointError(f"{where}: info.frame_size {tuple(info.frame_size)} does not match the codec's frame "
+                              f"size {tuple(codec_config.frame_size)}; {fix}")
+    if prompts is None:
+        return
+    if not {"frames", "actions", "has_action"} <= set(prompts):
+        raise CheckpointError(f"{where}/prompts.safetensors lacks frames/actions/has_action")
+    frames, actions, has_action = prompts["frames"], prompts["actions"], prompts["has_action"]
+    count, length = frames.shape[:2] if frames.ndim == 5 else (None, None)
+    action_shape, _ = action_array_spec(space)
+    problems = []
+    if frames.dtype != torch.uint8 or frames.ndim != 5 or tuple(frames.shape[2:]) != (*info.frame_size, 3):
+        problems.append(f"frames {tuple(frames.shape)} {frames.dtype}, expected (M, P, {info.frame_size[0]}, "
+                        f"{info.frame_size[1]}, 3) uint8")
+    elif length > dit_config.window_frames - 1:
+        problems.append(f"clips of {length} frames, the window holds at most {dit_config.window_frames - 1}")
+    elif tuple(actions.shape) != (count, length, *action_shape) or tuple(has_action.shape) != (count, length):
+        problems.append(f"actions {tuple(actions.shape)} / has_action {tuple(has_action.shape)} for frames "
+                        f"{tuple(frames.shape)} and actions of shape {action_shape}")
+    elif not all(space.contains(a) for a in actions[has_action.bool()].numpy().astype(space.dtype)):
+        problems.append(f"actions outside {space}")
+    if problems:
+        raise CheckpointError(f"{where}/prompts.safetensors: {problems[0]}")
 
 
 def export_model(source: str | Path, destination: str | Path, **sampling) -> WorldModel:

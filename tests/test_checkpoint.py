@@ -312,3 +312,40 @@ def test_resumed_optimizer_keeps_saved_moments_and_takes_the_new_learning_rate()
     assert faster.param_groups[0]["lr"] == pytest.approx(4e-3 * 6 / 10)  # the schedule goes on from the new base
     for key in ("exp_avg", "exp_avg_sq", "step"):
         assert all(torch.equal(faster.state_dict()["state"][i][key], saved_optimizer["state"][i][key]) for i in (0, 1))
+
+
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (lambda c: c["info"]["action_space"].update(n=3), "action_space"),  # fewer actions: loaded silently before
+        (lambda c: c["info"]["action_space"].update(n=8), "action_space"),  # more: IndexError at step() before
+        (lambda c: c["info"].update(frame_size=[32, 32]), "frame_size"),  # failed at reset() before
+        (lambda c: c["info"].update(frame_size=[16, 8]), "frame_size"),
+    ],
+)
+def test_world_model_info_is_checked_against_its_network_at_load(tiny_checkpoint, edit, match):
+    from generator.pretrained import WorldModel
+
+    WorldModel.from_pretrained(tiny_checkpoint)
+    path = tiny_checkpoint / "config.json"
+    config = json.loads(path.read_text())
+    edit(config)
+    path.write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=match):
+        WorldModel.from_pretrained(tiny_checkpoint)
+
+
+def test_world_model_prompts_are_checked_against_info_at_load(tmp_path):
+    from generator.pretrained import WorldModel
+    from tiny_world import make_tiny_world
+
+    world = make_tiny_world()
+    world.prompts["frames"] = world.prompts["frames"][:, :, :8]  # clips of another frame size
+    world.save_pretrained(tmp_path / "a")
+    with pytest.raises(CheckpointError, match="prompts.safetensors: frames"):
+        WorldModel.from_pretrained(tmp_path / "a")
+    world = make_tiny_world()
+    world.prompts["actions"][:, 1] = 7  # outside Discrete(5)
+    world.save_pretrained(tmp_path / "b")
+    with pytest.raises(CheckpointError, match="outside"):
+        WorldModel.from_pretrained(tmp_path / "b")
