@@ -63,6 +63,14 @@ def _fsync_file(path: Path) -> None:
         os.fsync(f.fileno())
 
 
+def default_mode(directory: bool = False) -> int:
+    """The permissions `open()` / `mkdir()` would give a new file or folder under the current umask (0644 / 0755 by
+    default). `tempfile` and safetensors create theirs private (0600 / 0700); we widen them to this."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return (0o777 if directory else 0o666) & ~umask
+
+
 def file_digest(path: str | Path) -> str:
     """sha256 hex digest of a file, read in 1 MiB chunks."""
     digest = hashlib.sha256()
@@ -86,6 +94,7 @@ def atomic_write_json(path: str | Path, obj: Any, *, indent: int | None = 2) -> 
             f.write(text + "\n")
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp_name, default_mode())
         os.replace(tmp_name, path)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
@@ -164,10 +173,12 @@ def save_checkpoint(
     staging = Path(tempfile.mkdtemp(dir=parent, prefix=f".{directory.name}.tmp-"))
     displaced: Path | None = None
     try:
+        os.chmod(staging, default_mode(directory=True))
         files = {}
         for name, state in tensors.items():
             path = staging / f"{name}.safetensors"
             save_file(_prepare_state(name, state), str(path))
+            os.chmod(path, default_mode())
             _fsync_file(path)
             files[name] = {"sha256": file_digest(path), "bytes": path.stat().st_size}
         full_config = {"format_version": FORMAT_VERSION, **config, "files": files}

@@ -349,3 +349,18 @@ def test_world_model_prompts_are_checked_against_info_at_load(tmp_path):
     world.save_pretrained(tmp_path / "b")
     with pytest.raises(CheckpointError, match="outside"):
         WorldModel.from_pretrained(tmp_path / "b")
+
+
+def test_checkpoint_files_get_the_usual_permissions(tmp_path):
+    import os
+    import stat
+
+    previous = os.umask(0o022)
+    try:
+        path = tmp_path / "ckpt"
+        save_tiny(path)
+        atomic_write_json(tmp_path / "metrics.json", {"a": 1})
+    finally:
+        os.umask(previous)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in [path, *path.iterdir(), tmp_path / "metrics.json"]}
+    assert modes == {"ckpt": 0o755, "config.json": 0o644, "model.safetensors": 0o644, "metrics.json": 0o644}

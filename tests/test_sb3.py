@@ -195,3 +195,12 @@ def test_ppo_cnn_policy_learns_the_rewarded_action():
     after = probability_of_rewarded_action()
     assert before == pytest.approx(1 / 3, abs=0.05)
     assert after > 0.6, (before, after)
+
+
+def test_video_recorder_dependency_is_declared():
+    from pathlib import Path
+
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    # SB3's VecVideoRecorder imports moviepy at construction; the extra that brings it is named in the README.
+    assert any(req.startswith("moviepy") for req in pyproject["project"]["optional-dependencies"]["video"])
