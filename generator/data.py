@@ -208,14 +208,15 @@ def validate_episode(
     return out
 
 
-def _check_actions_in_space(actions: np.ndarray, space: gymnasium.Space) -> None:
+def _check_actions_in_space(actions: np.ndarray, space: gymnasium.Space, first_step: int = 1) -> None:
+    """Raise ``ValueError`` naming the first step (``actions[0]`` is step ``first_step``) outside ``space``."""
     if actions.shape[0] == 0:
         return
     if isinstance(space, gymnasium.spaces.Discrete):
         low, high = int(space.start), int(space.start) + int(space.n) - 1
         bad = np.flatnonzero((actions < low) | (actions > high))
         if bad.size:
-            step = int(bad[0]) + 1
+            step = int(bad[0]) + first_step
             value = actions[bad[0]].tolist()
             raise ValueError(f"episode actions[{step}] = {value} is outside {space} ([{low}, {high}])")
     elif isinstance(space, gymnasium.spaces.MultiDiscrete):
@@ -223,7 +224,7 @@ def _check_actions_in_space(actions: np.ndarray, space: gymnasium.Space) -> None
         high = low + np.asarray(space.nvec, dtype=np.int64) - 1
         bad = np.flatnonzero(np.any((actions < low) | (actions > high), axis=tuple(range(1, actions.ndim))))
         if bad.size:
-            step = int(bad[0]) + 1
+            step = int(bad[0]) + first_step
             raise ValueError(f"episode actions[{step}] = {actions[bad[0]].tolist()} is outside {space}")
     else:
         low = np.asarray(space.low, dtype=np.float64)
@@ -232,8 +233,20 @@ def _check_actions_in_space(actions: np.ndarray, space: gymnasium.Space) -> None
         outside = ~np.isfinite(values) | (values < low) | (values > high)
         bad = np.flatnonzero(np.any(outside, axis=tuple(range(1, actions.ndim))))
         if bad.size:
-            step = int(bad[0]) + 1
+            step = int(bad[0]) + first_step
             raise ValueError(f"episode actions[{step}] = {actions[bad[0]].tolist()} is outside {space}")
+
+
+def _check_read_actions(shard: Path, actions: np.ndarray, first_step: int, space: gymnasium.Space) -> None:
+    """Actions read back from a shard (``actions[0]`` is step ``first_step``) must lie in the action space, so a
+    corrupt value fails here, naming the shard, instead of deep inside training. Step 0 is padding, not checked."""
+    if first_step == 0:
+        actions, first_step = actions[1:], 1
+    try:
+        _check_actions_in_space(actions, space, first_step)
+    except ValueError as error:
+        raise DatasetError(f"{shard}: stored {error} (corrupt, or written for another action space); collect this "
+                           "episode again or remove the shard from meta.json") from None
 
 
 def episode_checksum(arrays: Mapping[str, np.ndarray]) -> str:
@@ -622,7 +635,9 @@ class EpisodeDataset(torch.utils.data.Dataset):
 
     ``split`` selects episodes by a hash of their names (`split_episodes`). ``verify`` checks shards on open:
     ``"none"``; ``"shape"`` (default: presence, shapes, dtypes and exact file sizes, stat calls only); ``"checksum"``
-    (also re-hashes every byte). Problems raise `DatasetError` naming the shard, at open or at the first read.
+    (also re-hashes every byte). Every read also checks the actions it returns against the action space (cheap; it
+    catches a corrupt action that would otherwise crash training deep inside the embedding). Problems raise
+    `DatasetError` naming the shard, at open or at the first read.
     A window reads only its own rows from the shard files (one positioned read per array, no handles kept open);
     ``load_into_memory=True`` reads every episode into RAM at open instead. The dataset is picklable, so
     ``torch.utils.data.DataLoader`` workers can share it.
@@ -722,7 +737,9 @@ class EpisodeDataset(torch.utils.data.Dataset):
         k = index % self.num_episodes
         if k in self._in_memory:
             return {key: torch.from_numpy(self._in_memory[k][key].copy()) for key in ARRAY_KEYS}
-        arrays = _read_shard(self.root / self._entries[k]["name"], int(self._steps[k]), self._specs)
+        shard = self.root / self._entries[k]["name"]
+        arrays = _read_shard(shard, int(self._steps[k]), self._specs)
+        _check_read_actions(shard, arrays["actions"], 0, self._action_space)
         return {key: torch.from_numpy(arrays[key]) for key in ARRAY_KEYS}
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
@@ -793,6 +810,8 @@ class EpisodeDataset(torch.utils.data.Dataset):
                 out[:count] = self._in_memory[k][key][start:stop]
             else:
                 _read_rows(shard, key, self._specs[key], start, stop, out=out[:count])
+            if key == "actions":
+                _check_read_actions(shard, out[:count], start, self._action_space)
             out[count:] = 0
             item[key] = torch.from_numpy(out)
         valid = torch.zeros(self.window, dtype=torch.bool)

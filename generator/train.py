@@ -82,6 +82,7 @@ class TrainConfig:
     self_rollout_frames: int = 3
     seed: int = 0
     device: str = "auto"
+    verify_data: str = "shape"  # dataset check at open: "shape" (sizes, stat calls only) or "checksum" (every byte)
     log_every: int = 50
     ckpt_every: int = 1000
     eval_every: int = 0  # open-loop PSNR on validation windows (0: only at the end)
@@ -342,7 +343,7 @@ def train(config: TrainConfig) -> dict:
         out.mkdir(parents=True, exist_ok=True)
 
     torch.manual_seed(config.seed)  # identical initial weights on every rank
-    dataset = open_datasets(config.data, window=config.clip_frames, split="train")
+    dataset = open_datasets(config.data, window=config.clip_frames, split="train", verify=config.verify_data)
     world = build_world_model(config, dataset).to(device)
     window_weights = None
     if config.event_fraction:

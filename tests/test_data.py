@@ -264,3 +264,25 @@ def test_split_by_episode_is_disjoint_and_stable(tmp_path):
     assert sorted(parts["train"].episode_names + parts["val"].episode_names) == parts["all"].episode_names
     assert parts["val"].num_episodes >= 1
     assert len(parts["train"]) + len(parts["val"]) == len(parts["all"])
+
+
+def test_out_of_range_action_is_refused_on_read_naming_the_shard(tmp_path):
+    root = _dataset_with_three(tmp_path)
+    with open(root / "episode_000001" / "actions.memmap", "r+b") as handle:
+        handle.seek(2 * 8)  # step 2 of an int64 action array
+        handle.write(np.int64(99).tobytes())
+    dataset = EpisodeDataset(root, window=2)  # sizes are right: opening does not read the values
+    ok = [dataset[i]["actions"] for i in range(3)]  # episode 0's windows read fine
+    assert all(int(a.max()) < 4 for a in ok)
+    with pytest.raises(DatasetError, match=r"episode_000001.*actions\[2\] = 99 is outside Discrete\(4\)"):
+        [dataset[i] for i in range(len(dataset))]
+    with pytest.raises(DatasetError, match=r"episode_000001.*actions\[2\] = 99"):
+        EpisodeDataset(root).episode(1)
+
+
+def test_read_check_skips_the_padding_action_below_start(tmp_path):
+    space = gymnasium.spaces.MultiDiscrete([2, 3], start=[1, -1])
+    root = tmp_path / "data"
+    new_writer(root, space=space).write(make_episode(4, space=space))
+    dataset = EpisodeDataset(root, window=3)
+    assert [dataset[i]["actions"].shape for i in range(len(dataset))] == [(3, 2)] * 3

@@ -161,3 +161,23 @@ def test_noise_levels_mix_logit_normal_pure_noise_and_context():
     assert ((levels <= 0.2).float().mean().item()) == pytest.approx(0.3 + 0.7 * 0.75 * 0.083, abs=0.02)  # P(logit-normal <= 0.2) = 0.083
     none = sample_noise_levels((200, 50), tiny_config(Path("d"), Path("o"), full_noise_prob=0.0), g)
     assert (none == 1.0).sum() == 0
+
+
+def test_training_can_verify_checksums_and_names_a_shard_with_a_bad_action(tmp_path):
+    from generator.data import DatasetError
+
+    data = make_dataset(tmp_path / "data", episodes=2)
+    for shard in sorted(data.glob("episode_*")):
+        with open(shard / "frames.memmap", "r+b") as handle:  # one flipped byte per episode: sizes stay right
+            handle.seek(100)
+            byte = handle.read(1)
+            handle.seek(100)
+            handle.write(bytes([byte[0] ^ 0xFF]))
+    with pytest.raises(DatasetError, match="episode_00000.*checksum mismatch"):
+        train(tiny_config(data, tmp_path / "a", steps=1, eval_windows=0, verify_data="checksum"))
+    for shard in sorted(data.glob("episode_*")):
+        with open(shard / "actions.memmap", "r+b") as handle:
+            handle.seek(8 * 3)
+            handle.write(np.int64(99).tobytes())
+    with pytest.raises(DatasetError, match=r"episode_00000.*actions\[3\] = 99 is outside Discrete\(3\)"):
+        train(tiny_config(data, tmp_path / "b", steps=2, eval_windows=0))
