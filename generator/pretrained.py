@@ -152,8 +152,6 @@ def check_info(info: WorldModelInfo, dit_config: DiTConfig, codec_config: CodecC
     if frames.dtype != torch.uint8 or frames.ndim != 5 or tuple(frames.shape[2:]) != (*info.frame_size, 3):
         problems.append(f"frames {tuple(frames.shape)} {frames.dtype}, expected (M, P, {info.frame_size[0]}, "
                         f"{info.frame_size[1]}, 3) uint8")
-    elif length > dit_config.window_frames - 1:
-        problems.append(f"clips of {length} frames, the window holds at most {dit_config.window_frames - 1}")
     elif tuple(actions.shape) != (count, length, *action_shape) or tuple(has_action.shape) != (count, length):
         problems.append(f"actions {tuple(actions.shape)} / has_action {tuple(has_action.shape)} for frames "
                         f"{tuple(frames.shape)} and actions of shape {action_shape}")
