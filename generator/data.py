@@ -796,7 +796,33 @@ class EpisodeDataset(torch.utils.data.Dataset):
             flags.append(cumulative[stops] - cumulative[starts + 1] > 0)  # events after each window's first step
         return np.concatenate(flags) if flags else np.zeros(0, dtype=bool)
 
+    def whole_windows(self, exclude_terminal: bool = True) -> list[int]:
+        """Indices of the windows with no padding and, with ``exclude_terminal``, no terminal step (the last step
+        of an episode that ``terminated``): clips a dream episode can start from without starting at its end.
+        Reads one flag per terminated-candidate episode."""
+        if self.window is None:
+            raise ValueError("whole_windows() needs a fixed window; build the dataset with window=T")
+        indices: list[int] = []
+        for k in range(self.num_episodes):
+            steps = int(self._steps[k])
+            if steps < self.window:
+                continue
+            first = int(self._window_ends[k - 1]) if k else 0
+            count = steps - self.window + 1
+            if exclude_terminal and self._terminated(k):
+                count -= 1  # only the episode's last window holds its last step
+            indices.extend(range(first, first + count))
+        return indices
+
     # -- internals ------------------------------------------------------------------------------------------
+
+    def _terminated(self, k: int) -> bool:
+        """Whether episode ``k`` ended by termination (its last step's flag)."""
+        last = int(self._steps[k]) - 1
+        if k in self._in_memory:
+            return bool(self._in_memory[k]["terminated"][last])
+        shard = self.root / self._entries[k]["name"]
+        return bool(_read_rows(shard, "terminated", self._specs["terminated"], last, last + 1)[0])
 
     def _window(self, k: int, start: int) -> dict[str, torch.Tensor]:
         stop = min(start + self.window, int(self._steps[k]))
@@ -830,7 +856,7 @@ class EpisodeDatasets(torch.utils.data.ConcatDataset):
     """Several episode dataset folders of one game read as one (e.g. recordings of different policies).
 
     Built by `open_datasets`; offers what training needs of `EpisodeDataset`: windows by index, `sample`,
-    `window_events`, `frame_size`, `action_space`, `meta` (the first folder's) and `roots`.
+    `window_events`, `whole_windows`, `frame_size`, `action_space`, `meta` (the first folder's) and `roots`.
     """
 
     def __init__(self, datasets: list[EpisodeDataset]) -> None:
@@ -875,6 +901,11 @@ class EpisodeDatasets(torch.utils.data.ConcatDataset):
 
     def window_events(self) -> np.ndarray:
         return np.concatenate([d.window_events() for d in self.datasets])
+
+    def whole_windows(self, exclude_terminal: bool = True) -> list[int]:
+        """As `EpisodeDataset.whole_windows`, indexed over the windows of every folder."""
+        offsets = [0, *self.cumulative_sizes[:-1]]
+        return [offset + i for offset, d in zip(offsets, self.datasets) for i in d.whole_windows(exclude_terminal)]
 
     def sample(
         self, batch_size: int, generator: torch.Generator | None = None, weights: torch.Tensor | None = None

@@ -161,9 +161,32 @@ def check_info(info: WorldModelInfo, dit_config: DiTConfig, codec_config: CodecC
         raise CheckpointError(f"{where}/prompts.safetensors: {problems[0]}")
 
 
-def export_model(source: str | Path, destination: str | Path, **sampling) -> WorldModel:
+def prompts_from_dataset(world: WorldModel, data: str | Path, count: int = 32,
+                         context_frames: int | None = None) -> dict[str, torch.Tensor]:
+    """A new prompt bank for `world` from the episode dataset `data` (`generator.train.build_prompts`: clips without
+    padding or a terminal step); `context_frames` defaults to the current bank's clip length, else 4. The dataset
+    must have the model's frame size and action space."""
+    from generator.data import EpisodeDataset, space_from_json
+    from generator.train import build_prompts
+
+    dataset = EpisodeDataset(data)
+    space = space_from_json(world.info.action_space)
+    if tuple(dataset.frame_size) != tuple(world.info.frame_size) or dataset.action_space != space:
+        raise ValueError(f"{data} holds {dataset.frame_size} frames and actions in {dataset.action_space}; the model "
+                         f"takes {tuple(world.info.frame_size)} and {space}: use the model's own dataset")
+    if context_frames is None:
+        context_frames = int(world.prompts["frames"].shape[1]) if world.prompts else 4
+    prompts = build_prompts(str(data), context_frames=context_frames, count=count)
+    if prompts is None:
+        raise ValueError(f"{data} has no window of {context_frames} steps without padding or an episode end")
+    return prompts
+
+
+def export_model(source: str | Path, destination: str | Path, prompts_from: str | Path | None = None,
+                 prompt_count: int = 32, **sampling) -> WorldModel:
     """Copy a world model to `destination` with new sampling defaults (`SamplingConfig` fields, e.g.
-    `sampler_steps=1, context_noise=0.0`), recording the change in `info.training["export"]`. Weights are unchanged."""
+    `sampler_steps=1, context_noise=0.0`), recording the change in `info.training["export"]`. Weights are unchanged.
+    `prompts_from`: rebuild the prompt bank (`prompt_count` clips) from that dataset (`prompts_from_dataset`)."""
     world = WorldModel.from_pretrained(source)
     known = set(SamplingConfig.__dataclass_fields__)
     unknown = set(sampling) - known
@@ -172,6 +195,10 @@ def export_model(source: str | Path, destination: str | Path, **sampling) -> Wor
     changes = {k: v for k, v in sampling.items() if v is not None}
     for key, value in changes.items():
         setattr(world.sampling, key, type(getattr(world.sampling, key))(value))
-    world.info.training = {**world.info.training, "export": {"source": str(source), "sampling": changes}}
+    export = {"source": str(source), "sampling": changes}
+    if prompts_from is not None:
+        world.prompts = prompts_from_dataset(world, prompts_from, prompt_count)
+        export["prompts_from"] = str(Path(prompts_from).resolve())
+    world.info.training = {**world.info.training, "export": export}
     world.save_pretrained(destination)
     return world

@@ -308,14 +308,22 @@ def build_world_model(config: TrainConfig, dataset: EpisodeDataset) -> WorldMode
     return WorldModel(dit, codec, sampling, info)
 
 
-def build_prompts(data: str, context_frames: int = 4, count: int = 32) -> dict[str, torch.Tensor]:
-    """Real starting clips for dream episodes, taken evenly from the validation split (train if it is empty)."""
-    dataset = open_datasets(data, window=context_frames, split="val")
-    if len(dataset) == 0:
-        dataset = open_datasets(data, window=context_frames, split="train")
-    picks = sorted({int(i * len(dataset) / count) for i in range(min(count, len(dataset)))})
-    items = [dataset[i] for i in picks]
-    items = [it for it in items if bool(it["valid"].all())] or items
+def build_prompts(
+    data: str, context_frames: int = 4, count: int = 32, verify: str = "shape"
+) -> dict[str, torch.Tensor] | None:
+    """Real starting clips for dream episodes: windows of `context_frames` steps with no padding and no terminal
+    step (a clip ending at a death would end its dream episode at once), from the validation split (train if val has
+    none): `count` of them spread evenly, or all when there are fewer. None when the dataset has no such window."""
+    for split in ("val", "train"):
+        dataset = open_datasets(data, window=context_frames, split=split, verify=verify)
+        candidates = dataset.whole_windows(exclude_terminal=True)
+        if candidates:
+            break
+    else:
+        return None
+    if len(candidates) > count:
+        candidates = [candidates[i * len(candidates) // count] for i in range(count)]
+    items = [dataset[i] for i in candidates]
     return {
         "frames": torch.stack([it["frames"] for it in items]).contiguous(),
         "actions": torch.stack([it["actions"] for it in items]).contiguous(),
@@ -352,7 +360,10 @@ def train(config: TrainConfig) -> dict:
         if rare and rare < len(events):
             # Events get `event_fraction` of the draws, the other windows the rest, each group uniformly.
             window_weights = torch.where(events, config.event_fraction / rare, (1 - config.event_fraction) / (len(events) - rare))
-    world.prompts = build_prompts(config.data)
+    world.prompts = build_prompts(config.data, verify=config.verify_data)
+    if world.prompts is None and main:
+        print(f"warning: {config.data} has no window of 4 steps without an episode end: the model will carry no "
+              "prompt clips (reset the env with options={'prompt': ...})", flush=True)
     model, codec = world.dit, world.codec
     codec.requires_grad_(False)
     ema = copy.deepcopy(model).requires_grad_(False)

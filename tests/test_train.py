@@ -181,3 +181,35 @@ def test_training_can_verify_checksums_and_names_a_shard_with_a_bad_action(tmp_p
             handle.write(np.int64(99).tobytes())
     with pytest.raises(DatasetError, match=r"episode_00000.*actions\[3\] = 99 is outside Discrete\(3\)"):
         train(tiny_config(data, tmp_path / "b", steps=2, eval_windows=0))
+
+
+def test_prompts_are_every_whole_window_without_a_terminal_step(dataset):
+    from generator.data import EpisodeDataset
+    from generator.train import build_prompts
+
+    val = EpisodeDataset(dataset, window=4, split="val")
+    clean = [i for i in range(len(val)) if val[i]["valid"].all() and not val[i]["terminated"].any()]
+    assert 0 < len(clean) < len(val) < 32  # the val split holds a terminated episode, and fewer windows than 32
+    prompts = build_prompts(str(dataset), context_frames=4, count=32)
+    assert torch.equal(prompts["frames"], torch.stack([val[i]["frames"] for i in clean]))  # all pickable, no death
+    assert torch.equal(prompts["actions"], torch.stack([val[i]["actions"] for i in clean]))
+    few = build_prompts(str(dataset), context_frames=4, count=3)
+    assert len({bytes(clip.numpy()) for clip in few["frames"]}) == 3  # spread over distinct windows
+
+
+def test_a_model_prompt_bank_can_be_rebuilt_from_its_dataset(dataset, tmp_path):
+    from generator.pretrained import export_model
+    from generator.train import build_prompts
+    from tiny_world import make_tiny_world
+
+    bare = make_tiny_world(action_space={"type": "Discrete", "n": 3, "start": 0})
+    bare.prompts = None  # a model without a bank
+    bare.save_pretrained(tmp_path / "a")
+    world = export_model(tmp_path / "a", tmp_path / "b", prompts_from=dataset, prompt_count=5)
+    loaded = WorldModel.from_pretrained(tmp_path / "b")
+    expected = build_prompts(str(dataset), context_frames=4, count=5)
+    assert all(torch.equal(loaded.prompts[key], expected[key]) for key in expected)
+    assert loaded.info.training["export"]["prompts_from"] == str(dataset.resolve()) and world.prompts is not None
+    make_tiny_world().save_pretrained(tmp_path / "other")  # Discrete(5): not this dataset's game
+    with pytest.raises(ValueError, match="action"):
+        export_model(tmp_path / "other", tmp_path / "c", prompts_from=dataset)
