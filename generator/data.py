@@ -437,7 +437,8 @@ class EpisodeWriter:
     """Appends whole episodes to a dataset folder; one writer per folder at a time.
 
     A new folder gets a ``meta.json`` at once. An existing folder is resumed: its game, frame size, action space,
-    fps, policy and extra metadata must match (``ValueError`` otherwise); leftover ``*.tmp*`` entries from a killed
+    fps, policy and extra metadata must match (``ValueError`` otherwise; an extra key the dataset lacks is not
+    compared, so datasets written before a key was recorded stay resumable); leftover ``*.tmp*`` entries from a killed
     writer are deleted; a finished shard missing from the index (killed between the shard rename and the index
     update) is re-verified against its own ``episode.json`` checksum and adopted, or deleted when it fails.
 
@@ -476,9 +477,10 @@ class EpisodeWriter:
                 raise ValueError(f"cannot resume {self.root}: {error}") from None
             self.meta.setdefault("extra", {})
             for key, value in wanted.items():
-                if key == "extra" and extra is None:
-                    continue
-                if self.meta.get(key) != value:
+                if key == "extra":
+                    if extra is not None:
+                        self._check_extra(value)
+                elif self.meta.get(key) != value:
                     raise ValueError(
                         f"{self.root} holds a dataset with {key}={self.meta.get(key)!r}, not {value!r}; "
                         "write to a new folder"
@@ -554,6 +556,17 @@ class EpisodeWriter:
         return path
 
     # -- internals ------------------------------------------------------------------------------------------
+
+    def _check_extra(self, extra: dict) -> None:
+        """Every extra key the dataset records must have the same value; keys it lacks are not compared (it was
+        written before they were recorded)."""
+        stored = self.meta["extra"]
+        for key in sorted(stored):
+            if key not in extra or stored[key] != extra[key]:
+                raise ValueError(
+                    f"{self.root} holds a dataset with extra.{key}={stored[key]!r}, not {extra.get(key)!r}; "
+                    "write to a new folder"
+                )
 
     def _next_index(self) -> int:
         used = [_episode_index(p.name) for p in self.root.iterdir()]

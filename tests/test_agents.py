@@ -341,6 +341,9 @@ def test_dream_collection_writes_a_dataset_like_real_collection(tmp_path):
                   progress=False)
     collect_dream(tmp_path / "world", tmp_path / "one", episodes=3, num_envs=1, max_steps=5, seed=7, device="cpu",
                   progress=False)
+    with pytest.raises(ValueError, match="extra.seed=7, not 8"):
+        collect_dream(tmp_path / "world", tmp_path / "one", episodes=4, num_envs=1, max_steps=5, seed=8,
+                      device="cpu", progress=False)
     one = EpisodeDataset(tmp_path / "one", verify="checksum")
     for k in range(3):
         a, b = one.episode(k), two.episode(k)

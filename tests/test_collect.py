@@ -52,6 +52,28 @@ def test_cartpole_episodes_are_step_aligned_and_resume(tmp_path):
                    progress=False)["episodes_written"] == 0
     with pytest.raises(ValueError, match="policy"):
         collect("gym:CartPole-v1", root, 4, policy="sticky", frame_size=(16, 16), progress=False)
+    with pytest.raises(ValueError, match="extra.seed=7, not 8"):
+        collect("gym:CartPole-v1", root, 4, policy="random", frame_size=(16, 16), seed=8, max_steps=6, progress=False)
+    with pytest.raises(ValueError, match="extra.max_steps=6, not 7"):
+        collect("gym:CartPole-v1", root, 4, policy="random", frame_size=(16, 16), seed=7, max_steps=7, progress=False)
+    assert EpisodeDataset(root).num_episodes == 3
+
+
+def test_resume_of_a_dataset_without_recorded_seed_and_cap_checks_its_episodes(tmp_path):
+    """Datasets collected before the seed and cap were recorded stay resumable with the values they were made with."""
+    root = tmp_path / "old"
+    kwargs = dict(policy="random", frame_size=(8, 8), progress=False)
+    collect("gym:CartPole-v1", root, 2, seed=3, max_steps=50, **kwargs)
+    meta = json.loads((root / "meta.json").read_text())
+    meta["extra"] = {"game_kwargs": {}}  # as written before
+    (root / "meta.json").write_text(json.dumps(meta))
+    longest = max(EpisodeDataset(root).episode_lengths)
+    with pytest.raises(ValueError, match="--seed 3"):
+        collect("gym:CartPole-v1", root, 3, seed=4, max_steps=50, **kwargs)
+    with pytest.raises(ValueError, match=f"episode of {longest} steps, longer than --max-steps {longest - 1}"):
+        collect("gym:CartPole-v1", root, 3, seed=3, max_steps=longest - 1, **kwargs)
+    assert collect("gym:CartPole-v1", root, 3, seed=3, max_steps=50, **kwargs)["episodes_written"] == 1
+    assert EpisodeDataset(root).meta["seeds"] == [3, 4, 5]
 
 
 def test_crafter_same_dataset_for_one_and_two_workers(tmp_path):
@@ -61,7 +83,8 @@ def test_crafter_same_dataset_for_one_and_two_workers(tmp_path):
                 progress=False, game_kwargs=SMALL_CRAFTER)
     assert checksums(tmp_path / "w1") == checksums(tmp_path / "w2")
     dataset = EpisodeDataset(tmp_path / "w2", window=8)
-    assert dataset.meta["game"] == "crafter" and dataset.meta["extra"] == {"game_kwargs": {"area": [16, 16]}}
+    assert dataset.meta["game"] == "crafter" and dataset.meta["extra"] == {"game_kwargs": {"area": [16, 16]}, "seed": 3,
+                                                                      "max_steps": 40}
     assert dataset.frame_size == (64, 64) and dataset.meta["fps"] == 5
     lengths = dataset.episode_lengths
     assert all(1 <= n <= 40 for n in lengths) and len(dataset) == sum(n + 1 - 8 + 1 for n in lengths)

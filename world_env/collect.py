@@ -9,7 +9,9 @@ itself (``options={"reset_mask": ...}``), so every reset gets its episode's seed
 transition ever reaches the dataset.
 
 Resume: rerunning into the same folder appends until ``episodes`` are present; finished episodes survive a kill
-(see `generator.data.EpisodeWriter`), the unfinished ones are collected again with the same seeds.
+(see `generator.data.EpisodeWriter`), the unfinished ones are collected again with the same seeds. The seed and
+``max_steps`` are recorded in ``meta["extra"]``; a resume with other values is refused (for datasets written before
+they were recorded, the seed is checked against the stored episode seeds and the cap against the episode lengths).
 """
 from __future__ import annotations
 
@@ -24,6 +26,23 @@ import numpy as np
 from generator.data import EpisodeWriter, action_array_spec
 from world_env.games.env import GameEnv
 from world_env.policies import make_policy
+
+def check_resume(writer: EpisodeWriter, seed: int, max_steps: int | None) -> None:
+    """Refuse to append to a dataset whose stored episodes were collected with another seed or a longer episode cap
+    (the `meta["extra"]` comparison covers datasets that record both; this covers older ones)."""
+    for j, stored in enumerate(writer.meta.get("seeds", [])):
+        if stored is not None and stored != seed + j:
+            raise ValueError(
+                f"{writer.root}: episode {j} was collected with seed {stored} (--seed {stored - j}), not {seed + j} "
+                f"(--seed {seed}); resume with --seed {stored - j} or write to a new folder"
+            )
+    longest = max((int(e["length"]) for e in writer.meta["episodes"]), default=0)
+    if max_steps is not None and longest > max_steps:
+        raise ValueError(
+            f"{writer.root} holds an episode of {longest} steps, longer than --max-steps {max_steps}; resume with "
+            "the --max-steps it was collected with or write to a new folder"
+        )
+
 
 class _EpisodeBuffer:
     """Step-aligned arrays of one episode under construction (reset frame first, padding action/reward 0)."""
@@ -138,7 +157,9 @@ def collect(
     probe.close()
     actor = make_policy(policy, action_space, num_workers, mean_repeat=mean_repeat, sb3_policy_path=sb3_policy_path)
     writer = EpisodeWriter(out, game=game_name, frame_size=frame_size, action_space=action_space, fps=fps,
-                           policy=actor.describe(), extra={"game_kwargs": game_kwargs})
+                           policy=actor.describe(),
+                           extra={"game_kwargs": game_kwargs, "seed": seed, "max_steps": max_steps})
+    check_resume(writer, seed, max_steps)
     first = writer.num_episodes
     todo = max(0, episodes - first)
     if todo == 0:

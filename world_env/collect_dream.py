@@ -22,7 +22,7 @@ import numpy as np
 from gymnasium.vector import AutoresetMode
 
 from generator.data import EpisodeWriter, action_array_spec
-from world_env.collect import _EpisodeBuffer, _finish
+from world_env.collect import _EpisodeBuffer, _finish, check_resume
 from world_env.policies import make_policy
 from world_env.env import WorldModelVecEnv
 
@@ -77,9 +77,11 @@ def collect_dream(
         action_space = envs.single_action_space
         actor = make_policy(policy, action_space, num_envs, mean_repeat=mean_repeat, sb3_policy_path=sb3_policy_path)
         extra = {"source": "dream", "checkpoint": str(checkpoint), "weights_sha256": _weights_digest(checkpoint),
-                 "sampler_steps": sampler_steps or envs.world.sampling.sampler_steps}
+                 "sampler_steps": sampler_steps or envs.world.sampling.sampler_steps, "seed": seed,
+                 "max_steps": max_steps}
         writer = EpisodeWriter(out, game=info.game, frame_size=tuple(info.frame_size), action_space=action_space,
                                fps=int(info.fps), policy=actor.describe(), extra=extra)
+        check_resume(writer, seed, max_steps)
         first = writer.num_episodes
         todo = max(0, episodes - first)
         if todo == 0:
