@@ -1,5 +1,4 @@
 """The DiT's pure pieces, block-causal behaviour, KV-cache equivalence and per-row independence."""
-import math
 
 import pytest
 import torch
@@ -285,8 +284,11 @@ def test_truncate_rolls_back_speculated_frames():
     assert held == [1, 2, 3]  # 5 slots hold 1..5; 4 and 5 dropped
 
 
+MIX_SEED_1_2 = 327095433057816640
+
+
 def test_mix_seed_is_stable_and_spreads():
-    assert mix_seed(1, 2) == mix_seed(1, 2)
+    assert mix_seed(1, 2) == MIX_SEED_1_2  # pinned: datasets, prompts and dream episodes depend on these values
     assert len({mix_seed(0, i) for i in range(1000)}) == 1000
     assert mix_seed(1, 2) != mix_seed(2, 1)
 
@@ -295,10 +297,10 @@ def test_presets_have_the_documented_sizes():
     small = DiT(dit_config("small"))
     assert 3e6 <= small.num_parameters() <= 5.5e6
     assert small.config.tokens_per_frame == 64
-    paper = dit_config("paper")
-    assert paper.tokens_per_frame == 336
-    # Count paper parameters without allocating: 18 d^2 per block dominates.
-    assert math.isclose(18 * paper.dim**2 * paper.depth / 1e6, 302, rel_tol=0.01)
+    with torch.device("meta"):  # the built network's parameters, counted without allocating them
+        paper = DiT(dit_config("paper"))
+    assert paper.config.tokens_per_frame == 336
+    assert round(paper.num_parameters() / 1e6) == 307  # "307M" in docs/benchmarks.md
 
 
 @pytest.mark.parametrize(
