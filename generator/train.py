@@ -13,7 +13,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -35,26 +35,27 @@ from generator.codec import CodecConfig, build_codec, load_codec
 from generator.data import EpisodeDataset, open_datasets
 from generator.model import DiT, dit_config
 from generator.pretrained import SamplingConfig, WorldModel, WorldModelInfo
+from generator.run_limits import StopRequest
 from generator.sampler import context_latents, logit_normal, previous_frames
 
 
 @dataclass
 class TrainConfig:
-    data: str
-    out: str
+    data: str  # episode dataset folder (scripts/collect.py)
+    out: str  # run folder: train_state/, model/, tb/, samples/; rerunning resumes it
     model: str = "small"  # size preset of generator.model
     codec: str = "pixels"  # "pixels" or the folder of a trained codec (scripts/train_codec.py)
-    steps: int = 20_000
+    steps: int = 20_000  # optimizer steps in all
     batch_size: int = 16  # per process
-    clip_frames: int = 16  # frames per training clip; at most the model's window
-    lr: float = 3e-4
-    weight_decay: float = 0.01
-    warmup_steps: int = 500
-    min_lr_ratio: float = 0.1
-    grad_clip: float = 1.0
-    ema_decay: float = 0.999
-    noise_mean: float = 0.0  # logit-normal flow-time distribution (SD3)
-    noise_std: float = 1.0
+    clip_frames: int = 0  # frames per training clip, at most the model's window (0: 16, or the window if smaller)
+    lr: float = 3e-4  # AdamW peak learning rate
+    weight_decay: float = 0.01  # AdamW weight decay
+    warmup_steps: int = 500  # linear warm-up, then cosine decay
+    min_lr_ratio: float = 0.1  # the cosine decays to lr x this
+    grad_clip: float = 1.0  # gradient-norm clip
+    ema_decay: float = 0.999  # of the exported (EMA) weights
+    noise_mean: float = 0.0  # mean of the logit-normal flow-time distribution (SD3)
+    noise_std: float = 1.0  # standard deviation of that logit-normal
     # Context-noise augmentation: a fraction of frames are drawn as "slightly noised context" in
     # [0, context_noise_max], the regime generated context is fed at inference (SamplingConfig.context_noise).
     context_frame_prob: float = 0.3
@@ -62,7 +63,7 @@ class TrainConfig:
     # logit-normal puts ~0.2 % of frames above 0.95, so without these a one-step sampler, which starts at 1, would
     # query a level the network was hardly trained at.
     full_noise_prob: float = 0.25
-    context_noise_max: float = 0.2
+    context_noise_max: float = 0.2  # highest flow time of a context-augmented frame
     context_noise: float = 0.1  # inference level stored with the model
     sampler_steps: int = 8  # default sampler steps stored with the model
     outcome_weight: float = 0.1  # weight of the reward + termination losses
@@ -79,18 +80,19 @@ class TrainConfig:
     # frames before a clip's last one are replaced, from a random point on, by the model's own one-step predictions
     # (no gradient, snapped by the codec), and the last frame is learned from that self-made context.
     self_rollout_prob: float = 0.0
-    self_rollout_frames: int = 3
-    seed: int = 0
-    device: str = "auto"
+    self_rollout_frames: int = 3  # own predictions before a clip's last frame in a self-rollout
+    seed: int = 0  # initial weights, data order and noise
+    device: str = "auto"  # auto (CUDA when present), cpu, cuda
     verify_data: str = "shape"  # dataset check at open: "shape" (sizes, stat calls only) or "checksum" (every byte)
-    log_every: int = 50
-    ckpt_every: int = 1000
+    log_every: int = 50  # TensorBoard scalars every this many steps
+    ckpt_every: int = 1000  # save train_state/ and model/ every this many steps (and at the end or a stop)
     eval_every: int = 0  # open-loop PSNR on validation windows (0: only at the end)
-    eval_windows: int = 16
+    eval_windows: int = 16  # validation windows in an evaluation
     sample_every: int = 0  # rollout videos (0: only at the end)
-    progress: bool = True
+    progress: bool = True  # progress bar
     stop_at: int = 0  # end this process at this step (resumable chunks, e.g. a short GPU lease); 0: run to `steps`
-    model_overrides: dict = field(default_factory=dict)
+    max_minutes: float = 0.0  # end this process, saved, after this much wall time (resumable); 0: no limit
+    model_overrides: dict = field(default_factory=dict)  # DiTConfig fields over the preset, e.g. {"depth": 4}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -276,6 +278,17 @@ def make_codec(spec: str, frame_size: tuple[int, int]):
     return load_codec(spec)
 
 
+def resolve_clip_frames(config: TrainConfig) -> TrainConfig:
+    """`config` with `clip_frames` filled in for its model preset (0: 16, or the window if smaller); a clear error
+    when the clip would not fit the model's window."""
+    window = dit_config(config.model, **config.model_overrides).window_frames
+    clip_frames = config.clip_frames or min(16, window)
+    if not 1 <= clip_frames <= window:
+        raise ValueError(f"clip_frames {clip_frames} must be in [1, {window}] for --model {config.model} (its window "
+                         f"holds {window} frames); pass --clip-frames {window} or fewer, or leave it at 0")
+    return replace(config, clip_frames=clip_frames)
+
+
 def build_world_model(config: TrainConfig, dataset: EpisodeDataset) -> WorldModel:
     """The untrained WorldModel for this dataset: codec, DiT sized to its latents and the game's action space."""
     from generator.data import space_to_json
@@ -340,6 +353,7 @@ def train(config: TrainConfig) -> dict:
     from torch.utils.tensorboard import SummaryWriter
     from tqdm.auto import tqdm
 
+    config = resolve_clip_frames(config)  # before anything is written: a bad value leaves no empty folder behind
     rank, local_rank, world_size = setup_distributed()
     device = resolve_device(config.device)
     if device.type == "cuda":
@@ -417,44 +431,51 @@ def train(config: TrainConfig) -> dict:
     history = []
     started = time.time()
     stop = min(config.stop_at or config.steps, config.steps)
-    while step < stop:
-        batch = dataset.sample(config.batch_size, data_generator, weights=window_weights)
-        with torch.no_grad():
-            latents = codec.encode(batch["frames"].to(device))  # (B, T, C, h, w)
-        learn_mask = None
-        rolled = config.self_rollout_prob and float(torch.rand((), generator=noise_generator)) < config.self_rollout_prob
-        if rolled:
-            latents, learn_mask = self_rollout(model, codec, world.sampling, latents, batch, config.self_rollout_frames,
-                                               noise_generator)
-        code_targets = codec.indices(latents) if model.config.codebook_size else None
-        with autocast:
-            loss, metrics = flow_matching_loss(ddp_model, latents, batch, config, noise_generator, code_targets,
-                                               learn_mask)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        with torch.no_grad():
-            # EMA warm-up: early on the average would still be mostly the (zero-output) initial weights.
-            decay = min(config.ema_decay, (1 + step) / (10 + step))
-            for ema_p, p in zip(ema.parameters(), model.parameters()):
-                ema_p.lerp_(p, 1 - decay)
-        step += 1
-        metrics.update(grad_norm=float(grad_norm), lr=scheduler.get_last_lr()[0])
-        history.append(metrics["loss"])
-        bar.update(1)
-        if main and (step % config.log_every == 0 or step == config.steps):
-            for key, value in metrics.items():
-                writer.add_scalar(f"train/{key}", value, step)
-            bar.set_postfix(loss=f"{metrics['loss']:.4f}")
-        if step % config.ckpt_every == 0 or step == stop:
-            save_state()
-        if main and config.eval_every and step % config.eval_every == 0 and step < config.steps:
-            evaluate_and_log(WorldModel(ema, codec, world.sampling, world.info), config, writer, step, out)
-            model.train()
+    with StopRequest(config.max_minutes) as stop_request:
+        while step < stop:
+            batch = dataset.sample(config.batch_size, data_generator, weights=window_weights)
+            with torch.no_grad():
+                latents = codec.encode(batch["frames"].to(device))  # (B, T, C, h, w)
+            learn_mask = None
+            draw = float(torch.rand((), generator=noise_generator)) if config.self_rollout_prob else 1.0
+            if draw < config.self_rollout_prob:
+                latents, learn_mask = self_rollout(model, codec, world.sampling, latents, batch,
+                                                   config.self_rollout_frames, noise_generator)
+            code_targets = codec.indices(latents) if model.config.codebook_size else None
+            with autocast:
+                loss, metrics = flow_matching_loss(ddp_model, latents, batch, config, noise_generator, code_targets,
+                                                   learn_mask)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            with torch.no_grad():
+                # EMA warm-up: early on the average would still be mostly the (zero-output) initial weights.
+                decay = min(config.ema_decay, (1 + step) / (10 + step))
+                for ema_p, p in zip(ema.parameters(), model.parameters()):
+                    ema_p.lerp_(p, 1 - decay)
+            step += 1
+            metrics.update(grad_norm=float(grad_norm), lr=scheduler.get_last_lr()[0])
+            history.append(metrics["loss"])
+            bar.update(1)
+            if main and (step % config.log_every == 0 or step == config.steps):
+                for key, value in metrics.items():
+                    writer.add_scalar(f"train/{key}", value, step)
+                bar.set_postfix(loss=f"{metrics['loss']:.4f}")
+            stopping = stop_request()
+            if step % config.ckpt_every == 0 or step == stop or stopping:
+                save_state()
+            if stopping:
+                if main:
+                    print(f"stopping at step {step} ({stopping}), saved; rerun the same command to resume", flush=True)
+                break
+            if main and config.eval_every and step % config.eval_every == 0 and step < config.steps:
+                evaluate_and_log(WorldModel(ema, codec, world.sampling, world.info), config, writer, step, out)
+                model.train()
     bar.close()
-    result = {"step": step, "final_loss": history[-1] if history else None, "seconds": time.time() - started}
+    result = {"step": step, "final_loss": history[-1] if history else None, "seconds": time.time() - started,
+              "stopped": stop_request.reason}
     if main and step == config.steps:
         export = WorldModel(ema, codec, world.sampling, world.info, world.prompts)
         result.update(evaluate_and_log(export, config, writer, step, out, videos=True))

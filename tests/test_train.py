@@ -1,4 +1,5 @@
 """Teacher training: loss falls, exact resume, checkpoints refuse corruption, 2-process DDP trains."""
+import dataclasses
 import json
 import os
 import subprocess
@@ -213,3 +214,59 @@ def test_a_model_prompt_bank_can_be_rebuilt_from_its_dataset(dataset, tmp_path):
     make_tiny_world().save_pretrained(tmp_path / "other")  # Discrete(5): not this dataset's game
     with pytest.raises(ValueError, match="action"):
         export_model(tmp_path / "other", tmp_path / "c", prompts_from=dataset)
+
+
+def test_presets_bring_a_clip_length_that_fits_and_a_bad_one_leaves_no_folder(dataset, tmp_path):
+    from generator.train import resolve_clip_frames
+
+    config = tiny_config(dataset, tmp_path / "run", steps=1, eval_windows=0, clip_frames=0)
+    assert resolve_clip_frames(config).clip_frames == 4  # the tiny window
+    assert resolve_clip_frames(tiny_config(dataset, tmp_path, clip_frames=0, model="small",
+                                           model_overrides={})).clip_frames == 16
+    assert train(config)["step"] == 1
+    with pytest.raises(ValueError, match=r"clip_frames 16 must be in \[1, 4\] for --model tiny"):
+        train(tiny_config(dataset, tmp_path / "bad", clip_frames=16))
+    assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize("how", ["max_minutes", "SIGTERM", "SIGINT"])
+def test_a_run_stopped_early_is_saved_and_resumes(dataset, tmp_path, monkeypatch, how):
+    import signal
+
+    import generator.train as train_module
+
+    previous_handler = signal.getsignal(signal.SIGINT)
+    if how != "max_minutes":
+        real_loss, calls = train_module.flow_matching_loss, []
+
+        def loss_then_signal(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == 2:
+                signal.raise_signal(getattr(signal, how))  # e.g. a scheduler's kill during the second step
+            return real_loss(*args, **kwargs)
+
+        monkeypatch.setattr(train_module, "flow_matching_loss", loss_then_signal)
+    limit = dict(max_minutes=1e-9) if how == "max_minutes" else {}
+    result = train(tiny_config(dataset, tmp_path / "run", steps=6, ckpt_every=1000, eval_windows=0, **limit))
+    expected_step = 1 if how == "max_minutes" else 2
+    assert result["step"] == expected_step and result["stopped"].endswith("min" if how == "max_minutes" else how)
+    assert WorldModel.from_pretrained(tmp_path / "run" / "model").info.training["step"] == expected_step
+    assert signal.getsignal(signal.SIGINT) is previous_handler  # handlers restored after the run
+    monkeypatch.undo()
+    resumed = train(tiny_config(dataset, tmp_path / "run", steps=6, ckpt_every=1000, eval_windows=0))
+    assert resumed["step"] == 6 and resumed["stopped"] is None
+
+
+def test_train_help_describes_every_flag_and_lists_the_presets():
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "train.py"), "--help"], capture_output=True,
+                          text=True, timeout=120, env=dict(os.environ, PYTHONPATH=str(REPO), COLUMNS="200"))
+    assert proc.returncode == 0, proc.stderr
+    import re
+
+    assert "--model {base,paper,small,tiny}" in proc.stdout and "--max-minutes" in proc.stdout
+    entries = re.split(r"\n  (?=--)", proc.stdout.split("options:")[1])[1:]
+    assert len(entries) == len(dataclasses.fields(TrainConfig))
+    for entry in entries:  # the flag, its metavar or choices, then a description besides the default
+        description = re.sub(r"^--\S+( [A-Z_]+| \{[^}]*\})?( \| --\S+)?", "", entry)
+        assert re.sub(r"\(default: [^)]*\)", "", description).strip(), entry
+    assert "frames per training clip" in proc.stdout
