@@ -10,7 +10,8 @@ One autoregressive step per row is
    into the cache. This pass also yields the reward and termination of the transition into the frame.
 
 Noise is a pure function of (row seed, frame position) (`frame_noise`), never of a shared generator's state, so a
-row's frames do not depend on which other rows share the batch, on restarts of other rows, or on speculation.
+row's noise does not depend on which other rows share the batch, on restarts of other rows, or on speculation; its
+frames depend on them only through float rounding (docs/architecture.md, Sampling).
 """
 from __future__ import annotations
 

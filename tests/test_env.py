@@ -159,8 +159,7 @@ def test_identical_seeds_give_identical_rollouts_whatever_the_batch(previous_fra
     assert np.array_equal(together, again)
     alone = rollout(WorldModelVecEnv(world, num_envs=1, device="cpu"), [8], actions[:, 1:2])
     reordered = rollout(WorldModelVecEnv(world, num_envs=2, device="cpu"), [8, 99], np.stack([actions[:, 1], actions[:, 0]], 1))
-    assert np.abs(alone[:, 0].astype(int) - together[:, 1].astype(int)).max() <= 1
-    assert np.abs(reordered[:, 0].astype(int) - together[:, 1].astype(int)).max() <= 1
+    assert close_frames(alone[:, 0], together[:, 1]) and close_frames(reordered[:, 0], together[:, 1])
 
 
 def test_bad_actions_raise_clear_errors_and_leave_the_env_usable():
@@ -197,7 +196,7 @@ def test_other_action_spaces(space, good, bad):
     "async_speculation, previous_frame_input, solver",
     [(False, False, "euler"), (True, False, "euler"), (False, True, "euler"), (False, True, "consistency")],
 )
-def test_speculation_is_exact_and_rolls_back(async_speculation, previous_frame_input, solver):
+def test_speculation_matches_plain_stepping_and_rolls_back(async_speculation, previous_frame_input, solver):
     world = make_tiny_world(previous_frame_input=previous_frame_input, sampler_steps=3)
     world.sampling.solver = solver  # a few-step distilled student samples with re-noising between steps
     actions = sticky_actions(12, 4, mean_repeat=3, seed=1)
@@ -206,8 +205,7 @@ def test_speculation_is_exact_and_rolls_back(async_speculation, previous_frame_i
     speculative = rollout(spec_env, [1, 2, 3, 4], actions)
     stats = spec_env.speculation_stats
     assert stats["accepted"] > 0 and stats["rejected"] > 0
-    assert np.abs(speculative.astype(int) - plain.astype(int)).max() <= 1
-    assert np.mean(speculative == plain) > 0.999
+    assert close_frames(speculative, plain)
     spec_env.core.wait()
     assert all(len(queue) == 2 for queue in spec_env.core.queues)  # speculation never holds more than its depth
 

@@ -7,7 +7,8 @@ Speculation (NFD's speculative sampling, generalised to a batch): after every st
 `speculation_depth` frames assuming its action repeats, one batched pass per depth across all rows that need one.
 At the next step a row whose action equals the speculated one takes its stored frame; the others roll their cache
 back to the last accepted frame, drop their speculation and are generated fresh, together. Noise depends only on
-(row seed, frame position), so an accepted speculated frame is the frame plain stepping would have produced.
+(row seed, frame position), so an accepted speculated frame is the frame plain stepping would have produced, up to
+float rounding (within one grey level on ~3e-5 of the values; not bit-exact: docs/architecture.md, Sampling).
 With `async_speculation` the speculative passes run in a background thread while the caller chooses its actions.
 
 `precision="bf16"` runs every network pass under bfloat16 autocast and keeps the KV cache in bfloat16 (half the
