@@ -124,7 +124,7 @@ def test_two_process_gloo_torchrun_trains(dataset, tmp_path):
         "--steps", "4", "--batch-size", "2", "--clip-frames", "4", "--eval-windows", "0", "--no-progress",
         "--model-overrides", json.dumps(TINY), "--device", "cpu",
     ]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))  # this tree, not another install
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     world = WorldModel.from_pretrained(out / "model")
