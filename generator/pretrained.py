@@ -33,6 +33,7 @@ class WorldModelInfo:
     """What the model was trained on, so the env can draw real prompts and present the real game's spaces."""
 
     game: str = "crafter"
+    game_kwargs: dict = field(default_factory=dict)  # `make_game` arguments it was recorded with (area, resize, ...)
     frame_size: tuple[int, int] = (64, 64)
     fps: int = 15
     action_space: dict = field(default_factory=lambda: {"type": "Discrete", "n": 17, "start": 0})

@@ -289,6 +289,16 @@ def resolve_clip_frames(config: TrainConfig) -> TrainConfig:
     return replace(config, clip_frames=clip_frames)
 
 
+def patch_size_for(height: int, width: int) -> int:
+    """Patch size for `small`/`base` at another latent size: about 64 tokens per frame. `height // 8` when it divides
+    the width too; otherwise the divisor of both sides closest to that (a 48x64 frame: 8, not 6)."""
+    target = max(1, height // 8)
+    if width % target == 0:
+        return target
+    common = math.gcd(height, width)
+    return min((p for p in range(1, common + 1) if common % p == 0), key=lambda p: (abs(p - target), -p))
+
+
 def build_world_model(config: TrainConfig, dataset: EpisodeDataset) -> WorldModel:
     """The untrained WorldModel for this dataset: codec, DiT sized to its latents and the game's action space."""
     from generator.data import space_to_json
@@ -297,7 +307,7 @@ def build_world_model(config: TrainConfig, dataset: EpisodeDataset) -> WorldMode
     channels, h, w = codec.latent_shape
     overrides = dict(latent_channels=channels, latent_size=(h, w), action_space=space_to_json(dataset.action_space))
     if config.model in ("small", "base") and (h, w) != (64, 64):
-        overrides["patch_size"] = max(1, h // 8)  # keep 64 tokens per frame
+        overrides["patch_size"] = patch_size_for(h, w)
     if codec.config.kind == "tiles":
         overrides["codebook_size"] = codec.config.codes
         overrides["patch_size"] = codec.config.tile_size
@@ -312,6 +322,7 @@ def build_world_model(config: TrainConfig, dataset: EpisodeDataset) -> WorldMode
     meta = dataset.meta
     info = WorldModelInfo(
         game=meta["game"],
+        game_kwargs=dict(meta.get("extra", {}).get("game_kwargs", {})),
         frame_size=tuple(dataset.frame_size),
         fps=int(meta.get("fps", 15)),
         action_space=space_to_json(dataset.action_space),

@@ -3,6 +3,7 @@
     python scripts/collect.py --game crafter --episodes 100 --out data/crafter --workers 4
     python scripts/collect.py --source dream --checkpoint runs/teacher/model --episodes 100 --out data/dream
     python scripts/collect.py --game gym:CartPole-v1 --episodes 20 --out data/cartpole --policy random
+    python scripts/collect.py --game gym:ALE/Pong-v5 --frame-size 64x48 --episodes 20 --out data/pong  # pip install ale-py
     python scripts/collect.py --game crafter --episodes 10 --out data/crafter_ppo --policy sb3:runs/ppo/model.zip
 
 Episode j is seeded with --seed + j whatever --workers is. Rerunning with the same --out resumes: it appends until
@@ -41,7 +42,9 @@ def main() -> None:
     parser.add_argument("--checkpoint", help="--source dream: the world-model folder to play")
     parser.add_argument("--device", default="auto", help="--source dream: model device (auto, cpu, cuda)")
     parser.add_argument("--sampler-steps", type=int, help="--source dream: denoising steps (default: the model's)")
-    parser.add_argument("--game", default="crafter", help='"crafter", "gym:<EnvId>" or "minerl:<EnvId>"')
+    parser.add_argument("--game", default="crafter",
+                        help='"crafter", "gym:<EnvId>" (or "gym:<module>:<EnvId>" to import the package that '
+                             'registers it) or "minerl:<EnvId>"')
     parser.add_argument("--episodes", type=int, required=True, help="episodes the dataset should hold in total")
     parser.add_argument("--out", required=True, help="dataset folder (created, or resumed)")
     parser.add_argument("--policy", default="sticky", help="sticky | random | explorer | sb3:PATH")
@@ -50,7 +53,10 @@ def main() -> None:
     parser.add_argument("--mean-repeat", type=float, default=4.0, help="sticky policy: mean action repeat")
     parser.add_argument("--max-steps", type=int, default=DEFAULT_MAX_STEPS,
                         help=f"transitions per episode at most (default {DEFAULT_MAX_STEPS}; 0: no cap)")
-    parser.add_argument("--frame-size", type=parse_frame_size, default=(64, 64), help="N or HxW (default 64)")
+    parser.add_argument("--frame-size", type=parse_frame_size, default=(64, 64),
+                        help="N or HxW (default 64); an HxW of the game's aspect ratio keeps it, e.g. 64x48 for Atari")
+    parser.add_argument("--resize", choices=["stretch", "letterbox"], default="stretch",
+                        help="gym games: fit frames to --frame-size per axis, or keep the aspect ratio on black bars")
     parser.add_argument("--preview", action="store_true", help="also write previews/<episode>.mp4")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args()
@@ -66,10 +72,16 @@ def main() -> None:
             sampler_steps=args.sampler_steps, preview=args.preview, progress=not args.no_progress,
         )
     else:
+        game_kwargs = {}
+        if args.resize != "stretch":
+            if not args.game.startswith("gym:"):
+                parser.error("--resize applies to gym:<EnvId> games (crafter renders at --frame-size itself)")
+            game_kwargs["resize"] = args.resize  # recorded in the dataset and, through training, in the model
         stats = collect(
             args.game, args.out, args.episodes, policy=args.policy, num_workers=args.workers,
             frame_size=args.frame_size, seed=args.seed, mean_repeat=args.mean_repeat,
             max_steps=args.max_steps or None, preview=args.preview, progress=not args.no_progress,
+            game_kwargs=game_kwargs,
         )
     print(f"wrote {stats['episodes_written']} episodes, {stats['frames']} frames in {stats['seconds']:.1f} s: "
           f"{stats['frames_per_s']:.1f} frames/s ({args.workers} worker(s))")

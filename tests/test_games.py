@@ -112,6 +112,65 @@ def test_resize_frame():
         resize_frame(frame.astype(np.float32), (64, 64))
 
 
+def test_letterbox_keeps_the_aspect_ratio_on_black_bars():
+    frame = np.full((20, 10, 3), 200, np.uint8)  # a tall frame
+    boxed = resize_frame(frame, (16, 16), mode="letterbox")
+    assert boxed.shape == (16, 16, 3)
+    assert (boxed[:, 4:12] == 200).all() and (boxed[:, :4] == 0).all() and (boxed[:, 12:] == 0).all()  # 16x8 inside
+    assert (resize_frame(frame, (16, 16)) == 200).all()  # stretch fills the frame
+    with pytest.raises(ValueError, match="resize mode"):
+        resize_frame(frame, (16, 16), mode="crop")
+    game = make_game("gym:CartPole-v1", (16, 16), resize="letterbox")  # renders 400x600: bars above and below
+    boxed = game.reset(0)
+    assert game.resize == "letterbox" and (boxed[:2] == 0).all() and (boxed[-2:] == 0).all() and boxed[5:11].std() > 0
+    game.close()
+
+
+FAKE_PACKAGE = """
+import gymnasium
+import numpy as np
+
+
+class Pixels(gymnasium.Env):
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 12}
+    observation_space = gymnasium.spaces.Box(0, 255, (8, 8, 3), np.uint8)
+    action_space = gymnasium.spaces.Discrete(3)
+
+    def __init__(self, render_mode=None):
+        self.render_mode = render_mode
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return np.full((8, 8, 3), 9, np.uint8), {}
+
+    def step(self, action):
+        return np.full((8, 8, 3), 9 + action, np.uint8), 0.0, False, False, {}
+
+
+gymnasium.register(id="FakeNS/Pixels-v0", entry_point=Pixels)
+"""
+
+
+def test_gym_ids_of_packages_that_register_on_import(tmp_path, monkeypatch):
+    import world_env.games.gym_game as gym_game
+
+    (tmp_path / "fake_pixels_package.py").write_text(FAKE_PACKAGE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(gymnasium.error.NamespaceNotFound, match="'gym:<module>:FakeNS/Pixels-v0'"):
+        make_game("gym:FakeNS/Pixels-v0", (8, 8))
+    game = make_game("gym:fake_pixels_package:FakeNS/Pixels-v0", (8, 8))  # Gymnasium's "module:EnvId" spelling
+    assert game.fps == 12 and (game.reset(0) == 9).all()
+    game.close()
+    gymnasium.registry.pop("FakeNS/Pixels-v0")
+    monkeypatch.setitem(gym_game.NAMESPACE_MODULES, "FakeNS", "fake_pixels_package")
+    monkeypatch.delitem(sys.modules, "fake_pixels_package")
+    game = make_game("gym:FakeNS/Pixels-v0", (8, 8))  # a known namespace: its package is imported for the user
+    game.reset(0)
+    assert game.name == "gym:FakeNS/Pixels-v0" and (game.step(1)[0] == 10).all()
+    game.close()
+    gymnasium.registry.pop("FakeNS/Pixels-v0")
+
+
 @pytest.mark.parametrize("name, kwargs", [("crafter", SMALL_WORLD), ("gym:CartPole-v1", {})])
 def test_game_env_passes_check_env(name, kwargs):
     env = GameEnv(name, render_mode="rgb_array", **kwargs)

@@ -270,3 +270,26 @@ def test_train_help_describes_every_flag_and_lists_the_presets():
         description = re.sub(r"^--\S+( [A-Z_]+| \{[^}]*\})?( \| --\S+)?", "", entry)
         assert re.sub(r"\(default: [^)]*\)", "", description).strip(), entry
     assert "frames per training clip" in proc.stdout
+
+
+def test_patch_size_for_other_frame_sizes_divides_both_sides():
+    from generator.train import patch_size_for
+
+    assert patch_size_for(32, 32) == 4 and patch_size_for(64, 48) == 8 and patch_size_for(64, 32) == 8
+    for height, width in [(48, 64), (40, 60), (84, 84), (96, 128)]:
+        p = patch_size_for(height, width)
+        assert height % p == 0 and width % p == 0 and 20 <= (height // p) * (width // p) <= 200
+
+
+def test_the_model_records_the_game_arguments_of_its_dataset(tmp_path):
+    from generator.data import EpisodeDataset
+    from generator.train import build_world_model, resolve_clip_frames
+
+    root = make_dataset(tmp_path / "data", episodes=1)
+    meta = json.loads((root / "meta.json").read_text())
+    meta["extra"] = {"game_kwargs": {"resize": "letterbox"}}  # as `collect.py --resize letterbox` writes it
+    (root / "meta.json").write_text(json.dumps(meta))
+    config = resolve_clip_frames(tiny_config(root, tmp_path / "run"))
+    world = build_world_model(config, EpisodeDataset(root, window=4))
+    world.save_pretrained(tmp_path / "model")
+    assert WorldModel.from_pretrained(tmp_path / "model").info.game_kwargs == {"resize": "letterbox"}

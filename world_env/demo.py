@@ -100,7 +100,7 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict:
     checkpoint = Path(config.checkpoint) if config.checkpoint else default_checkpoint()
     world = load_world(checkpoint, device)
     info = world.info
-    game = make_game(info.game, tuple(info.frame_size))
+    game = make_game(info.game, tuple(info.frame_size), **info.game_kwargs)
     p, n = config.prompt_frames, config.num_envs
     actions = sticky_actions(game.action_space, n, p - 1 + config.steps, config.mean_repeat, config.seed)
 

@@ -458,6 +458,8 @@ def play(
         raise ValueError("game_kwargs only apply when play() builds the game from its name")
     if own_game:
         name = game or world.info.game
+        if game is None and not game_kwargs:
+            game_kwargs = dict(world.info.game_kwargs)  # the model's game, made as it was recorded
         try:
             game = make_game(name, frame_size=tuple(world.info.frame_size), **game_kwargs)
         except ValueError as error:

@@ -39,14 +39,22 @@ class Game(Protocol):
         ...
 
 
-def resize_frame(frame: np.ndarray, frame_size: tuple[int, int]) -> np.ndarray:
+RESIZE_MODES = ("stretch", "letterbox")
+
+
+def resize_frame(frame: np.ndarray, frame_size: tuple[int, int], mode: str = "stretch") -> np.ndarray:
     """Resize an ``(H, W, 3)`` uint8 frame to ``frame_size = (height, width)``.
 
-    Shrinking uses box (area) filtering so thin details average instead of aliasing; growing is bilinear.
-    The aspect ratio is not kept: VPT's agent squashes 640x360 to 128x128 the same way (``agent.resize_image``).
+    ``mode="stretch"`` scales each axis on its own, so the aspect ratio changes with the frame's shape (VPT's agent
+    squashes 640x360 to 128x128 the same way, ``agent.resize_image``); pick a ``frame_size`` of the game's aspect
+    ratio (e.g. 64x48 for a 210x160 Atari screen) to keep it. ``mode="letterbox"`` keeps the aspect ratio: the frame
+    is scaled to fit and centred on black bars. Shrinking uses box (area) filtering so thin details average instead
+    of aliasing; growing is bilinear.
     """
     from PIL import Image
 
+    if mode not in RESIZE_MODES:
+        raise ValueError(f"resize mode must be one of {RESIZE_MODES}, got {mode!r}")
     frame = np.asarray(frame)
     if frame.ndim != 3 or frame.shape[-1] != 3:
         raise ValueError(f"expected an (H, W, 3) RGB frame, got shape {frame.shape}")
@@ -55,9 +63,19 @@ def resize_frame(frame: np.ndarray, frame_size: tuple[int, int]) -> np.ndarray:
     height, width = frame_size
     if frame.shape[:2] == (height, width):
         return np.ascontiguousarray(frame)
-    shrinking = frame.shape[0] >= height and frame.shape[1] >= width
+    inner = (height, width)
+    if mode == "letterbox":
+        scale = min(height / frame.shape[0], width / frame.shape[1])
+        inner = (max(1, round(frame.shape[0] * scale)), max(1, round(frame.shape[1] * scale)))
+    shrinking = frame.shape[0] >= inner[0] and frame.shape[1] >= inner[1]
     resample = Image.Resampling.BOX if shrinking else Image.Resampling.BILINEAR
-    return np.asarray(Image.fromarray(frame).resize((width, height), resample=resample))
+    resized = np.asarray(Image.fromarray(frame).resize((inner[1], inner[0]), resample=resample))
+    if inner == (height, width):
+        return resized
+    out = np.zeros((height, width, 3), dtype=np.uint8)
+    top, left = (height - inner[0]) // 2, (width - inner[1]) // 2
+    out[top : top + inner[0], left : left + inner[1]] = resized
+    return out
 
 
 def check_frame_size(frame_size: tuple[int, int]) -> tuple[int, int]:

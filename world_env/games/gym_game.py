@@ -1,12 +1,36 @@
 """Any Gymnasium environment seen through its RGB frames, as a `Game`."""
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 import gymnasium
 import numpy as np
 
-from world_env.games.base import check_frame_size, resize_frame
+from world_env.games.base import RESIZE_MODES, check_frame_size, resize_frame
+
+# Gymnasium >= 1.0 no longer loads env plugins by itself: these namespaces' envs exist once their package is imported.
+NAMESPACE_MODULES = {"ALE": "ale_py"}
+
+
+def make_env(env_id: str, **kwargs: Any) -> gymnasium.Env:
+    """``gymnasium.make(env_id, **kwargs)``, importing the package of a known namespace (`NAMESPACE_MODULES`) whose
+    envs are not registered yet; a clear error naming the ``"module:EnvId"`` spelling for any other."""
+    try:
+        return gymnasium.make(env_id, **kwargs)
+    except gymnasium.error.NamespaceNotFound:
+        namespace = env_id.partition(":")[2].partition("/")[0] if ":" in env_id else env_id.partition("/")[0]
+        module = NAMESPACE_MODULES.get(namespace)
+        if module is None:
+            raise gymnasium.error.NamespaceNotFound(
+                f"Gymnasium knows no namespace {namespace!r} (of {env_id!r}); name the package that registers it: "
+                f"'gym:<module>:{env_id}' (e.g. 'gym:ale_py:ALE/Pong-v5')"
+            ) from None
+        try:
+            importlib.import_module(module)
+        except ImportError as error:
+            raise ImportError(f"{env_id} needs the {module} package (pip install {module.replace('_', '-')})") from error
+        return gymnasium.make(env_id, **kwargs)
 
 
 def _is_rgb_space(space: gymnasium.Space) -> bool:
@@ -23,15 +47,24 @@ class GymGame:
 
     The env is made with ``render_mode="rgb_array"``. Frames are the observation when it is an ``(H, W, 3)``
     uint8 image (Atari, CarRacing) and ``env.render()`` otherwise (CartPole, MountainCar); either way they are
-    resized to ``frame_size``. ``fps`` is the env's ``metadata["render_fps"]`` (30 when absent) and the
-    action space is the env's own. Extra keyword arguments go to ``gymnasium.make``.
+    resized to ``frame_size`` (``resize``: ``"stretch"`` or ``"letterbox"``, see `resize_frame`). ``fps`` is the
+    env's ``metadata["render_fps"]`` (30 when absent) and the action space is the env's own. Extra keyword
+    arguments go to ``gymnasium.make``.
+
+    Ids from a package that registers its envs on import work either as ``"module:EnvId"`` (Gymnasium's own
+    spelling, e.g. ``"ale_py:ALE/Pong-v5"``) or, for the namespaces in `NAMESPACE_MODULES`, as the bare id
+    (``"ALE/Pong-v5"`` imports ``ale_py`` first).
     """
 
-    def __init__(self, env_id: str, frame_size: tuple[int, int] = (64, 64), **make_kwargs: Any) -> None:
+    def __init__(self, env_id: str, frame_size: tuple[int, int] = (64, 64), resize: str = "stretch",
+                 **make_kwargs: Any) -> None:
+        if resize not in RESIZE_MODES:
+            raise ValueError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
         self.env_id = env_id
         self.name = f"gym:{env_id}"
         self.frame_size = check_frame_size(frame_size)
-        self._env = gymnasium.make(env_id, render_mode="rgb_array", **make_kwargs)
+        self.resize = resize
+        self._env = make_env(env_id, render_mode="rgb_array", **make_kwargs)
         self.action_space = self._env.action_space
         self.fps = int(self._env.metadata.get("render_fps") or 30)
         self._frames_from_obs = _is_rgb_space(self._env.observation_space)
@@ -41,7 +74,7 @@ class GymGame:
         frame = observation if self._frames_from_obs else self._env.render()
         if frame is None:
             raise RuntimeError(f"{self.name}: render() returned None; the env does not render rgb_array frames")
-        return resize_frame(np.asarray(frame), self.frame_size)
+        return resize_frame(np.asarray(frame), self.frame_size, self.resize)
 
     def reset(self, seed: int | None = None) -> np.ndarray:
         """Start a new episode; returns the first frame, ``(H, W, 3)`` uint8."""
