@@ -162,15 +162,15 @@ def check_info(info: WorldModelInfo, dit_config: DiTConfig, codec_config: CodecC
         raise CheckpointError(f"{where}/prompts.safetensors: {problems[0]}")
 
 
-def prompts_from_dataset(world: WorldModel, data: str | Path, count: int = 32,
+def prompts_from_dataset(world: WorldModel, data: str | Path | list, count: int = 32,
                          context_frames: int | None = None) -> dict[str, torch.Tensor]:
     """A new prompt bank for `world` from the episode dataset `data` (`generator.train.build_prompts`: clips without
     padding or a terminal step); `context_frames` defaults to the current bank's clip length, else 4. The dataset
     must have the model's frame size and action space."""
-    from generator.data import EpisodeDataset, space_from_json
+    from generator.data import open_datasets, space_from_json
     from generator.train import build_prompts
 
-    dataset = EpisodeDataset(data)
+    dataset = open_datasets(data)
     space = space_from_json(world.info.action_space)
     if tuple(dataset.frame_size) != tuple(world.info.frame_size) or dataset.action_space != space:
         raise ValueError(f"{data} holds {dataset.frame_size} frames and actions in {dataset.action_space}; the model "
@@ -199,7 +199,7 @@ def export_model(source: str | Path, destination: str | Path, prompts_from: str 
     export = {"source": str(source), "sampling": changes}
     if prompts_from is not None:
         world.prompts = prompts_from_dataset(world, prompts_from, prompt_count)
-        export["prompts_from"] = str(Path(prompts_from).resolve())
+        export["prompts_from"] = ",".join(str(Path(path).resolve()) for path in str(prompts_from).split(","))
     world.info.training = {**world.info.training, "export": export}
     world.save_pretrained(destination)
     return world
