@@ -263,7 +263,9 @@ def test_train_help_describes_every_flag_and_lists_the_presets():
     assert proc.returncode == 0, proc.stderr
     import re
 
-    assert "--model {base,paper,small,tiny}" in proc.stdout and "--max-minutes" in proc.stdout
+    from generator.model import PRESETS
+
+    assert f"--model {{{','.join(sorted(PRESETS))}}}" in proc.stdout and "--max-minutes" in proc.stdout
     entries = re.split(r"\n  (?=--)", proc.stdout.split("options:")[1])[1:]
     assert len(entries) == len(dataclasses.fields(TrainConfig))
     for entry in entries:  # the flag, its metavar or choices, then a description besides the default
