@@ -3,7 +3,7 @@
     python scripts/collect.py --game crafter --episodes 100 --out data/crafter --workers 4
     python scripts/collect.py --source dream --checkpoint runs/teacher/model --episodes 100 --out data/dream
     python scripts/collect.py --game gym:CartPole-v1 --episodes 20 --out data/cartpole --policy random
-    python scripts/collect.py --game gym:ALE/Pong-v5 --frame-size 64x48 --episodes 20 --out data/pong  # pip install ale-py
+    python scripts/collect.py --game gym:ALE/Pong-v5 --frame-size 64x48 --episodes 20 --out data/pong  # ale-py
     python scripts/collect.py --game crafter --episodes 10 --out data/crafter_ppo --policy sb3:runs/ppo/model.zip
 
 Episode j is seeded with --seed + j whatever --workers is. Rerunning with the same --out resumes: it appends until

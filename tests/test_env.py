@@ -404,9 +404,9 @@ def test_bad_seeds_raise_errors_naming_the_value(seed, error, match):
 @pytest.mark.parametrize(
     "kwargs, error, match",
     [(dict(num_envs=0), ValueError, "num_envs"), (dict(sampler_steps=0), ValueError, "sampler_steps"),
-     (dict(sampler_steps=2.0), TypeError, "sampler_steps"), (dict(max_episode_steps=0), ValueError, "max_episode_steps"),
+     (dict(sampler_steps=2.0), TypeError, "sampler_steps"), (dict(max_episode_steps=0), ValueError, "max_episode"),
      (dict(max_episode_steps=-5), ValueError, "-5"), (dict(autoreset_mode="bogus"), ValueError, "bogus"),
-     (dict(autoreset_mode=1), TypeError, "autoreset_mode"), (dict(speculation_depth=1.5), TypeError, "speculation_depth"),
+     (dict(autoreset_mode=1), TypeError, "autoreset_mode"), (dict(speculation_depth=1.5), TypeError, "speculation"),
      (dict(speculation_depth=-1), ValueError, "speculation_depth"), (dict(output="jax"), ValueError, "output"),
      (dict(precision="fp16"), ValueError, "precision")],
 )

@@ -29,7 +29,8 @@ def make_env(env_id: str, **kwargs: Any) -> gymnasium.Env:
         try:
             importlib.import_module(module)
         except ImportError as error:
-            raise ImportError(f"{env_id} needs the {module} package (pip install {module.replace('_', '-')})") from error
+            package = module.replace("_", "-")
+            raise ImportError(f"{env_id} needs the {module} package (pip install {package})") from error
         return gymnasium.make(env_id, **kwargs)
 
 
