@@ -738,6 +738,11 @@ class EpisodeDataset(torch.utils.data.Dataset):
         """Stored steps (frames) in this split: the sum of ``L + 1``."""
         return int(self._steps.sum())
 
+    @property
+    def episode_seeds(self) -> list[int | None]:
+        """The seed each episode of this split was recorded with (``None`` where none was stored)."""
+        return [None if e.get("seed") is None else int(e["seed"]) for e in self._entries]
+
     # -- access ---------------------------------------------------------------------------------------------
 
     def __len__(self) -> int:
@@ -754,6 +759,20 @@ class EpisodeDataset(torch.utils.data.Dataset):
         arrays = _read_shard(shard, int(self._steps[k]), self._specs)
         _check_read_actions(shard, arrays["actions"], 0, self._action_space)
         return {key: torch.from_numpy(arrays[key]) for key in ARRAY_KEYS}
+
+    def read_steps(self, index: int, start: int, stop: int) -> dict[str, torch.Tensor]:
+        """Steps ``start:stop`` of episode ``index`` of this split (every array, ``stop - start`` rows), reading only
+        those rows; ``0 <= start < stop <= L + 1``."""
+        if not -self.num_episodes <= index < self.num_episodes:
+            raise IndexError(f"episode index {index} out of range for {self.num_episodes} episodes")
+        k = index % self.num_episodes
+        steps = int(self._steps[k])
+        if not 0 <= start < stop <= steps:
+            raise IndexError(f"steps {start}:{stop} out of range for episode {index} of {steps} steps")
+        if k in self._in_memory:
+            return {key: torch.from_numpy(self._in_memory[k][key][start:stop].copy()) for key in ARRAY_KEYS}
+        shard = self.root / self._entries[k]["name"]
+        return {key: torch.from_numpy(_read_rows(shard, key, self._specs[key], start, stop)) for key in ARRAY_KEYS}
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         index = int(index)
@@ -911,6 +930,26 @@ class EpisodeDatasets(torch.utils.data.ConcatDataset):
     @property
     def total_steps(self) -> int:
         return sum(d.total_steps for d in self.datasets)
+
+    @property
+    def episode_lengths(self) -> list[int]:
+        """Transitions per episode, the folders' episodes one after the other."""
+        return [length for d in self.datasets for length in d.episode_lengths]
+
+    @property
+    def episode_seeds(self) -> list[int | None]:
+        return [seed for d in self.datasets for seed in d.episode_seeds]
+
+    def read_steps(self, index: int, start: int, stop: int) -> dict[str, torch.Tensor]:
+        """As `EpisodeDataset.read_steps`, episodes numbered over the folders in order."""
+        if not -self.num_episodes <= index < self.num_episodes:
+            raise IndexError(f"episode index {index} out of range for {self.num_episodes} episodes")
+        index %= self.num_episodes
+        for dataset in self.datasets:
+            if index < dataset.num_episodes:
+                return dataset.read_steps(index, start, stop)
+            index -= dataset.num_episodes
+        raise AssertionError("unreachable")
 
     def window_events(self) -> np.ndarray:
         return np.concatenate([d.window_events() for d in self.datasets])
