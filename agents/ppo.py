@@ -51,6 +51,13 @@ class AgentConfig:
     device: str = "auto"  # the world model's device
     sampler_steps: int | None = None
     speculation_depth: int = 0
+    # Dream episodes from recorded real steps (`world_env.prompts.ReplayStarts`): a dataset folder or comma-separated
+    # folders (None: the checkpoint's prompt clips). With it, `max_episode_steps` is the imagination horizon (DIAMOND
+    # 15, IRIS 20), ending episodes by truncation.
+    prompt_data: str | None = None
+    burn_in: int | None = None  # real frames committed before imagining (None: the model's window - 1)
+    recent_weight: float = 0.0  # probability of starting in the newest `recent_fraction` of the episodes
+    recent_fraction: float = 0.25
     # real
     subprocess: bool = True  # SubprocVecEnv (one process per game) rather than DummyVecEnv
     # PPO
@@ -103,13 +110,25 @@ def make_train_env(config: AgentConfig):
 
         env = SB3DreamVecEnv(config.checkpoint, num_envs=config.num_envs, device=config.device,
                              sampler_steps=config.sampler_steps, speculation_depth=config.speculation_depth,
-                             max_episode_steps=config.max_episode_steps)
+                             max_episode_steps=config.max_episode_steps, prompt_source=replay_starts(config))
     elif config.env == "real":
         env = make_real_vec_env(config.num_envs, config.seed, config.max_episode_steps, config.subprocess)
     else:
         raise ValueError(f"env must be 'dream' or 'real', got {config.env!r}")
     Path(config.out).mkdir(parents=True, exist_ok=True)
     return VecMonitor(env, filename=str(Path(config.out) / "monitor.csv"), info_keywords=())
+
+
+def replay_starts(config: AgentConfig):
+    """The dream's `ReplayStarts` for `config.prompt_data`, or None (the checkpoint's prompt clips)."""
+    if config.prompt_data is None:
+        if config.burn_in is not None or config.recent_weight:
+            raise ValueError("burn_in and recent_weight apply to starts from recorded episodes: set prompt_data too")
+        return None
+    from world_env.prompts import ReplayStarts
+
+    return ReplayStarts(config.prompt_data, burn_in=config.burn_in, recent_weight=config.recent_weight,
+                        recent_fraction=config.recent_fraction)
 
 
 def _achievements_callback():

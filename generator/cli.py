@@ -73,6 +73,9 @@ def add_dataclass_arguments(
         elif typing.get_origin(hint) is dict or hint is dict:
             parser.add_argument(flag, type=json.loads, default=default, help=f"JSON object; {text}")
         else:
+            optional = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+            if type(None) in typing.get_args(hint) and len(optional) == 1:
+                hint = optional[0]  # `int | None`: an int flag whose default is None
             kind = hint if hint in (int, float, str) else str
             parser.add_argument(flag, type=kind, default=default, required=required, help=text,
                                 choices=choices.get(field.name))

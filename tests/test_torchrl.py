@@ -97,3 +97,17 @@ def test_collector_gathers_batches_across_episode_ends():
     assert len(batches) == 2
     assert batches[0].batch_size == (2, 4) and batches[0]["next", "pixels"].dtype == torch.uint8
     assert torch.cat([b["next", "truncated"] for b in batches], 1).sum() == 4  # steps 3 and 6 of each env
+
+
+def test_replay_starts_and_a_short_horizon_mark_truncated():
+    from world_env.prompts import EpisodeList
+
+    rng = np.random.default_rng(0)
+    buffer = EpisodeList([{"frames": rng.integers(0, 256, (6, 16, 16, 3), dtype=np.uint8),
+                           "actions": rng.integers(0, 5, 6)} for _ in range(2)])
+    env = make_torchrl_env(make_tiny_world(), num_envs=2, device="cpu", max_episode_steps=2, prompt_source=buffer)
+    rollout = env.rollout(4, break_when_any_done=False)
+    assert rollout["next", "truncated"][..., 0].tolist() == [[False, True, False, True]] * 2
+    assert not rollout["next", "terminated"].any()
+    recorded = {frame.tobytes() for e in range(2) for frame in buffer.read_steps(e, 0, 6)["frames"].numpy()}
+    assert all(rollout["pixels"][row, t].numpy().tobytes() in recorded for row in range(2) for t in (0, 2))

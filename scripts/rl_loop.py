@@ -1,0 +1,29 @@
+"""The world-model RL loop (agents/loop.py): collect real steps with the current agent, update the world model on
+the growing dataset, train the agent with PPO in imagination from replay states; repeat. Resumable: run the same
+command again after a stop or a kill.
+
+    python scripts/rl_loop.py --out runs/loop --generator runs/teacher --real-steps 100000 \
+        --real-steps-per-iteration 10000 --generator-steps-per-iteration 1000 --dream-steps-per-iteration 50000 \
+        --horizon 15 --burn-in 5 --recent-weight 0.7 --eval-episodes 30
+
+--generator is the folder of a scripts/train.py run (its train_state/ is copied into OUT/generator and continued);
+without it, --generator-config '{"model": "small", ...}' (TrainConfig fields, JSON) starts a new model on
+--initial-data plus the collected steps. TensorBoard: tensorboard --logdir OUT/tb. SB3 zips contain pickles: load
+only agents you trained yourself.
+"""
+import argparse
+import json
+
+from agents.loop import LoopConfig, run_loop
+from generator.cli import add_dataclass_arguments, dataclass_from_args
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_dataclass_arguments(parser, LoopConfig)
+    summary = run_loop(dataclass_from_args(LoopConfig, parser.parse_args()))
+    print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""The world-model RL loop end to end on real Crafter with a tiny world model and tiny budgets: every phase runs, the
+collected episodes replay from their seeds, and a run stopped after a phase (and killed in the middle of the next)
+resumes to exactly the state of a run that went straight through."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from agents.loop import LoopConfig, run_loop
+from generator.data import open_datasets
+from generator.train import TrainConfig, train
+from world_env.collect import collect
+from world_env.games import make_game
+
+TINY_64 = dict(patch_size=16, dim=32, depth=1, heads=2, window_frames=4)
+
+
+@pytest.fixture(scope="module")
+def generator_run(tmp_path_factory):
+    """A two-step generator run on two short random Crafter episodes: the loop continues it."""
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("loop")
+    collect("crafter", root / "initial", episodes=2, policy="random", max_steps=10, progress=False)
+    train(TrainConfig(data=str(root / "initial"), out=str(root / "generator"), model="tiny", steps=2, batch_size=2,
+                      clip_frames=4, warmup_steps=1, ckpt_every=1000, eval_windows=1, progress=False,
+                      sampler_steps=1, model_overrides=TINY_64))
+    return root / "generator"
+
+
+def loop_config(out, generator, **kw) -> LoopConfig:
+    base = dict(out=str(out), generator=str(generator), real_steps=32, real_steps_per_iteration=16, real_envs=2,
+                episode_steps=6, generator_steps_per_iteration=2, dream_steps_per_iteration=16, dream_envs=2,
+                horizon=3, burn_in=2, n_steps=8, batch_size=16, n_epochs=1, device="cpu", policy_device="cpu",
+                progress=False, seed=3)
+    base.update(kw)
+    return LoopConfig(**base)
+
+
+def final_state(out):
+    state = json.loads((out / "loop_state.json").read_text())
+    for record in state["history"]:
+        record.pop("seconds")
+    state.pop("config")
+    state.pop("phases_done")
+    from stable_baselines3 import PPO
+
+    agent = PPO.load(out / "agent" / "model.zip", device="cpu")
+    policy = {k: v.clone() for k, v in agent.policy.state_dict().items()}
+    optimizer = agent.policy.optimizer.state_dict()["state"]
+    generator = load_file(out / "generator" / "train_state" / "model.safetensors")
+    data = sorted((p.parent.name, e["checksum"], e["seed"]) for p in (out / "real").glob("*/meta.json")
+                  for e in json.loads(p.read_text())["episodes"])
+    return state, policy, optimizer, generator, data, agent.num_timesteps
+
+
+@pytest.mark.parametrize("real_ppo", [False, True])
+def test_the_loop_runs_end_to_end_and_resumes_after_a_kill_to_the_same_state(generator_run, tmp_path, real_ppo):
+    torch.set_num_threads(1)
+    straight = run_loop(loop_config(tmp_path / "straight", generator_run, real_ppo=real_ppo))
+    assert straight["finished"] and straight["real_steps"] == 32 and straight["dream_steps"] == 32
+    assert straight["generator_step"] == 2 + 2 * 2  # continued from the run's step 2
+    state, *_ = final_state(tmp_path / "straight")
+    assert [(r["iteration"], r["phase"]) for r in state["history"]] == [
+        (i, phase) for i in range(2) for phase in ("collect", "generator", "dream")]
+    assert all(r["real_steps"] == 16 for r in state["history"] if r["phase"] == "collect")
+
+    # The generator trained on the initial data plus every collected folder; the collected episodes replay in the
+    # real game from their recorded seeds and actions.
+    data = open_datasets(f"{tmp_path / 'straight' / 'real' / 'iter_0000'},{tmp_path / 'straight' / 'real' / 'iter_0001'}")
+    assert sum(data.episode_lengths) == 32
+    game = make_game("crafter", (64, 64), length=None)
+    episode = data.read_steps(0, 0, data.episode_lengths[0] + 1)
+    frame = game.reset(data.episode_seeds[0])
+    assert np.array_equal(frame, episode["frames"][0].numpy())
+    for action, recorded in zip(episode["actions"][1:], episode["frames"][1:]):
+        frame, *_ = game.step(int(action))
+        assert np.array_equal(frame, recorded.numpy())
+    saved = json.loads((tmp_path / "straight" / "generator" / "model" / "config.json").read_text())
+    assert saved["info"]["training"]["train_config"]["data"].count(",") == 2  # initial + two iterations
+
+    # Stop after three phases, leave a half-written collect folder as a kill would, resume with the same command.
+    out = tmp_path / "resumed"
+    first = run_loop(loop_config(out, generator_run, real_ppo=real_ppo, stop_after=3))
+    assert not first["finished"] and (first["iteration"], first["phase"]) == (1, "collect")
+    (out / "real" / "iter_0001" / "episode_000000.tmp-dead").mkdir(parents=True)
+    resumed = run_loop(loop_config(out, generator_run, real_ppo=real_ppo))
+    assert resumed["finished"]
+    a, b = final_state(tmp_path / "straight"), final_state(out)
+    assert a[0] == b[0]  # the loop state: phases, step counts, returns, losses
+    assert all(torch.equal(a[1][k], b[1][k]) for k in a[1])  # the agent's weights
+    assert all(torch.equal(a[2][k]["exp_avg"], b[2][k]["exp_avg"]) for k in a[2])  # and its optimizer
+    assert all(torch.equal(a[3][k], b[3][k]) for k in a[3])  # the generator's weights
+    assert a[4] == b[4] and a[5] == b[5]  # the collected data, the agent's step count
+
+    with pytest.raises(ValueError, match="other settings"):
+        run_loop(loop_config(out, generator_run, real_ppo=real_ppo, horizon=4))
+
+
+def test_budgets_that_do_not_divide_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="multiple of 16"):
+        run_loop(loop_config(tmp_path / "x", "", real_ppo=True, real_steps_per_iteration=24))
