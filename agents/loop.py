@@ -453,7 +453,7 @@ def run_loop(config: LoopConfig) -> dict:
 
     run = LoopRun(config)
     run.out.mkdir(parents=True, exist_ok=True)
-    (run.out / "config.json").write_text(json.dumps(asdict(config), indent=2))
+    atomic_write_json(run.out / "config.json", asdict(config))
     state = run.state
     started = time.time()
     writer = SummaryWriter(run.out / "tb" / "loop")
