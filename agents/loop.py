@@ -46,7 +46,8 @@ from generator.sampler import mix_seed
 PHASES = ("collect", "generator", "dream")
 STATE_NAME = "loop_state.json"
 SEED_RANGE = 2**31 - 1
-# Fields a resumed run may change; any other change is refused (the run would no longer be one run).
+# Fields a resumed run may change; any other change is refused (the run would no longer be one run). A new
+# real_steps changes the number of iterations and so stretches the generator's learning-rate schedule.
 RESUMABLE_CHANGES = ("real_steps", "dream_steps", "max_minutes", "stop_after", "progress", "eval_episodes",
                      "policy_device", "device")
 
