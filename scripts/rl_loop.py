@@ -1,4 +1,4 @@
-"""The world-model RL loop (agents/loop.py): collect real steps with the current agent, update the world model on
+r"""The world-model RL loop (agents/loop.py): collect real steps with the current agent, update the world model on
 the growing dataset, train the agent with PPO in imagination from replay states; repeat. Resumable: run the same
 command again after a stop or a kill.
 
