@@ -63,6 +63,10 @@ class DiTConfig:
     # cross-entropy loss and can be sampled directly (`SamplingConfig.solver = "categorical"`). The logits start as
     # the previous frame's nearest-code match, so an untrained model copies the last frame, as with "x" prediction.
     codebook_size: int = 0
+    # Initial strength (nats) of the copy term: the previous tile's own code leads a far code by this much before
+    # training. 8 makes an untrained model copy the last frame; 0 leaves the term out (the head learns copying like
+    # everything else, with no prior to unlearn where the frame changes).
+    copy_prior: float = 8.0
     # Add the action embedding to every token's input as well as to the per-frame adaLN condition.
     action_tokens: bool = False
     # Reward as classes (DIAMOND, TWM): with values v_1 < ... < v_K the outcome head gives K logits, a reward's class
@@ -319,9 +323,9 @@ class DiT(nn.Module):
             # The codebook's tiles as tokens `(K, p * p * c)`, copied from the codec by `bind_codebook`.
             self.register_buffer("codebook", torch.zeros(config.codebook_size, c * p * p))
             self.code_head = nn.Linear(d, config.codebook_size)
-            # Scale of the previous tile's distance to each code, subtracted from the logits (log-parametrised);
-            # starts so that the previous tile's own code leads a far code by 8 nats.
-            self.copy_log_scale = nn.Parameter(torch.tensor(math.log(8.0 / COPY_CAP)))
+            if config.copy_prior > 0:
+                # Scale of the previous tile's distance to each code, subtracted from the logits (log-parametrised).
+                self.copy_log_scale = nn.Parameter(torch.tensor(math.log(config.copy_prior / COPY_CAP)))
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
@@ -443,8 +447,10 @@ class DiT(nn.Module):
         if cfg.codebook_size:
             code = self.codebook.float()  # (K, P)
             prev = previous_tokens.float()  # (B, T, N, P)
-            distance = (prev.square().sum(-1, keepdim=True) - 2 * prev @ code.T + code.square().sum(-1)).clamp(0, COPY_CAP)
-            logits = self.code_head(h).float() - self.copy_log_scale.exp() * distance  # (B, T, N, K)
+            logits = self.code_head(h).float()  # (B, T, N, K)
+            if cfg.copy_prior > 0:
+                distance = prev.square().sum(-1, keepdim=True) - 2 * prev @ code.T + code.square().sum(-1)
+                logits = logits - self.copy_log_scale.exp() * distance.clamp(0, COPY_CAP)
             clean = rearrange(logits.softmax(-1) @ code, "b t (gh gw) (p q c) -> b t c (gh p) (gw q)", gh=gh, gw=gw,
                               p=p, q=p)
             level = noise_levels.float().clamp_min(cfg.x_min_level)[:, :, None, None, None]

@@ -259,3 +259,13 @@ def test_fidelity_evaluation_writes_every_figure(tmp_path):
     outcomes = row["streams"]["sticky"]["outcomes"]
     assert outcomes["reward_positive"]["count"] == 3 * 14  # every real transition read once
     assert json.loads((tmp_path / "fid" / "fidelity.json").read_text())["config"]["horizon"] == 4
+
+
+def test_a_model_without_copy_prior_has_no_copy_term():
+    from generator.model import DiT, dit_config
+
+    config = dict(latent_size=(15, 15), patch_size=5, dim=32, depth=1, heads=2, window_frames=4, codebook_size=6)
+    without = DiT(dit_config("tiles", copy_prior=0, **config))
+    assert not hasattr(without, "copy_log_scale")
+    with_prior = DiT(dit_config("tiles", **config))
+    assert float(with_prior.copy_log_scale.exp()) * 12.0 == pytest.approx(8.0)
