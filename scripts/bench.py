@@ -52,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--omp-wait-policy", choices=("default", "passive", "active"), default="default")
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"), help="bf16: autocast + bf16 KV cache")
     p.add_argument("--peak-tflops", type=float, help="device dense peak for MFU (default: known GPUs only)")
+    p.add_argument("--matmul-peak-s", type=float, default=1.0,
+                   help="seconds measuring the dense matmul rate at the start and the end of the run (0: skip)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="smoke run: 1-2 envs, default and 1 sampler steps, 4 steps")
     p.add_argument("--out", default="runs/bench/bench", help="output path without extension (.json and .md)")
@@ -71,6 +73,7 @@ def main() -> None:
         mean_repeat=args.mean_repeat, warmup=args.warmup, steps=args.steps, max_case_s=args.max_case_s,
         budget_s=args.budget_s, game=None if args.game == "none" else args.game, game_steps=args.game_steps,
         threads=args.threads or None, precision=args.precision, peak_tflops=args.peak_tflops, seed=args.seed,
+        matmul_peak_s=args.matmul_peak_s,
     )
     if args.quick:
         settings = quick_settings(settings)

@@ -72,7 +72,7 @@ def test_tiny_benchmark_writes_json_and_markdown(tmp_path):
     data = write_dataset(tmp_path / "data")
     settings = BenchSettings(
         model_config="tiny", num_envs=(1, 2), sampler_steps=(1, 1), dataset=str(data), agent_ms=(0.0, 2.0),
-        warmup=2, steps=2, game="gym:CartPole-v1", game_steps=5, threads=1,
+        warmup=2, steps=2, game="gym:CartPole-v1", game_steps=5, threads=1, matmul_peak_s=0.01,
     )
     threads = torch.get_num_threads()
     results = run_benchmark(settings, log=lambda line: None)
@@ -113,8 +113,9 @@ def test_tiny_benchmark_writes_json_and_markdown(tmp_path):
 
 def test_recorded_stream_is_skipped_with_a_note_without_a_dataset(tmp_path):
     settings = BenchSettings(model_config="tiny", num_envs=(1,), sampler_steps=(None,), speculation=("async",),
-                             agent_ms=(0.0,), warmup=1, steps=2, game=None, threads=1)
+                             agent_ms=(0.0,), warmup=1, steps=2, game=None, threads=1, matmul_peak_s=0)
     results = run_benchmark(settings, log=lambda line: None)
+    assert results["meta"]["matmul_peak"] is None
     assert [r["speculation"] for r in results["dream"]] == ["async"]  # plain ran as the baseline only
     assert results["dream"][0]["sampler_steps"] == results["model"]["default_sampler_steps"] == 8
     assert isinstance(results["dream"][0]["gain"], float) and results["real_game"] is None  # over the baseline
@@ -125,8 +126,12 @@ def test_flops_per_env_step_scale_with_passes_not_batch_and_give_mfu():
     """One env step at s sampler steps is s denoising passes plus one commit pass over the frame's tokens: the
     counted FLOPs per env step do not depend on the batch, and 2 steps cost 3/2 of 1 step. MFU = achieved/peak."""
     settings = BenchSettings(model_config="tiny", num_envs=(1, 3), sampler_steps=(1, 2), speculation=("off",),
-                             agent_ms=(0.0,), warmup=1, steps=2, game=None, threads=1, peak_tflops=2.0)
-    rows = run_benchmark(settings, log=lambda line: None)["dream"]
+                             agent_ms=(0.0,), warmup=1, steps=2, game=None, threads=1, peak_tflops=2.0,
+                             matmul_peak_s=0.01)
+    results = run_benchmark(settings, log=lambda line: None)
+    rows = results["dream"]
+    ceiling = results["meta"]["matmul_peak"]["tflops"]
+    assert ceiling == max(results["meta"]["matmul_peak"][when]["tflops"] for when in ("start", "end")) > 0
     flops = {(r["num_envs"], r["sampler_steps"]): r["flops_per_env_step"] for r in rows}
     assert len(flops) == 4 and all(f > 1e5 for f in flops.values())
     for steps in (1, 2):
@@ -136,6 +141,7 @@ def test_flops_per_env_step_scale_with_passes_not_batch_and_give_mfu():
         assert r["achieved_tflops"] * 1e12 == pytest.approx(
             r["flops_per_env_step"] * r["env_steps_per_s"], rel=1e-6)
         assert r["mfu"] == r["achieved_tflops"] / 2.0 and r["precision"] == "fp32"
+        assert r["matmul_peak_fraction"] == r["achieved_tflops"] / ceiling  # of the rate measured in the same run
     # No known peak on a CPU: no MFU, but the achieved rate is still reported.
     plain = run_benchmark(BenchSettings(**{**settings.__dict__, "peak_tflops": None, "num_envs": (1,),
                                            "sampler_steps": (1,)}), log=lambda line: None)["dream"][0]
@@ -145,7 +151,7 @@ def test_flops_per_env_step_scale_with_passes_not_batch_and_give_mfu():
 def test_bf16_benchmark_runs_and_is_reported():
     settings = BenchSettings(model_config="tiny", num_envs=(2,), sampler_steps=(1,), speculation=("off", "sync"),
                              agent_ms=(0.0,), streams=("sticky",), warmup=1, steps=2, game=None, threads=1,
-                             precision="bf16")
+                             precision="bf16", matmul_peak_s=0.01)
     results = run_benchmark(settings, log=lambda line: None)
     assert all(r["precision"] == "bf16" for r in results["dream"])
     assert "precision bf16" in to_markdown(results)

@@ -14,11 +14,13 @@ while the agent thinks, so only the whole loop is a fair measure); latency is th
 Plain stepping costs the same whatever the actions, so it is measured once per (num_envs, sampler_steps, agent
 time), and every speculative case's gain is its env-steps/s over that baseline's.
 
-Plain-stepping cases also count the floating-point operations of one `env.step` (`torch.utils.flop_counter`:
-matmuls, convolutions and attention, i.e. what the hardware's peak refers to) and report the achieved TFLOP/s
-(``flops_per_env_step * env-steps/s``) and, when the device's dense peak is known (`PEAK_TFLOPS` or
-``peak_tflops``), the model FLOPs utilisation (MFU). ``precision="bf16"`` steps under bfloat16 autocast with a
-bfloat16 KV cache (`world_env.dream`).
+Plain-stepping cases also count the floating-point operations of one `env.step` (`generator.flops.count_flops`:
+matmuls, convolutions and attention, i.e. what the hardware's peak refers to; torch's counter misses the CPU
+attention kernel, which `count_flops` adds by torch's own formula) and report the achieved TFLOP/s
+(``flops_per_env_step * env-steps/s``), its fraction of the dense matmul rate measured on this device in the same
+run (`generator.flops.measure_matmul_peak`, at the start and the end; the better one is the ceiling), and, when the
+device's data-sheet peak is known (`PEAK_TFLOPS` or ``peak_tflops``), the model FLOPs utilisation (MFU).
+``precision="bf16"`` steps under bfloat16 autocast with a bfloat16 KV cache (`world_env.dream`).
 
 The real game (`make_game`) is stepped in the same run with the same sticky stream, timed without and with its
 resets. Results come back as one dict (`to_markdown` renders it); `write_results` writes JSON + Markdown.
@@ -47,6 +49,7 @@ from torch import nn
 
 from generator.codec import CodecConfig, build_codec
 from generator.data import EpisodeDataset, space_from_json, space_to_json
+from generator.flops import count_flops, measure_matmul_peak
 from generator.model import DiT, dit_config
 from generator.pretrained import SamplingConfig, WorldModel, WorldModelInfo
 from generator.sampler import mix_seed
@@ -102,6 +105,7 @@ class BenchSettings:
     threads: int | None = 2  # torch.set_num_threads; None leaves torch's default
     precision: str = "fp32"  # "fp32" or "bf16" (autocast + bf16 KV cache)
     peak_tflops: float | None = None  # the device's dense peak for MFU (None: `PEAK_TFLOPS` by GPU name, or no MFU)
+    matmul_peak_s: float = 1.0  # time spent measuring the dense matmul rate at the start and at the end (0: skip)
     seed: int = 0
 
     def __post_init__(self):
@@ -331,15 +335,18 @@ def latency_stats(seconds: list[float]) -> dict:
 
 
 def count_step_flops(env: WorldModelVecEnv, actions: np.ndarray) -> float:
-    """Floating-point operations of one `env.step(actions)` (matmuls, convolutions, attention), counted by
-    `torch.utils.flop_counter.FlopCounterMode` on this thread (so: plain stepping, no background speculation)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
+    """Floating-point operations of one `env.step(actions)` (matmuls, convolutions, attention on every device),
+    counted by `generator.flops.count_flops` on this thread (so: plain stepping, no background speculation)."""
     env.core.wait()
-    counter = FlopCounterMode(display=False)
-    with counter:
-        env.step(actions)
-    return float(counter.get_total_flops())
+    return float(count_flops(lambda: env.step(actions))[1])
+
+
+def matmul_peak(settings: BenchSettings) -> dict | None:
+    """The dense matmul rate of this device now, in the precision the dream runs in (None when skipped)."""
+    if settings.matmul_peak_s <= 0:
+        return None
+    dtype = torch.bfloat16 if settings.precision == "bf16" else torch.float32
+    return measure_matmul_peak(settings.device, dtype, seconds=settings.matmul_peak_s)
 
 
 def device_peak_tflops(settings: BenchSettings, device_name: str) -> float | None:
@@ -417,6 +424,7 @@ def time_dream_case(world: WorldModel, settings: BenchSettings, num_envs: int, s
         "achieved_tflops": achieved,
         "peak_tflops": peak_tflops,
         "mfu": achieved / peak_tflops if achieved is not None and peak_tflops else None,
+        "matmul_peak_fraction": None,  # set by the run from the matmul rate it measured
         "mean_action_run": mean_run_length(actions[settings.warmup: settings.warmup + timed]),
         "load_avg_after": list(os.getloadavg()),
     }
@@ -505,6 +513,7 @@ def run_benchmark(settings: BenchSettings, log: Callable[[str], None] = print) -
 
 def _run(settings: BenchSettings, log: Callable[[str], None]) -> dict:
     meta = machine_info(settings)
+    peaks = [matmul_peak(settings)]
     world, model = load_bench_world(settings)
     space = space_from_json(world.info.action_space)
     notes = [
@@ -570,6 +579,12 @@ def _run(settings: BenchSettings, log: Callable[[str], None]) -> dict:
         real_game = time_real_game(settings.game, settings.game_steps, settings.mean_repeat, settings.seed)
         log(f"real {settings.game}: {real_game['steps_per_s_excluding_resets']:.1f} steps/s excluding resets, "
             f"{real_game['steps_per_s_including_resets']:.1f} including ({real_game['resets']} resets)")
+    peaks.append(matmul_peak(settings))
+    meta["matmul_peak"] = None if peaks[0] is None else {"start": peaks[0], "end": peaks[1],
+                                                          "tflops": max(p["tflops"] for p in peaks)}
+    for row in results:
+        if meta["matmul_peak"] is not None and row.get("achieved_tflops") is not None:
+            row["matmul_peak_fraction"] = row["achieved_tflops"] / meta["matmul_peak"]["tflops"]
     meta["load_avg_end"] = list(os.getloadavg())
     meta["seconds"] = time.perf_counter() - started
     settings_dict = asdict(settings)
@@ -610,7 +625,8 @@ def format_row(row: dict) -> str:
 
 
 DREAM_COLUMNS = ("stream", "envs", "sampler steps", "speculation", "agent ms", "timed steps", "env-steps/s",
-                 "step ms mean", "p50", "p95", "acceptance", "frames/env-step", "gain", "GFLOP/env-step", "TFLOP/s", "MFU", "load 1 min")
+                 "step ms mean", "p50", "p95", "acceptance", "frames/env-step", "gain", "GFLOP/env-step", "TFLOP/s",
+                 "of matmul peak", "MFU", "load 1 min")
 
 
 def to_markdown(results: dict) -> str:
@@ -626,6 +642,15 @@ def to_markdown(results: dict) -> str:
         f"{model['frame_size'][0]}x{model['frame_size'][1]}, latent {tuple(model['latent_shape'])}, "
         f"{model['tokens_per_frame']} tokens/frame, window {model['window_frames']} frames, codec "
         f"{model['codec']['kind']}; precision {results['settings'].get('precision', 'fp32')}",
+    ]
+    peak = meta.get("matmul_peak")
+    if peak is not None:
+        lines.append(
+            f"- dense matmul rate measured in this run ({peak['start']['size']}^2 {peak['start']['dtype']}, best of "
+            f"repeats): start {peak['start']['tflops'] * 1000:.1f}, end {peak['end']['tflops'] * 1000:.1f} GFLOP/s; "
+            f"'of matmul peak' = achieved / {peak['tflops'] * 1000:.1f}"
+        )
+    lines += [
         "",
         "| " + " | ".join(DREAM_COLUMNS) + " |",
         "|" + "---|" * len(DREAM_COLUMNS),
@@ -638,7 +663,8 @@ def to_markdown(results: dict) -> str:
                  _fmt(r["step_ms"]["mean"], 1), _fmt(r["step_ms"]["p50"], 1), _fmt(r["step_ms"]["p95"], 1),
                  _fmt(r["acceptance_rate"]), _fmt(r["frames_per_env_step"]), _fmt(r["gain"]),
                  _fmt(r["flops_per_env_step"] / 1e9 if r.get("flops_per_env_step") is not None else None, 3),
-                 _fmt(r.get("achieved_tflops"), 4), _fmt(r.get("mfu"), 4), _fmt(r["load_avg_after"][0]))
+                 _fmt(r.get("achieved_tflops"), 4), _fmt(r.get("matmul_peak_fraction"), 3), _fmt(r.get("mfu"), 4),
+                 _fmt(r["load_avg_after"][0]))
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     for s in results["skipped"]:
         lines.append(f"| {s['stream']} | {s['num_envs']} | {s['sampler_steps']} | {s['speculation']} | "
