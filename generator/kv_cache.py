@@ -87,6 +87,23 @@ class KVCache:
         view.scratch = self.scratch
         return view
 
+    def resized(self, slots: int) -> "KVCache":
+        """A new cache of `slots` ring slots holding each row's latest frames (those within `slots` positions of the
+        row's latest valid frame; older ones are dropped), at the same positions. Used to add or remove the
+        speculation slots; copies the cache once."""
+        first = self.keys[0]
+        new = KVCache(len(self.keys), self.batch_size, slots, self.tokens_per_frame, first.shape[1], first.shape[-1],
+                      device=first.device, dtype=first.dtype, scratch=self.scratch)
+        keep = self.valid & (self.positions > self.latest_position()[:, None] - slots)  # (B, S_old)
+        rows, old_slots = keep.nonzero(as_tuple=True)
+        new_slots = self.positions[rows, old_slots] % slots  # distinct per row: the kept positions span < slots
+        for index in range(len(self.keys)):
+            new.keys[index][rows, :, new_slots] = self.keys[index][rows, :, old_slots]
+            new.values[index][rows, :, new_slots] = self.values[index][rows, :, old_slots]
+        new.positions[rows, new_slots] = self.positions[rows, old_slots]
+        new.valid[rows, new_slots] = True
+        return new
+
     def slot_state(self, rows: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Frame position and validity of every slot, `(R, slots)` each."""
         if rows is None:

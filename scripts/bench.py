@@ -35,9 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--num-envs", type=int_list, default=(1, 16, 64), help="comma list, e.g. 1,16,64")
     p.add_argument("--sampler-steps", type=steps_list, default=(None, 1, 4), help="comma list; 'default' = model's")
-    p.add_argument("--speculation", type=str_list, default=("off", "sync", "async"), help="subset of off,sync,async")
+    p.add_argument("--speculation", type=str_list, default=("off", "auto", "sync", "async"),
+                   help="subset of off,auto,sync,async")
     p.add_argument("--speculation-depth", type=int, default=2)
-    p.add_argument("--streams", type=str_list, default=("sticky", "recorded"), help="subset of sticky,recorded")
+    p.add_argument("--streams", type=str_list, default=("sticky", "recorded", "random"),
+                   help="subset of sticky,recorded,random")
     p.add_argument("--dataset", help="episode dataset whose recorded actions form the 'recorded' stream")
     p.add_argument("--agent-ms", type=float_list, default=(0.0, 20.0), help="agent think times between steps")
     p.add_argument("--agent-kind", default="sleep", choices=("sleep", "cnn"))

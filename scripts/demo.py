@@ -22,6 +22,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=defaults.steps)
     parser.add_argument("--sampler-steps", type=int, default=None, help="default: the model's")
     parser.add_argument("--speculation-depth", type=int, default=defaults.speculation_depth, help="0: off")
+    parser.add_argument("--speculation", choices=["auto", "sync", "async"], default=defaults.speculation,
+                        help="auto: speculate only while it measurably pays")
     parser.add_argument("--mean-repeat", type=float, default=defaults.mean_repeat)
     parser.add_argument("--prompt-frames", type=int, default=defaults.prompt_frames)
     parser.add_argument("--seed", type=int, default=defaults.seed)

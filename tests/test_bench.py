@@ -81,13 +81,14 @@ def test_tiny_benchmark_writes_json_and_markdown(tmp_path):
 
     loaded = json.loads((tmp_path / "out" / "bench.json").read_text())
     assert set(loaded) == {"meta", "model", "settings", "dream", "skipped", "streams", "real_game", "notes"}
-    assert set(loaded["streams"]) == {"sticky", "recorded"}
+    assert set(loaded["streams"]) == {"sticky", "recorded", "random"}
+    assert loaded["streams"]["random"]["repeat_fraction"] < 0.15  # 1/17 expected
     assert 0.6 < loaded["streams"]["sticky"]["repeat_fraction"] < 0.85  # 3/4 + 1/4 * 1/17 expected
     for key in ("date", "command", "device", "cpu", "torch", "torch_threads", "load_avg_start", "load_avg_end"):
         assert key in loaded["meta"]
     assert loaded["model"]["config"] == "tiny" and loaded["settings"]["sampler_steps_resolved"] == [1]
-    # 2 envs x 1 sampler steps x 2 agent times x (plain + 2 streams x {sync, async})
-    assert len(loaded["dream"]) == 2 * 1 * 2 * 5 and not loaded["skipped"]
+    # 2 envs x 1 sampler steps x 2 agent times x (plain + 3 streams x {auto, sync, async})
+    assert len(loaded["dream"]) == 2 * 1 * 2 * 10 and not loaded["skipped"]
     plain = {(r["num_envs"], r["agent_ms"]): r["env_steps_per_s"] for r in loaded["dream"] if r["speculation"] == "off"}
     for row in loaded["dream"]:
         assert row["steps"] == 2 and row["env_steps_per_s"] > 0
@@ -96,10 +97,12 @@ def test_tiny_benchmark_writes_json_and_markdown(tmp_path):
         assert row["resets"] == 0
         if row["speculation"] == "off":
             assert row["acceptance_rate"] is None and row["frames_per_env_step"] == 1.0
+        elif row["speculation"] == "auto":  # too few steps to judge: it stays plain
+            assert row["frames_per_env_step"] == 1.0 and row["speculation_counts"]["speculating_steps"] == 0
         else:
             assert 0.0 <= row["acceptance_rate"] <= 1.0
             assert row["frames_per_env_step"] >= 1.0  # every row tops its speculation queue back up
-    assert {r["stream"] for r in loaded["dream"] if r["speculation"] != "off"} == {"sticky", "recorded"}
+    assert {r["stream"] for r in loaded["dream"] if r["speculation"] != "off"} == {"sticky", "recorded", "random"}
     game = loaded["real_game"]
     assert game["steps"] == 5 and game["steps_per_s_including_resets"] <= game["steps_per_s_excluding_resets"]
 
@@ -113,7 +116,8 @@ def test_tiny_benchmark_writes_json_and_markdown(tmp_path):
 
 def test_recorded_stream_is_skipped_with_a_note_without_a_dataset(tmp_path):
     settings = BenchSettings(model_config="tiny", num_envs=(1,), sampler_steps=(None,), speculation=("async",),
-                             agent_ms=(0.0,), warmup=1, steps=2, game=None, threads=1, matmul_peak_s=0)
+                             streams=("sticky", "recorded"), agent_ms=(0.0,), warmup=1, steps=2, game=None,
+                             threads=1, matmul_peak_s=0)
     results = run_benchmark(settings, log=lambda line: None)
     assert results["meta"]["matmul_peak"] is None
     assert [r["speculation"] for r in results["dream"]] == ["async"]  # plain ran as the baseline only

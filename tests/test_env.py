@@ -193,21 +193,58 @@ def test_other_action_spaces(space, good, bad):
 
 
 @pytest.mark.parametrize(
-    "async_speculation, previous_frame_input, solver",
-    [(False, False, "euler"), (True, False, "euler"), (False, True, "euler"), (False, True, "consistency")],
+    "speculation, previous_frame_input, solver",
+    [("sync", False, "euler"), ("async", False, "euler"), ("sync", True, "euler"), ("sync", True, "consistency")],
 )
-def test_speculation_matches_plain_stepping_and_rolls_back(async_speculation, previous_frame_input, solver):
+def test_speculation_matches_plain_stepping_and_rolls_back(speculation, previous_frame_input, solver):
     world = make_tiny_world(previous_frame_input=previous_frame_input, sampler_steps=3)
     world.sampling.solver = solver  # a few-step distilled student samples with re-noising between steps
     actions = sticky_actions(12, 4, mean_repeat=3, seed=1)
     plain = rollout(WorldModelVecEnv(world, num_envs=4, device="cpu"), [1, 2, 3, 4], actions)
-    spec_env = WorldModelVecEnv(world, num_envs=4, device="cpu", speculation_depth=2, async_speculation=async_speculation)
+    spec_env = WorldModelVecEnv(world, num_envs=4, device="cpu", speculation_depth=2, speculation=speculation)
     speculative = rollout(spec_env, [1, 2, 3, 4], actions)
     stats = spec_env.speculation_stats
-    assert stats["accepted"] > 0 and stats["rejected"] > 0
+    assert stats["accepted"] > 0 and stats["rejected"] > 0 and stats["mode"] == speculation
     assert close_frames(speculative, plain)
     spec_env.core.wait()
     assert all(len(queue) == 2 for queue in spec_env.core.queues)  # speculation never holds more than its depth
+
+
+def test_auto_speculation_switching_on_and_off_mid_episode_stays_exact(monkeypatch):
+    """Whatever the controller decides and whenever, the frames are plain stepping's; the cache carries the
+    speculation slots only while speculating."""
+    world = make_tiny_world(previous_frame_input=True, sampler_steps=2)
+    actions = sticky_actions(16, 3, mean_repeat=3, seed=2)
+    plain = rollout(WorldModelVecEnv(world, num_envs=3, device="cpu", speculation_depth=0), [1, 2, 3], actions)
+    env = WorldModelVecEnv(world, num_envs=3, device="cpu", speculation_depth=2)  # speculation="auto"
+    core = env.core
+    window = world.dit.config.window_frames
+    assert core.speculation == "auto" and core.cache.slots == window - 1
+    schedule = iter([False, True, True, True, True, False, False, True, True, False, True, True, True, True, False,
+                     True])
+    slots = []
+
+    def decide(now, repeated):
+        slots.append(core.cache.slots)
+        return next(schedule)
+
+    monkeypatch.setattr(core.controller, "step_started", decide)
+    speculative = rollout(env, [1, 2, 3], actions)
+    stats = env.speculation_stats
+    assert stats["accepted"] > 0 and stats["rejected"] > 0 and stats["speculating_steps"] == 11
+    assert close_frames(speculative, plain)
+    # slots seen at each step's start: the previous step's decision (extra slots only while speculating)
+    assert slots[1] == window - 1 and slots[2] == window + 1 and slots[6] == window - 1 and slots[8] == window + 1
+
+
+def test_auto_speculation_stays_off_without_think_time():
+    """A loop that steps back to back leaves no time to hide speculation in: auto never speculates."""
+    world = make_tiny_world(previous_frame_input=True, sampler_steps=1)
+    env = WorldModelVecEnv(world, num_envs=2, device="cpu", speculation_depth=2)
+    rollout(env, [1, 2], sticky_actions(40, 2, mean_repeat=3))
+    stats = env.speculation_stats
+    assert stats["speculating_steps"] == 0 and stats["speculated"] == 0 and stats["generated"] == 80
+    assert stats["auto"]["bound"] < 1.0  # even its optimistic bound says speculation would lose
 
 
 def test_observations_are_not_aliased_and_torch_output_stays_on_device():

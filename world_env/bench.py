@@ -1,10 +1,11 @@
 """Benchmark of the dream env: `WorldModelVecEnv.step` throughput and latency, against the real game's speed.
 
 `run_benchmark(BenchSettings(...))` times, for every combination of `num_envs` x `sampler_steps` x agent think
-time, plain stepping and then speculative stepping (sync and async) on each action stream:
+time, plain stepping and then speculative stepping (auto, sync and async) on each action stream:
 
 - ``sticky``: sticky-random actions (`world_env.policies.StickyPolicy`, mean repeat 4), the collector's own policy;
-- ``recorded``: the actions of real recorded episodes, in order (`--dataset`); env i starts at episode i.
+- ``recorded``: the actions of real recorded episodes, in order (`--dataset`); env i starts at episode i;
+- ``random``: uniformly random actions (a repeat only by chance: the worst case for speculation).
 
 Each case builds a fresh env, resets it, runs `warmup` steps, waits for pending background speculation, then
 times `steps` loop iterations of ``agent think; env.step(actions)`` (the last iteration also waits for the
@@ -65,10 +66,11 @@ PEAK_TFLOPS = {
     "A100": {"bf16": 312.0, "fp32": 19.5},
 }
 CRAFTER_ACTIONS = {"type": "Discrete", "n": 17, "start": 0}
-SPECULATION_MODES = ("off", "sync", "async")
-STREAMS = ("sticky", "recorded")
+SPECULATION_MODES = ("off", "auto", "sync", "async")
+STREAMS = ("sticky", "recorded", "random")
 AGENT_KINDS = ("sleep", "cnn")
 STICKY_STREAM = 0xBE4C
+RANDOM_STREAM = 0x5A4D
 # Frame size and codec of each random-weight config. `tiny` keeps its preset's 16x16 latent (pixels, so 16x16
 # frames); `paper` is NFD-310M's 384x224 through an untrained 8x KL autoencoder to its (16, 28, 48) latent.
 MODEL_FRAMES: dict[str, CodecConfig] = {
@@ -235,6 +237,13 @@ def sticky_actions(space: gymnasium.Space, num_envs: int, length: int, mean_repe
     return np.stack([policy.act(placeholder) for _ in range(length)])
 
 
+def random_actions(space: gymnasium.Space, num_envs: int, length: int, seed: int) -> np.ndarray:
+    """`(length, num_envs, ...)` uniformly random actions (`space.sample()`, seeded apart from the other streams)."""
+    space = space_from_json(space_to_json(space))  # a copy: seeding it leaves the caller's space alone
+    space.seed(mix_seed(seed, RANDOM_STREAM))
+    return np.stack([np.stack([np.asarray(space.sample()) for _ in range(num_envs)]) for _ in range(length)])
+
+
 def recorded_actions(dataset: EpisodeDataset, num_envs: int, length: int) -> np.ndarray:
     """`(length, num_envs, ...)` actions of real episodes in order: env i plays episodes i, i+1, ... back to back.
 
@@ -366,8 +375,8 @@ def time_dream_case(world: WorldModel, settings: BenchSettings, num_envs: int, s
     counts the FLOPs of one more step)."""
     env = WorldModelVecEnv(
         world, num_envs=num_envs, device=settings.device, sampler_steps=sampler_steps,
-        speculation_depth=0 if mode == "off" else settings.speculation_depth, async_speculation=mode == "async",
-        precision=settings.precision,
+        speculation_depth=0 if mode == "off" else settings.speculation_depth,
+        speculation="auto" if mode == "off" else mode, precision=settings.precision,
     )
     agent = make_agent(settings.agent_kind, agent_ms)
     try:
@@ -538,6 +547,8 @@ def _run(settings: BenchSettings, log: Callable[[str], None]) -> dict:
                          f"(policy {dataset.meta.get('policy')}), env i plays episodes i, i+1, ... in order.")
     # Long streams, no model: their repeat fraction is the acceptance rate the short timed windows estimate.
     summaries = {"sticky": stream_summary(sticky_actions(space, 8, 1000, settings.mean_repeat, settings.seed + 1))}
+    if "random" in streams:
+        summaries["random"] = stream_summary(random_actions(space, 8, 1000, settings.seed + 1))
     if dataset is not None:
         length = min(sum(dataset.episode_lengths), 4000)
         summaries["recorded"] = stream_summary(recorded_actions(dataset, 1, length))
@@ -548,7 +559,8 @@ def _run(settings: BenchSettings, log: Callable[[str], None]) -> dict:
     length = settings.warmup + settings.steps
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else None
     for num_envs in settings.num_envs:
-        stream_actions = {"sticky": sticky_actions(space, num_envs, length, settings.mean_repeat, settings.seed)}
+        stream_actions = {"sticky": sticky_actions(space, num_envs, length, settings.mean_repeat, settings.seed),
+                          "random": random_actions(space, num_envs, length, settings.seed)}
         if dataset is not None:
             stream_actions["recorded"] = recorded_actions(dataset, num_envs, length)
         for steps in sampler_steps:

@@ -2,8 +2,9 @@
 
 `run_demo` loads a world model (the one shipped in `world_env/assets/crafter` unless told otherwise), starts the real
 game from a seed, and prompts every dream env with the real game's first frames. Then one sticky-random action
-stream per env drives `num_envs` dream envs (batched, speculation on) for `steps` steps; env 0's stream also drives
-the real game, so env 0 and the real game are the same start under the same actions. It reports the dream's
+stream per env drives `num_envs` dream envs (batched; speculation in its default "auto" mode: on only while it
+measures that it pays) for `steps` steps; env 0's stream also drives the real game, so env 0 and the real game
+are the same start under the same actions. It reports the dream's
 env-steps/s next to the real game's steps/s, writes a side-by-side video (real | dream | difference) and a PNG
 plot (PSNR of dream env 0 to the real game over time, and the two speeds), and a JSON of every figure.
 """
@@ -29,6 +30,7 @@ class DemoConfig:
     steps: int = 200
     sampler_steps: int | None = None  # None: the model's default
     speculation_depth: int = 2
+    speculation: str = "auto"  # "auto" (on only while it pays), "sync" or "async"
     mean_repeat: float = 4.0  # sticky-random policy: mean action repeat
     prompt_frames: int = 4  # real frames that warm each dream env's KV cache
     seed: int = 0
@@ -113,7 +115,7 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict:
     prompt = {"frames": real_frames[:p], "actions": prompt_actions}
 
     env = WorldModelVecEnv(world, num_envs=n, device=str(device), sampler_steps=config.sampler_steps,
-                           speculation_depth=config.speculation_depth)
+                           speculation_depth=config.speculation_depth, speculation=config.speculation)
     try:
         obs, _ = env.reset(seed=config.seed, options={"prompt": prompt})
         dream0 = [obs[0]]
@@ -173,7 +175,8 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict:
     (out / "demo.json").write_text(json.dumps(result, indent=2, default=float))
     log(f"dream: {n} envs x {config.steps} steps, {dream_fps:.1f} env-steps/s "
         f"({1000.0 * seconds / config.steps:.1f} ms per batched step, sampler steps {sampler_steps}, "
-        f"speculation depth {config.speculation_depth}, acceptance {stats.get('acceptance_rate', float('nan')):.2f})")
+        f"speculation {stats['mode']} depth {config.speculation_depth}: on for {stats['speculating_steps']} of "
+        f"{config.steps} steps, acceptance {stats.get('acceptance_rate', float('nan')):.2f})")
     log(f"real {info.game}: {real_fps:.1f} steps/s (1 env, stepping only)")
     log(f"dream env 0 vs real, same start and actions: PSNR {result['mean_psnr_first_16']:.1f} dB over the first "
         f"16 steps ({length - 1} steps compared)")

@@ -9,7 +9,9 @@ At the next step a row whose action equals the speculated one takes its stored f
 back to the last accepted frame, drop their speculation and are generated fresh, together. Noise depends only on
 (row seed, frame position), so an accepted speculated frame is the frame plain stepping would have produced, up to
 float rounding (within one grey level on ~3e-5 of the values; not bit-exact: docs/architecture.md, Sampling).
-With `async_speculation` the speculative passes run in a background thread while the caller chooses its actions.
+`speculation="sync"` speculates inside `step`, `"async"` in a background thread while the caller chooses its
+actions, and `"auto"` (the default) speculates in the background only while `world_env.speculation` measures that
+it pays, with the cache's speculation slots allocated only then (they cost attention work on every pass).
 
 `precision="bf16"` runs every network pass under bfloat16 autocast and keeps the KV cache in bfloat16 (half the
 cache memory and bandwidth; the sampler's own state — noise, the ODE update, the previous-frame latents — stays
@@ -18,6 +20,7 @@ float32). It is meant for GPUs; on a CPU it works but is rarely faster.
 from __future__ import annotations
 
 import contextlib
+import time
 import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -27,9 +30,11 @@ import torch
 
 from generator.codec import float_to_frames
 from generator.sampler import advance_rows, prompt_rows
+from world_env.speculation import SpeculationController
 
 
 PRECISIONS = ("fp32", "bf16")
+SPECULATION_MODES = ("auto", "sync", "async")
 
 
 @dataclass
@@ -53,19 +58,29 @@ class DreamCore:
         speculation_depth: int = 0,
         async_speculation: bool = False,
         precision: str = "fp32",
+        speculation: str = "auto",
     ):
         if speculation_depth < 0:
             raise ValueError(f"speculation_depth must be >= 0, got {speculation_depth}")
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        if speculation not in SPECULATION_MODES:
+            raise ValueError(f"speculation must be one of {SPECULATION_MODES}, got {speculation!r}")
+        if async_speculation:  # the older spelling of speculation="async"
+            if speculation == "sync":
+                raise ValueError("async_speculation=True contradicts speculation='sync'")
+            speculation = "async"
         self.world = world
         self.num_envs = num_envs
         self.sampler_steps = int(world.sampling.sampler_steps if sampler_steps is None else sampler_steps)
         self.speculation_depth = speculation_depth
-        self.async_speculation = async_speculation
+        self.speculation = speculation if speculation_depth else "off"
+        self.async_speculation = self.speculation in ("async", "auto")
+        self.controller = SpeculationController(num_envs, speculation_depth) if self.speculation == "auto" else None
+        self.speculating = self.speculation in ("sync", "async")
         self.device = world.device
         self.precision = precision
-        self.cache = world.dit.new_cache(num_envs, speculation_depth,
+        self.cache = world.dit.new_cache(num_envs, speculation_depth if self.speculating else 0,
                                          dtype=torch.bfloat16 if precision == "bf16" else None)
         self.latent_shape = tuple(world.codec.latent_shape)
         self.row_seeds = [0] * num_envs  # noise seed of each row's current episode
@@ -74,11 +89,22 @@ class DreamCore:
         self.last_actions: list[torch.Tensor | None] = [None] * num_envs
         # Each row's last accepted frame as cached, `(B, C, h, w)`: the previous-frame input of its next frame.
         self.previous = torch.zeros(num_envs, *self.latent_shape, device=self.device)
-        self.stats = {"accepted": 0, "rejected": 0, "generated": 0, "speculated": 0}
+        self.stats = {"accepted": 0, "rejected": 0, "generated": 0, "speculated": 0, "speculating_steps": 0}
         # Background speculation runs on one non-daemon worker thread: the interpreter joins it at exit, where a
         # daemon thread would be killed inside a torch call and abort the process.
         self._executor: ThreadPoolExecutor | None = None
         self._pending: Future | None = None
+
+    def _set_speculating(self, on: bool) -> None:
+        """Start or stop speculating (auto mode): add the cache's speculation slots, or drop every queue, roll the
+        cache back to the accepted frames and free those slots."""
+        window = self.world.dit.config.window_frames
+        if not on:
+            rows = torch.arange(self.num_envs, device=self.device)
+            self.cache.truncate(rows, torch.as_tensor(self.positions, device=self.device))
+            self.queues = [[] for _ in range(self.num_envs)]
+        self.cache = self.cache.resized(window - 1 + (self.speculation_depth if on else 0))
+        self.speculating = on
 
     # -- episodes --------------------------------------------------------------------------------------------
 
@@ -121,7 +147,13 @@ class DreamCore:
         Returns frames `(R, H, W, 3)` uint8, reward `(R,)` (sampled), termination_logit `(R,)`, terminated `(R,)`
         bool (sampled), accepted `(R,)` bool.
         """
+        started = time.perf_counter()
         self.wait()
+        if self.controller is not None:
+            repeated = sum(self.last_actions[row] is not None and torch.equal(self.last_actions[row], actions[i])
+                           for i, row in enumerate(rows))
+            if self.controller.step_started(started, repeated / len(rows)) != self.speculating:
+                self._set_speculating(not self.speculating)
         r = len(rows)
         frames = [None] * r
         rewards = torch.zeros(r)
@@ -146,10 +178,13 @@ class DreamCore:
                 fresh.append(i)
         if fresh:
             fresh_rows = [rows[i] for i in fresh]
+            t0 = time.perf_counter()
             out = self._advance(
                 fresh_rows, actions[fresh], [int(self.positions[row]) + 1 for row in fresh_rows],
                 self.previous[fresh_rows],
             )
+            if self.controller is not None:
+                self.controller.fresh_pass(len(fresh), time.perf_counter() - t0)
             for j, i in enumerate(fresh):
                 frames[i], rewards[i], logits[i] = out["frames"][j], out["reward"][j], out["termination_logit"][j]
                 terminated[i] = out["terminated"][j]
@@ -158,7 +193,8 @@ class DreamCore:
         for i, row in enumerate(rows):
             self.positions[row] += 1
             self.last_actions[row] = actions[i]
-        if self.speculation_depth:
+        if self.speculating:
+            self.stats["speculating_steps"] += 1
             if self.async_speculation:
                 if self._executor is None:
                     self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dream-speculation")
@@ -167,6 +203,8 @@ class DreamCore:
                 self._pending = self._executor.submit(self._speculate, list(rows))
             else:
                 self._speculate(rows)
+        if self.controller is not None:
+            self.controller.step_ended(time.perf_counter())
         return {"frames": torch.stack(frames), "reward": rewards, "termination_logit": logits, "terminated": terminated,
                 "accepted": accepted}
 

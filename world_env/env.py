@@ -21,7 +21,7 @@ from gymnasium.vector.utils import batch_space
 from generator.data import space_from_json
 from generator.pretrained import WorldModel
 from generator.sampler import mix_seed
-from world_env.dream import DreamCore
+from world_env.dream import SPECULATION_MODES, DreamCore
 from world_env.prompts import PromptBank, make_prompt_source
 
 
@@ -128,7 +128,10 @@ class WorldModelVecEnv(VectorEnv):
         device: "auto" (CUDA when present), "cpu", "cuda", ...
         sampler_steps: denoising steps per frame, >= 1 (None: the checkpoint's).
         speculation_depth: frames speculated ahead per env assuming its action repeats (0: off).
-        async_speculation: run speculation in a background thread between `step` calls (`close()` stops it).
+        speculation: how speculation runs when `speculation_depth > 0`: "auto" (default: in a background thread
+            between `step` calls, but only while it measures that this pays, see `world_env.speculation`; plain
+            stepping otherwise), "async" (always, in the background) or "sync" (always, inside `step`).
+        async_speculation: the older spelling of `speculation="async"` (`close()` stops the background thread).
         max_episode_steps: truncate episodes after this many steps, >= 1 (None: never): the imagination horizon. The
             horizon ends an episode by truncation only (`truncated` True, `terminated` False), so agents bootstrap
             from the value of its last state; termination comes from the model's outcome head alone.
@@ -163,6 +166,7 @@ class WorldModelVecEnv(VectorEnv):
         precision: str = "fp32",
         prompt_source: Any = None,
         burn_in: int | None = None,
+        speculation: str = "auto",
     ):
         num_envs = check_int("num_envs", num_envs, 1)
         check_int("sampler_steps", sampler_steps, 1, optional=True)
@@ -176,6 +180,8 @@ class WorldModelVecEnv(VectorEnv):
             autoreset_mode = AutoresetMode[autoreset_mode.upper()]
         elif not isinstance(autoreset_mode, AutoresetMode):
             raise TypeError(f"autoreset_mode must be an AutoresetMode or its name, got {autoreset_mode!r}")
+        if speculation not in SPECULATION_MODES:
+            raise ValueError(f"speculation must be one of {SPECULATION_MODES}, got {speculation!r}")
         if output not in ("numpy", "torch"):
             raise ValueError(f"output must be 'numpy' or 'torch', got {output!r}")
         if render_mode not in (None, "rgb_array"):
@@ -194,7 +200,8 @@ class WorldModelVecEnv(VectorEnv):
         self.observation_space = batch_space(self.single_observation_space, num_envs)
         self.action_space = batch_space(self.single_action_space, num_envs)
         self.check_actions = ActionChecker(self.single_action_space, num_envs)
-        self.core = DreamCore(self.world, num_envs, sampler_steps, speculation_depth, async_speculation, precision)
+        self.core = DreamCore(self.world, num_envs, sampler_steps, speculation_depth, async_speculation, precision,
+                              speculation=speculation)
         self.prompt_source = None  # without one, reset() needs options={"prompt": ...}
         if prompt_source is not None or burn_in is not None or self.world.prompts is not None:
             self.prompt_source = make_prompt_source(prompt_source, self.world.prompts, burn_in)
@@ -380,10 +387,14 @@ class WorldModelVecEnv(VectorEnv):
 
     @property
     def speculation_stats(self) -> dict:
-        """Counts of accepted / rejected speculations and frames generated or speculated so far."""
+        """Counts of accepted / rejected speculations, frames generated or speculated and steps taken speculating so
+        far, the mode, and in auto mode the controller's state (`world_env.speculation`)."""
         stats = dict(self.core.stats)
         tried = stats["accepted"] + stats["rejected"]
         stats["acceptance_rate"] = stats["accepted"] / tried if tried else 0.0
+        stats["mode"] = self.core.speculation
+        if self.core.controller is not None:
+            stats["auto"] = self.core.controller.summary()
         return stats
 
     def close_extras(self, **kwargs):
