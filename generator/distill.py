@@ -358,6 +358,10 @@ def distill(config: DistillConfig) -> dict:
     torch.manual_seed(config.seed)
 
     teacher_world = WorldModel.from_pretrained(config.teacher, device=device)
+    if not teacher_world.sampling.commit_pass:
+        raise ValueError(f"{config.teacher} is a one-pass model (sampling.commit_pass=False); this "
+                         "trainer presents context as the commit pass caches it, so it would train the student on "
+                         "other inputs")
     teacher, codec = teacher_world.dit.requires_grad_(False), teacher_world.codec.requires_grad_(False)
     if config.clip_frames > teacher.config.window_frames:
         raise ValueError(f"clip_frames {config.clip_frames} exceeds the model window {teacher.config.window_frames}")

@@ -430,6 +430,10 @@ def posttrain(config: PosttrainConfig) -> dict:
     torch.manual_seed(config.seed)
 
     world = WorldModel.from_pretrained(config.generator, device=device)
+    if not world.sampling.commit_pass:
+        raise ValueError(f"{config.generator} is a one-pass model (sampling.commit_pass=False); this "
+                         "trainer presents context as the commit pass caches it, so it would train the student on "
+                         "other inputs")
     gen, codec = world.dit.requires_grad_(True).train(), world.codec.requires_grad_(False)
     backbone = WorldModel.from_pretrained(config.discriminator or config.generator, device=device).dit
     if backbone.config != gen.config:

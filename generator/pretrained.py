@@ -26,6 +26,10 @@ class SamplingConfig:
     context_noise: float = 0.1  # flow time generated context frames are re-noised to before caching
     shift: float = 1.0  # timestep shift of the Euler schedule (SD3); > 1 spends more steps at high noise
     solver: str = "euler"  # "euler" (flow teacher) or "consistency" (distilled students)
+    # True: each frame is generated, then written into the KV cache by a second pass at `context_noise` (two passes
+    # per frame at one sampler step). False: the cache keeps the keys/values of the final sampling pass (AAPT; one
+    # pass per frame at one step), for models trained so (`TrainConfig.commit_pass=False`, `generator.sampler`).
+    commit_pass: bool = True
 
 
 @dataclass

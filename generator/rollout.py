@@ -42,7 +42,7 @@ def open_loop_rollout(
         prompt_has_action = torch.ones(b, p, dtype=torch.bool)
         prompt_has_action[:, 0] = False
     previous = prompt_rows(dit, codec, sampling, cache, None, latents, prompt_actions.to(device),
-                           prompt_has_action.to(device), seeds)
+                           prompt_has_action.to(device), seeds, sampler_steps)
     frames, out_latents, rewards, terminations, reward_logits = [], [], [], [], []
     actions = actions.to(device)
     for i in range(k):

@@ -9,6 +9,13 @@ One autoregressive step per row is
    injection: generated context is trusted a little less), run it once with that level and write its keys/values
    into the cache. This pass also yields the reward and termination of the transition into the frame.
 
+One-pass models (`SamplingConfig.commit_pass=False`, AAPT's recycling, arXiv 2506.09350) skip step 2: the cache keeps
+the keys/values of the final sampling pass itself (`generate_and_cache_frames`), whose input is the frame being
+denoised at that pass's flow time (`cache_level`; pure noise at 1.0 for one step) and whose previous-frame input
+carries the generated frame to the next one. A one-step frame then costs one pass instead of two. Such a model
+must be trained with context frames presented the same way (`generator.train`, `TrainConfig.commit_pass=False`);
+real prompt frames are written by `cache_context_frames`.
+
 Noise is a pure function of (row seed, frame position) (`frame_noise`), never of a shared generator's state, so a
 row's noise does not depend on which other rows share the batch, on restarts of other rows, or on speculation; its
 frames depend on them only through float rounding (docs/architecture.md, Sampling).
@@ -19,7 +26,7 @@ import torch
 from einops import rearrange
 
 from generator.kv_cache import KVCache
-from generator.model import DiT
+from generator.model import DiT, DiTOutput
 
 _MASK64 = (1 << 64) - 1
 
@@ -71,6 +78,12 @@ def logit_normal(shape: tuple[int, ...], mean: float = 0.0, std: float = 1.0, ge
     return torch.sigmoid(mean + std * torch.randn(shape, generator=generator, device=device))
 
 
+def cache_level(sampler_steps: int, shift: float = 1.0) -> float:
+    """Flow time of a sampler's final pass: the level at which a one-pass model (`SamplingConfig.commit_pass=False`)
+    caches its frames, and at which its training presents context frames. 1.0 for one-step sampling."""
+    return float(flow_timesteps(sampler_steps, shift)[-2])
+
+
 @torch.no_grad()
 def generate_frames(
     model: DiT,
@@ -93,58 +106,70 @@ def generate_frames(
     solvers compute `noise - velocity(noise, s=1)`. `previous` `(R, C, h, w)` is each row's last committed
     latent (`context_latents` of it), required by models with `previous_frame_input`.
     """
-    if solver == "consistency":
-        return consistency_frames(model, cache, rows, actions, positions, noise, sampler_steps, shift, renoise, previous)
-    if solver == "categorical":
-        return categorical_frames(model, cache, rows, actions, positions, noise, previous)
-    if solver != "euler":
-        raise ValueError(f"unknown solver {solver!r}; choose 'euler', 'consistency' or 'categorical'")
-    times = flow_timesteps(sampler_steps, shift, device=noise.device)
-    if cache is not None and rows is not None and sampler_steps > 1:
-        cache, rows = cache.gather(rows), None  # the cache does not change while this frame is denoised
-    x = noise
-    ones = torch.ones(noise.shape[0], 1, device=noise.device)
-    for s, s_next in zip(times[:-1], times[1:]):
-        out = model(x[:, None], s * ones, actions[:, None], positions[:, None], cache=cache, rows=rows,
-                    previous=None if previous is None else previous[:, None])
-        x = x + (s_next - s) * out.velocity[:, 0]
+    x, _ = denoise(model, cache, rows, actions, positions, noise, sampler_steps, shift, solver, renoise, previous)
     return x
 
 
 @torch.no_grad()
-def consistency_frames(
+def generate_and_cache_frames(
     model: DiT,
-    cache: KVCache | None,
+    cache: KVCache,
     rows: torch.Tensor | None,
     actions: torch.Tensor,
     positions: torch.Tensor,
     noise: torch.Tensor,
     sampler_steps: int,
     shift: float = 1.0,
+    solver: str = "euler",
     renoise: torch.Tensor | None = None,
     previous: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Few-step consistency sampling (sCM, arXiv 2410.11081, Sec. 2): at each time of
-    `flow_timesteps(sampler_steps, shift)[:-1]` denoise `x0 = x_s - s v(x_s, s)`, then re-noise `x0` to the next time
-    with fresh noise `renoise[:, k]`; returns the last `x0`. Same arguments as `generate_frames`.
-    """
-    times = flow_timesteps(sampler_steps, shift, device=noise.device)[:-1]
-    if sampler_steps > 1 and (renoise is None or renoise.shape[1] < sampler_steps - 1):
+) -> tuple[torch.Tensor, DiTOutput]:
+    """One network pass per frame for one-step models (`SamplingConfig.commit_pass=False`, AAPT arXiv 2506.09350):
+    `generate_frames`, whose final pass also writes the new frames' keys/values into the cache, so no commit
+    pass follows. Returns the clean latents `(R, C, h, w)` and that final pass's `DiTOutput` (one frame per row:
+    its reward and termination predictions are the transition's). Same arguments as `generate_frames`."""
+    x, out = denoise(model, cache, rows, actions, positions, noise, sampler_steps, shift, solver, renoise, previous,
+                     write_cache=True)
+    cache.commit(rows, positions[:, None])
+    return x, out
+
+
+def denoise(model, cache, rows, actions, positions, noise, sampler_steps, shift=1.0, solver="euler", renoise=None,
+            previous=None, write_cache=False):
+    """The sampler behind `generate_frames` (Euler on the flow ODE, the few-step consistency sampler, or the
+    categorical sampler of codebook models): returns the clean latents and the `DiTOutput` of the final pass, which
+    writes the cache when `write_cache`."""
+    if solver == "categorical":
+        return categorical_sample(model, cache, rows, actions, positions, noise, previous, write_cache)
+    if solver not in ("euler", "consistency"):
+        raise ValueError(f"unknown solver {solver!r}; choose 'euler', 'consistency' or 'categorical'")
+    times = flow_timesteps(sampler_steps, shift, device=noise.device)
+    if solver == "consistency" and sampler_steps > 1 and (renoise is None or renoise.shape[1] < sampler_steps - 1):
         raise ValueError(
             f"the consistency solver with {sampler_steps} steps needs renoise (R, {sampler_steps - 1}, C, h, w); "
             f"draw it with frame_noise(..., extra={sampler_steps - 1})[:, 2:]"
         )
+    # The cache does not change while this frame is denoised: gather the rows once; the final pass of a one-pass
+    # model writes into the cache itself.
+    view, view_rows = cache, rows
     if cache is not None and rows is not None and sampler_steps > 1:
-        cache, rows = cache.gather(rows), None  # the cache does not change while this frame is denoised
+        view, view_rows = cache.gather(rows), None
     x = noise
     ones = torch.ones(noise.shape[0], 1, device=noise.device)
-    for k, s in enumerate(times):
-        out = model(x[:, None], s * ones, actions[:, None], positions[:, None], cache=cache, rows=rows,
-                    previous=None if previous is None else previous[:, None])
-        denoised = x - s * out.velocity[:, 0]
-        if k + 1 < len(times):
-            x = (1 - times[k + 1]) * denoised + times[k + 1] * renoise[:, k]
-    return denoised
+    for k, (s, s_next) in enumerate(zip(times[:-1], times[1:])):
+        last = k == sampler_steps - 1
+        out = model(x[:, None], s * ones, actions[:, None], positions[:, None],
+                    cache=cache if last and write_cache else view, rows=rows if last and write_cache else view_rows,
+                    write_cache=last and write_cache, previous=None if previous is None else previous[:, None])
+        if solver == "euler":
+            x = x + (s_next - s) * out.velocity[:, 0]
+        else:
+            # sCM's few-step sampler (arXiv 2410.11081, Sec. 2): denoise `x0 = x_s - s v(x_s, s)`, then re-noise
+            # it to the next time with fresh noise `renoise[:, k]`; the last `x0` is the sample.
+            x = x - s * out.velocity[:, 0]
+            if not last:
+                x = (1 - s_next) * x + s_next * renoise[:, k]
+    return x, out
 
 
 @torch.no_grad()
@@ -160,11 +185,16 @@ def categorical_frames(
     """One pass from pure noise for codebook models: every token's code is sampled from its logits (inverse CDF of
     one uniform per token, `Phi(noise)` of the frame's first N noise values, so a row's draw is a function of its
     seed and position only) and the frame is assembled from the codebook's tiles."""
+    return categorical_sample(model, cache, rows, actions, positions, noise, previous)[0]
+
+
+def categorical_sample(model, cache, rows, actions, positions, noise, previous=None, write_cache=False):
+    """`categorical_frames` and the `DiTOutput` of its pass (which writes the cache when `write_cache`)."""
     if not model.config.codebook_size:
         raise ValueError("the categorical solver needs a model with a codebook head (DiTConfig.codebook_size > 0)")
     ones = torch.ones(noise.shape[0], 1, device=noise.device)
     out = model(noise[:, None], ones, actions[:, None], positions[:, None], cache=cache, rows=rows,
-                previous=None if previous is None else previous[:, None])
+                write_cache=write_cache, previous=None if previous is None else previous[:, None])
     probs = out.code_logits[:, 0].softmax(-1)  # (R, N, K)
     n = probs.shape[1]
     uniform = torch.special.ndtr(noise.reshape(noise.shape[0], -1)[:, :n].double()).float()  # (R, N)
@@ -172,7 +202,7 @@ def categorical_frames(
     gh, gw = model.config.grid
     p = model.config.patch_size
     tiles = model.codebook[codes]  # (R, N, p * p * c)
-    return rearrange(tiles, "r (gh gw) (p q c) -> r c (gh p) (gw q)", gh=gh, gw=gw, p=p, q=p)
+    return rearrange(tiles, "r (gh gw) (p q c) -> r c (gh p) (gw q)", gh=gh, gw=gw, p=p, q=p), out
 
 
 @torch.no_grad()
@@ -217,6 +247,35 @@ def commit_frames(
                 previous=before)
     cache.commit(rows, positions)
     return out if full_output else (out.reward, out.termination_logit)
+
+
+@torch.no_grad()
+def cache_context_frames(
+    model: DiT,
+    cache: KVCache,
+    rows: torch.Tensor | None,
+    latents: torch.Tensor,
+    actions: torch.Tensor,
+    positions: torch.Tensor,
+    noise: torch.Tensor,
+    level: float,
+    recycled: torch.Tensor,
+    has_action: torch.Tensor | None = None,
+    previous: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Write T known frames per row `(R, T, C, h, w)` (a real prompt) into the cache of a one-pass model
+    (`SamplingConfig.commit_pass=False`) as their final sampling pass would have written them: each frame at flow
+    time `level` (`cache_level`) from its noise `noise` `(R, T, C, h, w)`, reading its previous frame as the
+    recycled input `recycled` `(R, T, C, h, w)` gives it (the frames re-noised to the context level; `previous`
+    `(R, C, h, w)` before the first, None at an episode's start). This is how training presents context frames.
+    Returns the reward and termination logit of each transition, `(R, T)` each."""
+    levels = torch.full(positions.shape, float(level), device=latents.device)
+    noisy = (1 - level) * latents + level * noise
+    before = previous_frames(recycled, previous) if model.config.previous_frame_input else None
+    out = model(noisy, levels, actions, positions, has_action=has_action, cache=cache, rows=rows, write_cache=True,
+                previous=before)
+    cache.commit(rows, positions)
+    return out.reward, out.termination_logit
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -267,15 +326,24 @@ def prompt_rows(
     actions: torch.Tensor,
     has_action: torch.Tensor,
     seeds: list[int],
+    sampler_steps: int | None = None,
 ) -> torch.Tensor:
     """Commit real prompt latents `(R, P, C, h, w)` (positions 0..P-1, noise from each row's seed) to `rows` of the
-    cache; returns each row's last frame as cached `(R, C, h, w)`: the previous-frame input of its next frame."""
+    cache; returns each row's last frame as cached `(R, C, h, w)`: the previous-frame input of its next frame.
+    One-pass models (`sampling.commit_pass=False`) cache the prompt as the final pass of `sampler_steps` (default:
+    the model's) would have (`cache_context_frames`)."""
     r, p = latents.shape[:2]
     device = latents.device
     shape = tuple(latents.shape[2:])
     positions = torch.arange(p, device=device)[None].repeat(r, 1)
-    noise = torch.stack([frame_noise(seeds, [i] * r, shape, device)[:, 1] for i in range(p)], dim=1)
-    commit_frames(dit, cache, rows, latents, actions, positions, noise, sampling.context_noise, has_action)
+    draws = torch.stack([frame_noise(seeds, [i] * r, shape, device) for i in range(p)], dim=1)  # (R, P, 2, C, h, w)
+    noise = draws[:, :, 1]
+    if sampling.commit_pass:
+        commit_frames(dit, cache, rows, latents, actions, positions, noise, sampling.context_noise, has_action)
+    else:
+        level = cache_level(int(sampler_steps or sampling.sampler_steps), sampling.shift)
+        cache_context_frames(dit, cache, rows, latents, actions, positions, draws[:, :, 0], level,
+                             context_latents(latents, noise, sampling.context_noise), has_action)
     return context_latents(latents[:, -1].float(), noise[:, -1], sampling.context_noise)
 
 
@@ -294,7 +362,9 @@ def advance_rows(
 ) -> dict[str, torch.Tensor]:
     """Advance `rows` of the cache by one frame each: generate it under `actions` `(R, ...)` at `positions`, snap it
     to what the codec represents (`codec.snap`: real tiles for the tile codec), commit it re-noised to the context
-    level. Noise comes from `frame_noise(seeds, positions)` only.
+    level. Noise comes from `frame_noise(seeds, positions)` only. One-pass models (`sampling.commit_pass=False`)
+    skip the commit: the final sampling pass wrote the cache and predicted the outcome (`generate_and_cache_frames`);
+    the snapped frame is what is shown and recycled as the next frame's previous frame.
 
     Returns `latents` `(R, C, h, w)` (the frame shown), `reward` and `termination_logit` `(R,)` (the outcome head's
     expected reward and termination logit), `reward_logits` `(R, K)` for reward-class models (else None),
@@ -306,11 +376,15 @@ def advance_rows(
     pos = torch.as_tensor(positions, device=device)
     shape = tuple(previous.shape[1:])
     noise = frame_noise(seeds, [int(q) for q in positions], shape, device, extra=_extra_draws(sampling, steps))
-    x = generate_frames(dit, cache, rows, actions, pos, noise[:, 0], steps, sampling.shift, solver=sampling.solver,
-                        renoise=noise[:, 2:], previous=previous)
-    x = codec.snap(x.float())
-    out = commit_frames(dit, cache, rows, x[:, None], actions[:, None], pos[:, None], noise[:, 1, None],
-                        sampling.context_noise, previous=previous, full_output=True)
+    sample = dict(solver=sampling.solver, renoise=noise[:, 2:], previous=previous)
+    if sampling.commit_pass:
+        x = generate_frames(dit, cache, rows, actions, pos, noise[:, 0], steps, sampling.shift, **sample)
+        x = codec.snap(x.float())
+        out = commit_frames(dit, cache, rows, x[:, None], actions[:, None], pos[:, None], noise[:, 1, None],
+                            sampling.context_noise, previous=previous, full_output=True)
+    else:
+        x, out = generate_and_cache_frames(dit, cache, rows, actions, pos, noise[:, 0], steps, sampling.shift, **sample)
+        x = codec.snap(x.float())
     reward_logits = None if out.reward_logits is None else out.reward_logits[:, 0].float()
     sampled_reward, terminated = sample_outcomes(
         seeds, [int(q) for q in positions], out.reward[:, 0], out.termination_logit[:, 0], reward_logits,

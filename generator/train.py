@@ -36,7 +36,7 @@ from generator.data import EpisodeDataset, open_datasets
 from generator.model import DiT, dit_config
 from generator.pretrained import SamplingConfig, WorldModel, WorldModelInfo
 from generator.run_limits import StopRequest
-from generator.sampler import context_latents, logit_normal, previous_frames
+from generator.sampler import cache_level, context_latents, logit_normal, previous_frames
 
 
 @dataclass
@@ -66,6 +66,10 @@ class TrainConfig:
     context_noise_max: float = 0.2  # highest flow time of a context-augmented frame
     context_noise: float = 0.1  # inference level stored with the model
     sampler_steps: int = 8  # default sampler steps stored with the model
+    # False: train a one-pass model (`SamplingConfig.commit_pass=False`): every frame of a clip but the last is
+    # presented as its final sampling pass at `sampler_steps` would cache it (at flow time `cache_level`, 1.0 for
+    # one step), so the keys/values later frames attend to in training are those of that pass at inference.
+    commit_pass: bool = True
     outcome_weight: float = 0.1  # weight of the reward + termination losses
     # Codebook models (the "tiles" codec): weight of the per-token cross-entropy on the true code of each frame.
     code_weight: float = 1.0
@@ -129,6 +133,10 @@ def flow_matching_loss(
     b, t = latents.shape[:2]
     device = latents.device
     levels = sample_noise_levels((b, t), config, generator).to(device)  # (B, T)
+    if not config.commit_pass:
+        # One-pass models cache each frame's final sampling pass: context frames are presented at its flow time;
+        # only the clip's last frame, which no frame attends to, takes a free level.
+        levels[:, :-1] = cache_level(config.sampler_steps)
     noise = torch.randn(latents.shape, generator=generator).to(device)
     s = levels[:, :, None, None, None]
     noisy = (1 - s) * latents + s * noise
@@ -226,7 +234,8 @@ def self_rollout(
     was_training = dit.training
     dit.eval()
     cache = dit.new_cache(b)
-    previous = prompt_rows(dit, codec, sampling, cache, None, latents[:, :r], actions[:, :r], has_action[:, :r], seeds)
+    previous = prompt_rows(dit, codec, sampling, cache, None, latents[:, :r], actions[:, :r], has_action[:, :r], seeds,
+                           sampler_steps=1)
     rolled = latents.clone()
     for i in range(r, t - 1):
         out = advance_rows(dit, codec, sampling, cache, None, actions[:, i], [i] * b, seeds, previous, sampler_steps=1)
@@ -328,7 +337,8 @@ def build_world_model(config: TrainConfig, dataset: EpisodeDataset) -> WorldMode
         action_space=space_to_json(dataset.action_space),
         dataset=",".join(str(Path(p).resolve()) for p in str(config.data).split(",") if p),
     )
-    sampling = SamplingConfig(sampler_steps=config.sampler_steps, context_noise=config.context_noise)
+    sampling = SamplingConfig(sampler_steps=config.sampler_steps, context_noise=config.context_noise,
+                              commit_pass=config.commit_pass)
     return WorldModel(dit, codec, sampling, info)
 
 

@@ -479,3 +479,39 @@ def test_world_model_id_requires_a_checkpoint(tiny_checkpoint):
         gymnasium.make_vec("nextframe/WorldModel-v0", num_envs=2, device="cpu")
     env = gymnasium.make_vec("nextframe/WorldModel-v0", num_envs=2, checkpoint=str(tiny_checkpoint), device="cpu")
     assert env.reset(seed=0)[0].shape == (2, 16, 16, 3)
+
+
+@pytest.mark.parametrize("sampler_steps", [1, 2])
+def test_one_pass_env_equals_the_recompute_reference(sampler_steps):
+    """`SamplingConfig.commit_pass=False`: the env caches each frame's final sampling pass; its frames and rewards
+    are those of recomputing every frame from the whole history without a cache, with speculation too."""
+    from generator.codec import float_to_frames
+    from test_model import rollout_one_pass_recompute
+
+    world = make_tiny_world(previous_frame_input=True, sampler_steps=sampler_steps)
+    world.sampling.commit_pass = False
+    world.dit.config.prediction = "x"
+    rng = np.random.default_rng(0)
+    prompt = {"frames": rng.integers(0, 256, (2, 2, 16, 16, 3), dtype=np.uint8), "actions": rng.integers(0, 5, (2, 2))}
+    actions = sticky_actions(7, 2, seed=3)  # 9 frames > window 4: the ring wraps
+    runs = {}
+    for speculation in ("off", "sync"):
+        env = WorldModelVecEnv(world, num_envs=2, device="cpu", speculation_depth=0 if speculation == "off" else 2,
+                               speculation="sync")
+        obs, _ = env.reset(seed=[5, 6], options={"prompt": prompt})
+        frames, rewards = [], []
+        for a in actions:
+            obs, reward, *_ = env.step(a)
+            frames.append(obs)
+            rewards.append(reward)
+        runs[speculation] = np.stack(frames, 1), np.stack(rewards, 1)
+        seeds = list(env.core.row_seeds)
+    latents = world.codec.encode(torch.from_numpy(prompt["frames"]))
+    x, rewards = rollout_one_pass_recompute(world.dit, seeds, latents, torch.from_numpy(prompt["actions"]),
+                                            torch.from_numpy(actions.T.copy()), sampler_steps)
+    with torch.no_grad():
+        reference = float_to_frames(world.codec.decode(x)).numpy()
+    for frames, env_rewards in runs.values():
+        assert np.abs(frames.astype(int) - reference.astype(int)).max() <= 1
+        assert np.mean(frames == reference) > 0.999
+        np.testing.assert_allclose(env_rewards, rewards.numpy(), atol=1e-4)

@@ -11,7 +11,18 @@ from generator.model import (
     rope_angles,
     apply_rope,
 )
-from generator.sampler import commit_frames, context_latents, frame_noise, generate_frames, mix_seed, previous_frames
+from generator.sampler import (
+    cache_context_frames,
+    cache_level,
+    commit_frames,
+    context_latents,
+    flow_timesteps,
+    frame_noise,
+    generate_and_cache_frames,
+    generate_frames,
+    mix_seed,
+    previous_frames,
+)
 
 CONTEXT_NOISE = 0.1
 
@@ -179,6 +190,111 @@ def rollout_full_recompute(model, seeds, prompt, prompt_actions, actions, steps)
         history.append((1 - CONTEXT_NOISE) * x + CONTEXT_NOISE * noise[:, 1])
         history_actions.append(actions[:, i])
     return torch.stack(frames, dim=1)
+
+
+def rollout_one_pass(model, seeds, prompt, prompt_actions, actions, steps, solver="euler"):
+    """One-pass sampling (`commit_pass=False`): the prompt cached at the final pass's level, then one frame per
+    row per step whose final sampling pass writes the cache. Returns latents and rewards `(B, K)`."""
+    b, p = prompt.shape[:2]
+    shape = prompt.shape[2:]
+    cache = model.new_cache(b)
+    positions = torch.arange(p)[None].repeat(b, 1)
+    draws = torch.stack([frame_noise(seeds, [i] * b, shape) for i in range(p)], dim=1)  # (B, P, 2, C, h, w)
+    has_action = torch.ones(b, p, dtype=torch.bool)
+    has_action[:, 0] = False
+    recycled = context_latents(prompt, draws[:, :, 1], CONTEXT_NOISE)
+    cache_context_frames(model, cache, None, prompt, prompt_actions, positions, draws[:, :, 0], cache_level(steps),
+                         recycled, has_action)
+    previous = recycled[:, -1]
+    frames, rewards = [], []
+    for i in range(actions.shape[1]):
+        pos = torch.full((b,), p + i)
+        noise = frame_noise(seeds, pos.tolist(), shape, extra=steps - 1 if solver == "consistency" else 0)
+        x, out = generate_and_cache_frames(model, cache, None, actions[:, i], pos, noise[:, 0], steps, solver=solver,
+                                           renoise=noise[:, 2:], previous=previous)
+        reward = out.reward[:, 0]
+        previous = context_latents(x, noise[:, 1], CONTEXT_NOISE)
+        frames.append(x)
+        rewards.append(reward)
+    return torch.stack(frames, dim=1), torch.stack(rewards, dim=1)
+
+
+@torch.no_grad()
+def rollout_one_pass_recompute(model, seeds, prompt, prompt_actions, actions, steps, solver="euler"):
+    """Reference for one-pass models, no cache: every frame recomputed from the whole history, each earlier frame
+    presented as its own final sampling pass saw it (its input at that pass's flow time, its previous frame
+    recycled), through the windowed block-causal mask."""
+    b, p = prompt.shape[:2]
+    shape = prompt.shape[2:]
+    level = cache_level(steps)
+    inputs, levels, recycled, history_actions = [], [], [], []
+    for i in range(p):
+        draws = frame_noise(seeds, [i] * b, shape)
+        inputs.append((1 - level) * prompt[:, i] + level * draws[:, 0])
+        levels.append(level)
+        recycled.append(context_latents(prompt[:, i], draws[:, 1], CONTEXT_NOISE))
+        history_actions.append(prompt_actions[:, i])
+    times = flow_timesteps(steps)
+    frames, rewards = [], []
+    for i in range(actions.shape[1]):
+        pos = p + i
+        noise = frame_noise(seeds, [pos] * b, shape, extra=steps - 1 if solver == "consistency" else 0)
+        x = noise[:, 0]
+        n = len(inputs)
+        for k, (s, s_next) in enumerate(zip(times[:-1], times[1:])):
+            seq = torch.stack(inputs + [x], dim=1)
+            frame_levels = torch.tensor(levels + [float(s)])[None].repeat(b, 1)
+            acts = torch.stack(history_actions + [actions[:, i]], dim=1)
+            positions = torch.arange(n + 1)[None].repeat(b, 1)
+            has_action = (torch.arange(n + 1) > 0)[None].repeat(b, 1)
+            before = None
+            if model.config.previous_frame_input:
+                before = previous_frames(torch.stack(recycled + [recycled[-1]], dim=1), None)
+            out = model(seq, frame_levels, acts, positions, has_action=has_action, previous=before)
+            final_input = x
+            if solver == "euler":
+                x = x + (s_next - s) * out.velocity[:, -1]
+            else:
+                x = x - s * out.velocity[:, -1]
+                if k + 1 < steps:
+                    x = (1 - s_next) * x + s_next * noise[:, 2 + k]
+        inputs.append(final_input)
+        levels.append(level)
+        recycled.append(context_latents(x, noise[:, 1], CONTEXT_NOISE))
+        history_actions.append(actions[:, i])
+        frames.append(x)
+        rewards.append(out.reward[:, -1])
+    return torch.stack(frames, dim=1), torch.stack(rewards, dim=1)
+
+
+@pytest.mark.parametrize("steps, solver", [(1, "euler"), (2, "euler"), (3, "consistency")])
+@pytest.mark.parametrize("mode", [dict(previous_frame_input=True, prediction="x"), dict(previous_frame_input=False)])
+def test_one_pass_cached_sampling_equals_full_recomputation(steps, solver, mode):
+    model = tiny_model(**mode)
+    seeds = [3, 4, 5]
+    prompt, prompt_actions, actions = make_episode(model, 3, 2, 7)  # 9 frames > window 4: the window slides
+    cached, cached_rewards = rollout_one_pass(model, seeds, prompt, prompt_actions, actions, steps, solver)
+    full, full_rewards = rollout_one_pass_recompute(model, seeds, prompt, prompt_actions, actions, steps, solver)
+    assert (cached - full).abs().max() < 1e-4
+    assert (cached_rewards - full_rewards).abs().max() < 1e-4
+    # and it is a different sampler from the two-pass one (its cache holds other keys/values)
+    two_pass, _ = rollout_cached(model, seeds, prompt, prompt_actions, actions, steps=steps) if solver == "euler" \
+        else (None, None)
+    if two_pass is not None:
+        assert (two_pass - cached).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+def test_one_pass_runs_sampler_steps_passes_per_frame(steps):
+    model = tiny_model(previous_frame_input=True, prediction="x")
+    calls = []
+    model.register_forward_hook(lambda module, args, output: calls.append(1))
+    prompt, prompt_actions, actions = make_episode(model, 2, 2, 5)
+    rollout_one_pass(model, [1, 2], prompt, prompt_actions, actions, steps)
+    assert len(calls) == 1 + 5 * steps  # the prompt's pass, then `steps` passes per frame
+    calls.clear()
+    rollout_cached(model, [1, 2], prompt, prompt_actions, actions, steps)
+    assert len(calls) == 1 + 5 * (steps + 1)  # two-pass: plus a commit pass per frame
 
 
 def make_episode(model, b, p, k, seed=0):

@@ -67,11 +67,14 @@ def dataset(tmp_path_factory) -> Path:
     return make_dataset(tmp_path_factory.mktemp("data") / "synthetic")
 
 
-@pytest.mark.parametrize("previous_frame_input, prediction", [(False, "velocity"), (True, "velocity"), (True, "x")])
-def test_training_loss_falls(dataset, tmp_path, previous_frame_input, prediction):
+@pytest.mark.parametrize("previous_frame_input, prediction, commit_pass",
+                         [(False, "velocity", True), (True, "velocity", True), (True, "x", True), (True, "x", False)])
+def test_training_loss_falls(dataset, tmp_path, previous_frame_input, prediction, commit_pass):
     torch.set_num_threads(1)
     overrides = dict(TINY, previous_frame_input=previous_frame_input, prediction=prediction)
-    result = train(tiny_config(dataset, tmp_path / "run", steps=150, log_every=1, model_overrides=overrides))
+    result = train(tiny_config(dataset, tmp_path / "run", steps=150, log_every=1, model_overrides=overrides,
+                               commit_pass=commit_pass, sampler_steps=1))
+    assert WorldModel.from_pretrained(tmp_path / "run" / "model").sampling.commit_pass == commit_pass
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(tmp_path / "run" / "tb"))
@@ -295,3 +298,51 @@ def test_the_model_records_the_game_arguments_of_its_dataset(tmp_path):
     world = build_world_model(config, EpisodeDataset(root, window=4))
     world.save_pretrained(tmp_path / "model")
     assert WorldModel.from_pretrained(tmp_path / "model").info.game_kwargs == {"resize": "letterbox"}
+
+
+def test_one_pass_training_sees_context_as_one_pass_inference_caches_it():
+    """`commit_pass=False`, one sampler step: the training pass over a clip predicts every frame exactly as one-pass
+    inference (`generate_and_cache_frames`, each frame's pass written to the cache) does, teacher-forced with the
+    same noise and previous frames. With `commit_pass=True` the context is presented otherwise."""
+    from generator.model import DiT, dit_config
+    from generator.sampler import generate_and_cache_frames
+    from generator.train import flow_matching_loss
+
+    torch.manual_seed(0)
+    dit = DiT(dit_config("tiny", previous_frame_input=True, prediction="x",
+                         action_space={"type": "Discrete", "n": 3, "start": 0})).eval()
+    with torch.no_grad():
+        for p in dit.parameters():
+            p.normal_(0, 0.1)
+    b, t = 2, 4
+    latents = torch.randn(b, t, 3, 16, 16)
+    batch = {"actions": torch.randint(0, 3, (b, t)), "rewards": torch.zeros(b, t),
+             "valid": torch.ones(b, t, dtype=bool),
+             "terminated": torch.zeros(b, t, dtype=bool), "is_first": torch.zeros(b, t, dtype=bool)}  # mid-episode
+    seen = {}
+
+    def capture(noisy, levels, actions, positions, has_action=None, valid=None, previous=None):
+        seen.update(noisy=noisy, levels=levels, previous=previous)
+        seen["out"] = dit(noisy, levels, actions, positions, has_action=has_action, valid=valid, previous=previous)
+        return seen["out"]
+
+    capture.config = dit.config
+    for commit_pass in (False, True):
+        # one pass: the last frame (free level) at 1 too, so inference's one-step function can be compared on it
+        levels_of_last = dict(full_noise_prob=1.0, context_frame_prob=0.0) if not commit_pass else {}
+        config = TrainConfig(data="-", out="-", sampler_steps=1, commit_pass=commit_pass, **levels_of_last)
+        with torch.no_grad():
+            flow_matching_loss(capture, latents, batch, config, torch.Generator().manual_seed(1))
+        levels = seen["levels"]
+        trained_x0 = seen["noisy"] - levels[:, :, None, None, None] * seen["out"].velocity
+        cache = dit.new_cache(b)
+        inferred = []
+        for j in range(t):
+            x, _ = generate_and_cache_frames(dit, cache, None, batch["actions"][:, j], torch.full((b,), j),
+                                             seen["noisy"][:, j], 1, previous=seen["previous"][:, j])
+            inferred.append(x)
+        matches = torch.allclose(torch.stack(inferred, 1), trained_x0, atol=1e-4)
+        if not commit_pass:
+            assert (levels == 1.0).all() and matches
+        else:
+            assert not matches  # two-pass training presents context at its own levels, not as this cache holds it

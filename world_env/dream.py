@@ -135,6 +135,7 @@ class DreamCore:
         self.previous[index] = prompt_rows(
             self.world.dit, self.world.codec, self.world.sampling, self.cache, index, latents,
             prompts["actions"].to(self.device), prompts["has_action"].to(self.device), list(seeds),
+            self.sampler_steps,
         )
         return prompts["frames"][:, -1].to(self.device)
 
