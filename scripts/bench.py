@@ -56,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--peak-tflops", type=float, help="device dense peak for MFU (default: known GPUs only)")
     p.add_argument("--matmul-peak-s", type=float, default=1.0,
                    help="seconds measuring the dense matmul rate at the start and the end of the run (0: skip)")
+    p.add_argument("--commit-pass", choices=("model", "on", "off"), default="model",
+                   help="off: one network pass per frame (SamplingConfig.commit_pass=False); model: the model's own")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="smoke run: 1-2 envs, default and 1 sampler steps, 4 steps")
     p.add_argument("--out", default="runs/bench/bench", help="output path without extension (.json and .md)")
@@ -75,7 +77,7 @@ def main() -> None:
         mean_repeat=args.mean_repeat, warmup=args.warmup, steps=args.steps, max_case_s=args.max_case_s,
         budget_s=args.budget_s, game=None if args.game == "none" else args.game, game_steps=args.game_steps,
         threads=args.threads or None, precision=args.precision, peak_tflops=args.peak_tflops, seed=args.seed,
-        matmul_peak_s=args.matmul_peak_s,
+        matmul_peak_s=args.matmul_peak_s, commit_pass={"model": None, "on": True, "off": False}[args.commit_pass],
     )
     if args.quick:
         settings = quick_settings(settings)

@@ -146,6 +146,12 @@ def test_flops_per_env_step_scale_with_passes_not_batch_and_give_mfu():
             r["flops_per_env_step"] * r["env_steps_per_s"], rel=1e-6)
         assert r["mfu"] == r["achieved_tflops"] / 2.0 and r["precision"] == "fp32"
         assert r["matmul_peak_fraction"] == r["achieved_tflops"] / ceiling  # of the rate measured in the same run
+    # One pass per frame: a one-step env step costs half the FLOPs (no commit pass).
+    one_pass = run_benchmark(BenchSettings(**{**settings.__dict__, "commit_pass": False, "num_envs": (1,)}),
+                             log=lambda line: None)
+    halves = {r["sampler_steps"]: r["flops_per_env_step"] for r in one_pass["dream"]}
+    assert halves[1] == flops[(1, 1)] / 2 and halves[2] == flops[(1, 2)] * 2 / 3
+    assert "one pass per frame" in to_markdown(one_pass)
     # No known peak on a CPU: no MFU, but the achieved rate is still reported.
     plain = run_benchmark(BenchSettings(**{**settings.__dict__, "peak_tflops": None, "num_envs": (1,),
                                            "sampler_steps": (1,)}), log=lambda line: None)["dream"][0]

@@ -108,6 +108,9 @@ class BenchSettings:
     precision: str = "fp32"  # "fp32" or "bf16" (autocast + bf16 KV cache)
     peak_tflops: float | None = None  # the device's dense peak for MFU (None: `PEAK_TFLOPS` by GPU name, or no MFU)
     matmul_peak_s: float = 1.0  # time spent measuring the dense matmul rate at the start and at the end (0: skip)
+    # One pass per frame (`SamplingConfig.commit_pass=False`) or two; None: the model's own setting. Overriding a
+    # checkpoint's setting times its shapes correctly but its frames are not what it was trained to produce.
+    commit_pass: bool | None = None
     seed: int = 0
 
     def __post_init__(self):
@@ -192,6 +195,11 @@ def load_bench_world(settings: BenchSettings) -> tuple[WorldModel, dict]:
     else:
         world = random_world(settings.model_config, seed=settings.seed).to(device)
         weights = "random (step time does not depend on the weights; termination head biased off)"
+    if settings.commit_pass is not None and settings.commit_pass != world.sampling.commit_pass:
+        if settings.checkpoint is not None:
+            weights += (f" (trained with commit_pass={world.sampling.commit_pass}, timed with {settings.commit_pass}:"
+                        " the timing holds, its frames are not the model's)")
+        world.sampling.commit_pass = settings.commit_pass
     cfg = world.dit.config
     description = {
         "config": settings.model_config if settings.checkpoint is None else "checkpoint",
@@ -207,6 +215,7 @@ def load_bench_world(settings: BenchSettings) -> tuple[WorldModel, dict]:
         "depth": cfg.depth,
         "heads": cfg.heads,
         "default_sampler_steps": world.sampling.sampler_steps,
+        "commit_pass": world.sampling.commit_pass,
         "action_space": world.info.action_space,
         "prompt_frames": int(world.prompts["frames"].shape[1]),
     }
@@ -653,7 +662,9 @@ def to_markdown(results: dict) -> str:
         f"- model: {model['config']}, {model['parameters'] / 1e6:.1f}M parameters, {model['weights']}; frames "
         f"{model['frame_size'][0]}x{model['frame_size'][1]}, latent {tuple(model['latent_shape'])}, "
         f"{model['tokens_per_frame']} tokens/frame, window {model['window_frames']} frames, codec "
-        f"{model['codec']['kind']}; precision {results['settings'].get('precision', 'fp32')}",
+        f"{model['codec']['kind']}; precision {results['settings'].get('precision', 'fp32')}; "
+        + ("a commit pass after each frame's sampling passes" if model.get("commit_pass", True)
+           else "one pass per frame and sampler step (no commit pass)"),
     ]
     peak = meta.get("matmul_peak")
     if peak is not None:
