@@ -163,6 +163,17 @@ def expand_to_tokens(frame_mask: torch.Tensor, tokens_per_frame: int) -> torch.T
     return frame_mask.repeat_interleave(n, dim=1).repeat_interleave(n, dim=2)[:, None]
 
 
+def attention_bias(frame_mask: torch.Tensor, tokens_per_frame: int, dtype: torch.dtype) -> torch.Tensor | None:
+    """The `(B, Tq, Tk)` frame mask as an additive token bias `(B, 1, Tq * N, Tk * N)` (0 allowed, -inf not), built
+    once per pass (a boolean mask is converted by every layer's attention call); None when every key is allowed
+    (a full window: attention then skips reading a bias as large as the score matrix) on a CPU, where testing for
+    it costs nothing (on a GPU it would wait for every queued kernel)."""
+    if frame_mask.device.type == "cpu" and bool(frame_mask.all()):
+        return None
+    mask = expand_to_tokens(frame_mask, tokens_per_frame)
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, float("-inf"))
+
+
 def rope_axis_pairs(head_dim: int) -> tuple[int, int, int]:
     """Split the head's `head_dim / 2` rotary pairs over (time, row, column), as in HunyuanVideo's 3D RoPE."""
     pairs = head_dim // 2
@@ -216,9 +227,11 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
 def math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Plain softmax attention; supports forward-mode AD (`torch.func.jvp`) where fused kernels may not.
 
-    `mask` is an additive bias (0 where attending is allowed, -inf elsewhere), as `DiT.forward` builds it."""
+    `mask` is an additive bias (0 where attending is allowed, -inf elsewhere) or None, as `DiT.forward` builds it."""
     scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
-    return (scores + mask).softmax(dim=-1) @ v
+    if mask is not None:
+        scores = scores + mask
+    return scores.softmax(dim=-1) @ v
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -427,9 +440,7 @@ class DiT(nn.Module):
                 positions, cache_positions, cache_valid, cfg.window_frames, include_same_position=False
             )  # (B, T, S)
             frame_mask = torch.cat([past, frame_mask], dim=2)
-        mask = expand_to_tokens(frame_mask, cfg.tokens_per_frame)  # (B, 1, T*N, K*N)
-        # As an additive bias, built once: a boolean mask is converted by every layer's attention call.
-        mask = torch.zeros(mask.shape, dtype=x.dtype, device=x.device).masked_fill_(~mask, float("-inf"))
+        mask = attention_bias(frame_mask, cfg.tokens_per_frame, x.dtype)  # (B, 1, T*N, K*N) or None
 
         cache_args = dict(cache=cache, rows=rows, positions=positions, write_cache=write_cache)
         for index, block in enumerate(self.blocks):
