@@ -42,6 +42,7 @@ def dit_pass_flops(config: DiTConfig, rows: int, frames: int = 1, key_frames: in
     `key_frames * tokens` keys: the kernels are dense, masked keys cost as much as visible ones). With a KV cache
     `key_frames` is the cache's slots plus `frames` (the cache is attended to in place, masked slots included);
     without one it is `frames`. Embedding lookups, norms, RoPE and elementwise ops are not counted (nor by torch).
+    Covers every head of `DiTConfig` (codebook logits, reward classes, action tokens).
     """
     key_frames = frames if key_frames is None else key_frames
     d, n, p, c = config.dim, config.tokens_per_frame, config.patch_size, config.latent_channels
@@ -52,20 +53,26 @@ def dit_pass_flops(config: DiTConfig, rows: int, frames: int = 1, key_frames: in
     attention = 4 * rows * config.heads * (frames * n) * (key_frames * n) * config.head_dim  # QK^T and PV
     per_block = tokens * per_token + attention + frame_count * 2 * d * (6 * d)  # + adaLN modulation
     action = 0
-    if config.action_space["type"] == "Box":
+    if config.action_space["type"] == "Box":  # an MLP; discrete actions are table lookups
         size = 1
         for extent in config.action_space["shape"]:
             size *= int(extent)
-        action = frame_count * (2 * size * d + 2 * d * d)
+        action = frame_count * (2 * size * d + 2 * d * d) * (2 if config.action_tokens else 1)
+    patch = c * p * p
+    if config.codebook_size:  # code logits, the previous tile's distance to every code, the expected tile
+        output = tokens * (2 * d * config.codebook_size + 2 * 2 * patch * config.codebook_size)
+    else:
+        output = tokens * 2 * d * patch  # output projection
+    outcomes = 1 + (len(config.reward_values) or 1)
     return (
         tokens * 2 * inputs * d  # patch embedding
         + frame_count * (2 * 256 * d + 2 * d * d)  # noise-level embedding MLP
         + action
         + config.depth * per_block
         + frame_count * 2 * d * (2 * d)  # final modulation
-        + tokens * 2 * d * (c * p * p)  # output projection
-        + frame_count * (2 * d * d + 2 * d * 2)  # outcome head
-    )
+        + output
+        + frame_count * (2 * d * d + 2 * d * outcomes)  # outcome head
+    )  # (reward classes' expected reward is a matrix-vector product: torch's counter leaves it out, and so do we)
 
 
 def dream_step_flops(config: DiTConfig, rows: int, sampler_steps: int, cache_slots: int,

@@ -5,6 +5,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from generator.flops import count_flops, dit_pass_flops, dream_step_flops, measure_matmul_peak
+from generator.model import DiT, dit_config
 from tiny_world import make_tiny_world
 from world_env.bench import count_step_flops
 from world_env.env import WorldModelVecEnv
@@ -51,6 +52,19 @@ def test_pass_formula_counts_every_layer():
         _, counted = count_flops(lambda: dit(latents, torch.rand(b, t), torch.rand(b, t, 2),
                                              torch.arange(t)[None].repeat(b, 1)))
     assert counted == dit_pass_flops(dit.config, b, frames=t)
+
+
+@pytest.mark.parametrize("heads", [dict(), dict(codebook_size=7, reward_values=(-1.0, 0.0, 1.0), action_tokens=True)])
+def test_pass_formula_covers_the_tile_model_heads(heads):
+    torch.manual_seed(0)
+    config = dit_config("tiny", previous_frame_input=True, prediction="x", **heads)
+    dit = DiT(config).eval()
+    b, t = 2, 3
+    latents = torch.randn(b, t, config.latent_channels, *config.latent_size)
+    with torch.no_grad():
+        _, counted = count_flops(lambda: dit(latents, torch.rand(b, t), torch.randint(0, 17, (b, t)),
+                                             torch.arange(t)[None].repeat(b, 1), previous=latents))
+    assert counted == dit_pass_flops(config, b, frames=t)
 
 
 def test_matmul_peak_is_measured():
