@@ -515,3 +515,26 @@ def test_one_pass_env_equals_the_recompute_reference(sampler_steps):
         assert np.abs(frames.astype(int) - reference.astype(int)).max() <= 1
         assert np.mean(frames == reference) > 0.999
         np.testing.assert_allclose(env_rewards, rewards.numpy(), atol=1e-4)
+
+
+@pytest.mark.parametrize("solver", ["euler", "categorical"])
+def test_one_pass_tile_model_runs_one_network_pass_per_step_and_repeats_with_the_seed(solver):
+    from tiny_world import make_tiny_tile_world
+
+    world, _ = make_tiny_tile_world(solver=solver)
+    world.sampling.commit_pass = False
+    with torch.no_grad():  # no episode ends: every step steps both envs
+        world.dit.outcome_head[-1].weight[-1].zero_()
+        world.dit.outcome_head[-1].bias[-1] = -20.0
+    calls = []
+    # passes over one new frame per row (a reset's prompt pass holds the prompt's frames)
+    world.dit.register_forward_hook(lambda module, args, output: calls.append(1) if args[0].shape[1] == 1 else None)
+    actions = sticky_actions(6, 2, seed=4)
+    runs = []
+    for _ in range(2):
+        env = WorldModelVecEnv(world, num_envs=2, device="cpu")
+        env.reset(seed=[3, 4])
+        calls.clear()
+        runs.append(np.stack([env.step(a)[0] for a in actions]))
+        assert len(calls) == len(actions)  # no commit pass: one pass per step for both envs
+    assert np.array_equal(runs[0], runs[1])
