@@ -97,6 +97,9 @@ class TrainConfig:
     stop_at: int = 0  # end this process at this step (resumable chunks, e.g. a short GPU lease); 0: run to `steps`
     max_minutes: float = 0.0  # end this process, saved, after this much wall time (resumable); 0: no limit
     model_overrides: dict = field(default_factory=dict)  # DiTConfig fields over the preset, e.g. {"depth": 4}
+    # Fine-tuning, e.g. a two-pass model into a one-pass one with --no-commit-pass; the network built from `model`,
+    # `codec` and the data must have the checkpoint's architecture.
+    init: str | None = None  # a WorldModel folder whose DiT weights start the run
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -328,6 +331,13 @@ def build_world_model(config: TrainConfig, dataset: EpisodeDataset) -> WorldMode
         dit.bind_codebook(codec.codebook)
     if config.clip_frames > dit.config.window_frames:
         raise ValueError(f"clip_frames {config.clip_frames} exceeds the model window {dit.config.window_frames}")
+    if config.init:
+        source = WorldModel.from_pretrained(config.init)
+        if source.dit.config != dit.config:
+            theirs, ours = source.dit.config.to_dict(), dit.config.to_dict()
+            differ = {key: (theirs[key], ours[key]) for key in ours if theirs.get(key) != ours[key]}
+            raise ValueError(f"--init {config.init}: its DiT differs from the one this run builds (init, run): {differ}")
+        load_state_into(dit, source.dit.state_dict(), what=f"{config.init}/model.safetensors")
     meta = dataset.meta
     info = WorldModelInfo(
         game=meta["game"],

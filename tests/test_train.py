@@ -346,3 +346,19 @@ def test_one_pass_training_sees_context_as_one_pass_inference_caches_it():
             assert (levels == 1.0).all() and matches
         else:
             assert not matches  # two-pass training presents context at its own levels, not as this cache holds it
+
+
+def test_init_starts_from_a_checkpoint_and_refuses_another_architecture(dataset, tmp_path):
+    torch.set_num_threads(1)
+    train(tiny_config(dataset, tmp_path / "a", steps=3, eval_windows=0))
+    source = WorldModel.from_pretrained(tmp_path / "a" / "model")
+    # lr 0: the run's weights stay the ones it started from
+    train(tiny_config(dataset, tmp_path / "b", steps=1, lr=0.0, eval_windows=0, init=str(tmp_path / "a" / "model"),
+                      commit_pass=False))
+    tuned = WorldModel.from_pretrained(tmp_path / "b" / "model")
+    assert tuned.sampling.commit_pass is False
+    for (name, a), b in zip(source.dit.state_dict().items(), tuned.dit.state_dict().values()):
+        assert torch.equal(a, b), name
+    with pytest.raises(ValueError, match="dim"):
+        train(tiny_config(dataset, tmp_path / "c", steps=1, eval_windows=0, init=str(tmp_path / "a" / "model"),
+                          model_overrides=dict(TINY, dim=48)))
