@@ -17,11 +17,14 @@ def main() -> None:
     parser.add_argument("--sampler-steps", type=int, default=None, help="new default denoising steps")
     parser.add_argument("--context-noise", type=float, default=None, help="new default context-noise level")
     parser.add_argument("--shift", type=float, default=None, help="new default schedule shift")
+    parser.add_argument("--solver", choices=["euler", "consistency", "categorical"], default=None,
+                        help="new default solver (categorical: codebook models, one pass, codes sampled per token)")
     parser.add_argument("--prompts-from", default=None, help="dataset to rebuild the prompt bank from")
     parser.add_argument("--prompt-count", type=int, default=32, help="clips in a rebuilt prompt bank")
     args = parser.parse_args()
     world = export_model(args.checkpoint, args.out, prompts_from=args.prompts_from, prompt_count=args.prompt_count,
-                         sampler_steps=args.sampler_steps, context_noise=args.context_noise, shift=args.shift)
+                         sampler_steps=args.sampler_steps, context_noise=args.context_noise, shift=args.shift,
+                         solver=args.solver)
     clips = "none" if world.prompts is None else tuple(world.prompts["frames"].shape)
     print(f"wrote {args.out}: sampling {world.sampling}, prompt clips {clips}")
 
