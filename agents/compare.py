@@ -5,7 +5,7 @@ For each of ``windows`` evenly spaced windows of ``context_frames + horizon`` st
 `generator.rollout.open_loop_rollout` takes the first ``context_frames`` real frames (with the actions that led to
 them) and generates ``horizon`` frames driven by the next real actions. Per horizon ``h = 1..horizon``:
 
-- ``psnr``: PSNR of the mean squared error over all windows at ``h`` (`generator.rollout.psnr_from_mse`; well defined
+- ``psnr``: PSNR of the mean squared error over all windows at ``h`` (`generator.metrics.psnr_from_mse`; well defined
   when a real frame repeats exactly), ``ssim``: mean `ssim`; both also for ``copy_last`` (the last context frame
   held still), the baseline a world model has to beat;
 - ``idm_accuracy_dream`` / ``idm_accuracy_real``: how often an inverse dynamics model (`agents.idm`, trained on real
@@ -37,7 +37,8 @@ from torch.nn import functional as F
 from generator.metrics import shift_agreement, summarize_shifts
 from generator.data import EpisodeDataset
 from generator.pretrained import WorldModel
-from generator.rollout import mse, open_loop_rollout, psnr_from_mse
+from generator.metrics import mse, psnr_from_mse
+from generator.rollout import open_loop_rollout
 
 FVD_MISSING = ("FVD is not implemented: it needs an I3D network and its Kinetics-400 weights, which nextframe "
                "neither ships nor downloads. Run without --i3d.")
@@ -278,14 +279,14 @@ def write_comparison_videos(clips: dict, out: Path, fps: int, context_frames: in
     return [write_video(out / "compare.mp4", grid, fps=fps), write_video(out / "compare.gif", grid, fps=fps)]
 
 
-def _finite(obj):
+def json_safe(obj):
     """JSON has no NaN or infinity (a horizon no window reached): store them as null."""
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
+        return {k: json_safe(v) for k, v in obj.items()}
     if isinstance(obj, list):
-        return [_finite(v) for v in obj]
+        return [json_safe(v) for v in obj]
     return obj
 
 
@@ -346,7 +347,7 @@ def compare_checkpoint(config: CompareConfig) -> dict:
         metrics["idm_note"] = "missing: pass --idm DIR (an IDM trained with scripts/train_idm.py) for action accuracy"
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "compare.json").write_text(json.dumps(_finite(metrics), indent=2))
+    (out / "compare.json").write_text(json.dumps(json_safe(metrics), indent=2))
     plot_metric(metrics, "psnr", "copy_last_psnr", "PSNR (dB)", out / "psnr.png")
     plot_metric(metrics, "ssim", "copy_last_ssim", "SSIM", out / "ssim.png")
     if idm is not None:

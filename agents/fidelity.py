@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from agents.compare import _finite, compare_dream_real, precision_recall
+from agents.compare import compare_dream_real, json_safe, precision_recall
 from generator.metrics import distinct_tiles
 from agents.model_table import drift_rollout, edge_energy, parse_entry
 from generator.codec import TileCodec, load_codec, nearest_codes, tiles_of
@@ -336,7 +336,7 @@ def evaluate_fidelity(config: FidelityConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     summary = {"models": results, "real_reference": reference, "config": asdict(config),
                "torch_threads": torch.get_num_threads()}
-    (out / "fidelity.json").write_text(json.dumps(_finite(summary), indent=1))
+    (out / "fidelity.json").write_text(json.dumps(json_safe(summary), indent=1))
     (out / "fidelity.md").write_text(markdown(results, reference, config))
     for stream in streams:
         plot_open_loop(results, stream, out / f"open_loop_{stream}.png")

@@ -12,32 +12,21 @@ size, widths, training metrics) + ``model.safetensors``; `load_idm(dir)` loads i
 """
 from __future__ import annotations
 
-import math
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import gymnasium
-import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from generator.checkpoint import CheckpointError, load_checkpoint, load_state_into, save_checkpoint
-from generator.data import EpisodeDataset, space_from_json, space_to_json
+from generator.checkpoint import CONFIG_NAME, CheckpointError, load_checkpoint, load_state_into, save_checkpoint
+from generator.data import EpisodeDataset
+from generator.actions import action_components, space_from_json, space_to_json
+from generator.pretrained import resolve_device
+from generator.run import TrainingRun, lr_schedule
 
 KIND = "nextframe-idm"
-
-
-def action_sizes(space: gymnasium.Space) -> tuple[list[int], list[int]]:
-    """``(sizes, starts)`` per action component: Discrete -> one, MultiDiscrete -> one per entry."""
-    if isinstance(space, gymnasium.spaces.Discrete):
-        return [int(space.n)], [int(space.start)]
-    if isinstance(space, gymnasium.spaces.MultiDiscrete):
-        if space.nvec.ndim != 1:
-            raise ValueError(f"the IDM takes 1-D MultiDiscrete spaces, got shape {space.nvec.shape}")
-        return [int(n) for n in space.nvec], [int(s) for s in np.broadcast_to(space.start, space.nvec.shape)]
-    raise ValueError(f"the IDM predicts Discrete or MultiDiscrete actions, not {space}")
 
 
 class InverseDynamics(nn.Module):
@@ -54,7 +43,9 @@ class InverseDynamics(nn.Module):
         self.action_space = action_space
         self.frame_size = (int(frame_size[0]), int(frame_size[1]))
         self.widths, self.hidden = tuple(int(w) for w in widths), int(hidden)
-        self.sizes, self.starts = action_sizes(action_space)
+        if not isinstance(action_space, (gymnasium.spaces.Discrete, gymnasium.spaces.MultiDiscrete)):
+            raise ValueError(f"the IDM predicts Discrete or MultiDiscrete actions, not {action_space}")
+        self.sizes, self.starts = action_components(action_space)
         layers, channels = [], 9
         h, w = self.frame_size
         for width in self.widths:
@@ -143,12 +134,13 @@ class IDMConfig:
     """Training an IDM on an episode dataset's train split; held-out accuracy on its val split."""
 
     data: str = "data/crafter"
-    out: str = "runs/idm"
+    out: str = "runs/idm"  # run folder: train_state/ (resumable), model/ (the IDM; load_idm(out) finds it), tb/
     steps: int = 3000
     batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 1e-4
-    widths: tuple[int, ...] = (32, 64, 128, 128)
+    warmup_steps: int | None = None  # linear warm-up, then cosine decay to 0; None: min(100, steps // 20), >= 1
+    widths: tuple[int, ...] = (32, 64, 128, 128)  # conv widths, one stride-2 block each
     hidden: int = 256
     val_fraction: float = 0.1  # must match the split the world model was evaluated on (the default everywhere)
     eval_every: int = 500
@@ -156,17 +148,19 @@ class IDMConfig:
     load_into_memory: bool = False
     device: str = "cpu"
     seed: int = 0
+    log_every: int = 50
+    ckpt_every: int = 1000
     progress: bool = True
+    stop_at: int = 0  # end this process at this step (resumable chunks); 0: run to `steps`
+    max_minutes: float = 0.0  # end this process, saved, after this much wall time; 0: no limit
 
 
 def train_idm(config: IDMConfig) -> dict:
-    """Train, evaluate on the val split every ``eval_every`` steps and at the end, save to ``config.out``.
+    """Train (or resume), evaluate on the val split every ``eval_every`` steps and at the end, save `out/model/`.
 
-    Returns ``{"step", "train_loss", "train_accuracy", "val": evaluate_idm(...), "history", "seconds"}``; the same
-    dictionary goes into the checkpoint's ``config.json`` under ``training``.
+    Returns `generator.run.TrainingRun.finish()`'s summary plus ``"val": evaluate_idm(...)`` and ``"history"``; the
+    same dictionary goes into the model's ``config.json`` under ``training``.
     """
-    from tqdm.auto import tqdm
-
     torch.manual_seed(config.seed)
     train_set = EpisodeDataset(config.data, window=2, split="train", val_fraction=config.val_fraction,
                                load_into_memory=config.load_into_memory)
@@ -176,45 +170,52 @@ def train_idm(config: IDMConfig) -> dict:
         raise ValueError(f"steps must be >= 1, got {config.steps}")
     if len(train_set) == 0:
         raise ValueError(f"{config.data}: the train split has no transitions")
-    device = torch.device(config.device)
+    device = resolve_device(config.device)
     idm = InverseDynamics(train_set.action_space, train_set.frame_size, config.widths, config.hidden).to(device)
     optimizer = torch.optim.AdamW(idm.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    warmup = max(1, min(100, config.steps // 20))
-
-    def lr_factor(step: int) -> float:  # linear warm-up, then cosine decay to 0 at `steps`
-        return min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(step, config.steps) / config.steps))
-
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+    warmup = max(1, min(100, config.steps // 20)) if config.warmup_steps is None else config.warmup_steps
+    scheduler = lr_schedule(optimizer, config.steps, warmup, min_lr_ratio=0.0)
     generator = torch.Generator().manual_seed(config.seed)
-    history, started = [], time.time()
-    loss_avg = acc_avg = None
-    for step in tqdm(range(1, config.steps + 1), disable=not config.progress, desc="idm"):
-        idm.train()
-        before, after, actions, mask = transitions(train_set.sample(config.batch_size, generator))
-        loss, ok = idm_loss(idm, before.to(device), after.to(device), actions.to(device), mask.to(device))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        acc = float(ok[mask.to(device)].all(-1).float().mean()) if mask.any() else 0.0
-        value = float(loss.detach())
-        loss_avg = value if loss_avg is None else 0.95 * loss_avg + 0.05 * value
-        acc_avg = acc if acc_avg is None else 0.95 * acc_avg + 0.05 * acc
-        if (config.eval_every and step % config.eval_every == 0) or step == config.steps:
-            val = evaluate_idm(idm, val_set, config.eval_windows)
-            history.append({"step": step, "train_loss": loss_avg, "train_accuracy": acc_avg,
-                            "val_accuracy": val["accuracy"]})
-    val = evaluate_idm(idm, val_set, config.eval_windows)
-    result = {"step": config.steps, "train_loss": loss_avg, "train_accuracy": acc_avg, "val": val,
-              "history": history, "seconds": time.time() - started}
-    settings = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()}
-    save_checkpoint(config.out, config={**idm.config_dict(), "training": {**result, "config": settings}},
+    settings = asdict(config)
+    run = TrainingRun(config.out, name="idm", config=settings, steps=config.steps, stop_at=config.stop_at,
+                      max_minutes=config.max_minutes, ckpt_every=config.ckpt_every, log_every=config.log_every,
+                      progress=config.progress, modules={"model": idm}, optimizers={"optimizer": optimizer},
+                      schedulers={"scheduler": scheduler}, generators={"data_generator": generator},
+                      fixed=("widths", "hidden"))
+    history = []
+    with run:
+        while run.running:
+            idm.train()
+            before, after, actions, mask = transitions(train_set.sample(config.batch_size, generator))
+            loss, ok = idm_loss(idm, before.to(device), after.to(device), actions.to(device), mask.to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            accuracy = float(ok[mask.to(device)].all(-1).float().mean()) if mask.any() else 0.0
+            run.end_step({"loss": float(loss.detach()), "accuracy": accuracy, "lr": scheduler.get_last_lr()[0]})
+            if config.eval_every and run.step % config.eval_every == 0 and run.running:
+                val = evaluate_idm(idm, val_set, config.eval_windows)
+                run.log({"accuracy": val["accuracy"] or 0.0}, "val")
+                history.append({"step": run.step, "val_accuracy": val["accuracy"]})
+        if not run.done:
+            return run.finish(history=history)
+        val = evaluate_idm(idm, val_set, config.eval_windows)
+        run.log({"accuracy": val["accuracy"] or 0.0}, "val")
+    recent = run.history[-config.log_every:]  # the last logging window of this process
+    result = run.finish(val=val, history=history,
+                        train_loss=sum(m["loss"] for m in recent) / max(1, len(recent)),
+                        train_accuracy=sum(m["accuracy"] for m in recent) / max(1, len(recent)))
+    save_checkpoint(Path(config.out) / "model", config={**idm.config_dict(), "training": result},
                     tensors={"model": idm.state_dict()})
     return result
 
 
 def load_idm(directory: str | Path, device: str | torch.device = "cpu") -> InverseDynamics:
-    """Load an IDM saved by `train_idm` (checksums and tensor shapes verified)."""
+    """Load an IDM saved by `train_idm`: its run folder or the `model/` in it (checksums and shapes verified)."""
+    directory = Path(directory)
+    if not (directory / CONFIG_NAME).exists() and (directory / "model" / CONFIG_NAME).exists():
+        directory = directory / "model"
     config, tensors = load_checkpoint(directory)
     if config.get("kind") != KIND:
         raise CheckpointError(f"{directory}: config.json is not a nextframe IDM (kind={config.get('kind')!r})")

@@ -39,8 +39,10 @@ from typing import Any
 import gymnasium
 import numpy as np
 
-from generator.checkpoint import atomic_write_json, read_checkpoint_config
-from generator.data import EpisodeWriter, action_array_spec
+from generator.checkpoint import atomic_write_json
+from generator.run import saved_run
+from generator.data import EpisodeWriter
+from generator.actions import action_array_spec
 from generator.sampler import mix_seed
 
 PHASES = ("collect", "generator", "dream")
@@ -274,7 +276,7 @@ class LoopRun:
         if self.config.initial_data:
             return [p for p in self.config.initial_data.split(",") if p]
         if self.config.generator:
-            saved = read_checkpoint_config(Path(self.config.generator) / "train_state")["train_config"]
+            _, saved = saved_run(self.config.generator)
             return [p for p in str(saved["data"]).split(",") if p]
         return []
 
@@ -295,9 +297,8 @@ class LoopRun:
         base: dict[str, Any] = {}
         start = 0
         if config.generator:
-            saved = read_checkpoint_config(Path(config.generator) / "train_state")
-            base = {k: v for k, v in saved["train_config"].items() if k in known}  # fields a newer TrainConfig dropped
-            start = int(saved["step"])
+            start, saved = saved_run(config.generator)
+            base = {k: v for k, v in saved.items() if k in known}  # fields a newer TrainConfig dropped
         unknown = sorted(set(config.generator_config) - known)
         if unknown:
             raise ValueError(f"unknown TrainConfig fields {unknown} in generator_config")
@@ -397,7 +398,7 @@ def generator_phase(run: LoopRun, iteration: int) -> dict:
     config = run.train_config(iteration)
     _seed_everything(phase_seed(run.config, iteration, "generator"))
     result = train(config)
-    return {"generator_step": int(result["step"]), "final_loss": result.get("final_loss"),
+    return {"generator_step": int(result["step"]), "final_loss": (result["final"] or {}).get("loss"),
             "data_folders": len(config.data.split(","))}
 
 

@@ -33,7 +33,8 @@ import torch
 from agents.compare import compare_dream_real
 from generator.data import EpisodeDataset
 from generator.pretrained import WorldModel
-from generator.rollout import open_loop_rollout, psnr_from_mse
+from generator.metrics import psnr_from_mse
+from generator.rollout import open_loop_rollout
 from world_env.policies import StickyPolicy
 
 

@@ -24,7 +24,7 @@ import random
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 import torch
@@ -80,20 +80,20 @@ def file_digest(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def atomic_write_json(path: str | Path, obj: Any, *, indent: int | None = 2) -> Path:
-    """Write `obj` as JSON to `path` via a temporary file in the same folder and `os.replace`.
+def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> Path:
+    """Write the file `path` atomically: `write(tmp)` fills a temporary file in the same folder, which is synced and
+    renamed over `path`, so readers see the old file or the complete new one, never a partial write.
 
-    Readers see either the old file or the complete new one, never a partial write.
+    The temporary name is `.<stem>.<random>.tmp<suffix>`: it keeps the suffix (writers that choose a format by
+    extension still do) and holds ".tmp" (`generator.data` sweeps such leftovers).
     """
     path = Path(path)
-    text = json.dumps(obj, indent=indent, allow_nan=False)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        write(Path(tmp_name))
+        _fsync_file(Path(tmp_name))
         os.chmod(tmp_name, default_mode())
         os.replace(tmp_name, path)
     except BaseException:
@@ -101,6 +101,17 @@ def atomic_write_json(path: str | Path, obj: Any, *, indent: int | None = 2) -> 
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def atomic_write_json(path: str | Path, obj: Any, *, indent: int | None = 2) -> Path:
+    """Write `obj` as JSON to `path` atomically (`atomic_write`); NaN and infinities are refused."""
+    text = json.dumps(obj, indent=indent, allow_nan=False)
+    return atomic_write(path, lambda tmp: tmp.write_text(text + "\n"))
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write `text` to `path` atomically (`atomic_write`)."""
+    return atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ from generator.checkpoint import (
     load_state_into,
     save_checkpoint,
 )
+from generator.metrics import psnr_from_mse
 
 CODEC_KINDS = ("pixels", "kl", "tiles")
 
@@ -60,14 +61,6 @@ def float_to_frames(images: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"expected images shaped (..., 3, H, W), got {tuple(images.shape)}")
     pixels = ((images.detach().float().clamp(-1.0, 1.0) + 1.0) * 127.5).round()
     return pixels.to(torch.uint8).movedim(-3, -1)
-
-
-def psnr(original: torch.Tensor, reconstruction: torch.Tensor, max_value: float = 255.0) -> torch.Tensor:
-    """Per-frame PSNR in dB of two uint8 ``(..., H, W, 3)`` frame tensors; identical frames give +inf."""
-    if original.shape != reconstruction.shape:
-        raise ValueError(f"shape mismatch: {tuple(original.shape)} vs {tuple(reconstruction.shape)}")
-    error = (original.double() - reconstruction.double()).square().mean(dim=(-3, -2, -1))
-    return 10.0 * torch.log10(max_value**2 / error)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -441,7 +434,7 @@ def tile_codec_from_data(
     if errors:
         error = torch.cat(errors)
         report["val_frames"] = len(error)
-        report["val_psnr"] = float(10 * torch.log10(255.0**2 / error.mean()))
+        report["val_psnr"] = float(psnr_from_mse(error.mean()))
         report["val_exact_frames"] = float((error == 0).double().mean())
     return codec, report
 
@@ -646,10 +639,14 @@ def save_codec(codec: Codec, directory: str | Path, extra_config: dict | None = 
     return save_checkpoint(directory, config=config, tensors={"codec": codec.state_dict()})
 
 
-def _resolve_codec_folder(directory: Path) -> Path:
-    # A codec training run (`generator.train_codec`) keeps its checkpoint in <out_dir>/checkpoint.
-    if not (directory / CONFIG_NAME).exists() and (directory / "checkpoint" / CONFIG_NAME).exists():
-        return directory / "checkpoint"
+def codec_folder(directory: str | Path) -> Path:
+    """The checkpoint folder a codec path names: itself, or a codec training run's `model/` (`generator.train_codec`;
+    runs written before the shared training harness kept it in `checkpoint/`)."""
+    directory = Path(directory)
+    if not (directory / CONFIG_NAME).exists():
+        for inner in ("model", "checkpoint"):
+            if (directory / inner / CONFIG_NAME).exists():
+                return directory / inner
     return directory
 
 
@@ -659,7 +656,7 @@ def load_codec(directory: str | Path, map_location: str | torch.device = "cpu") 
     That is a `save_codec` folder, a codec training run folder, or a world-model checkpoint. Returns the codec
     in eval mode; raises CheckpointError if the folder is unusable or does not fit its own config.
     """
-    directory = _resolve_codec_folder(Path(directory))
+    directory = codec_folder(directory)
     config, states = load_checkpoint(directory, names=["codec"])
     if "codec" not in config:
         raise CheckpointError(f"{directory / CONFIG_NAME}: no 'codec' config (not a codec checkpoint)")
@@ -676,5 +673,5 @@ codec_from_pretrained = load_codec
 
 __all__ = [
     "CodecConfig", "Codec", "PixelCodec", "TileCodec", "KLAutoencoder", "build_tile_codebook", "tile_codec_from_data", "nearest_codes", "DiagonalGaussian", "build_codec", "save_codec",
-    "load_codec", "codec_from_pretrained", "fit_latent_statistics", "frames_to_float", "float_to_frames", "psnr",
+    "load_codec", "codec_from_pretrained", "fit_latent_statistics", "frames_to_float", "float_to_frames",
 ]

@@ -36,6 +36,9 @@ import gymnasium
 import numpy as np
 import torch
 
+from generator.actions import action_array_spec, first_outside, space_from_json, space_range, space_to_json
+from generator.checkpoint import atomic_write, atomic_write_json
+
 FORMAT_VERSION = 1
 META_NAME = "meta.json"
 SHARD_INFO_NAME = "episode.json"
@@ -52,73 +55,6 @@ PathLike = str | os.PathLike
 
 class DatasetError(ValueError):
     """An episode dataset (or one of its shards) is missing, truncated, corrupt or inconsistent with its index."""
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Action spaces as JSON
-
-
-def space_to_json(space: gymnasium.Space) -> dict:
-    """A JSON-ready description of a Discrete, MultiDiscrete or Box action space (`space_from_json` inverts it).
-
-    Box bounds are stored as full nested lists; infinite bounds become ``Infinity`` (Python's json reads it back).
-    """
-    if isinstance(space, gymnasium.spaces.Discrete):
-        return {"type": "Discrete", "n": int(space.n), "start": int(space.start)}
-    if isinstance(space, gymnasium.spaces.MultiDiscrete):
-        return {
-            "type": "MultiDiscrete",
-            "nvec": np.asarray(space.nvec).tolist(),
-            "start": np.asarray(space.start).tolist(),
-            "dtype": np.dtype(space.dtype).name,
-        }
-    if isinstance(space, gymnasium.spaces.Box):
-        return {
-            "type": "Box",
-            "shape": [int(s) for s in space.shape],
-            "low": np.asarray(space.low, dtype=np.float64).tolist(),
-            "high": np.asarray(space.high, dtype=np.float64).tolist(),
-            "dtype": np.dtype(space.dtype).name,
-        }
-    raise ValueError(
-        f"unsupported action space {space!r}: only Discrete, MultiDiscrete and Box can be stored "
-        "(flatten Dict/Tuple actions first, e.g. with the VPT action codec)"
-    )
-
-
-def space_from_json(description: Mapping[str, Any]) -> gymnasium.Space:
-    """Rebuild the space described by `space_to_json`; raises ``ValueError`` for an unknown or malformed entry."""
-    try:
-        kind = description["type"]
-        if kind == "Discrete":
-            return gymnasium.spaces.Discrete(int(description["n"]), start=int(description.get("start", 0)))
-        if kind == "MultiDiscrete":
-            nvec = np.asarray(description["nvec"], dtype=np.int64)
-            start = description.get("start")
-            return gymnasium.spaces.MultiDiscrete(
-                nvec, dtype=description.get("dtype", "int64"), start=None if start is None else np.asarray(start)
-            )
-        if kind == "Box":
-            dtype = np.dtype(description.get("dtype", "float32"))
-            shape = tuple(int(s) for s in description["shape"])
-            low = np.asarray(description["low"], dtype=np.float64).astype(dtype)
-            high = np.asarray(description["high"], dtype=np.float64).astype(dtype)
-            return gymnasium.spaces.Box(low=low, high=high, shape=shape, dtype=dtype)
-    except (KeyError, TypeError, ValueError) as error:
-        raise ValueError(f"malformed action space description {dict(description)!r}: {error}") from None
-    raise ValueError(f"unsupported action space type {kind!r}; expected Discrete, MultiDiscrete or Box")
-
-
-def action_array_spec(space: gymnasium.Space) -> tuple[tuple[int, ...], np.dtype]:
-    """Per-step shape and dtype of stored actions: Discrete -> ``((), int64)``, MultiDiscrete -> ``((k,), int64)``,
-    Box -> ``(shape, float32)``."""
-    if isinstance(space, gymnasium.spaces.Discrete):
-        return (), np.dtype(np.int64)
-    if isinstance(space, gymnasium.spaces.MultiDiscrete):
-        return tuple(int(s) for s in space.shape), np.dtype(np.int64)
-    if isinstance(space, gymnasium.spaces.Box):
-        return tuple(int(s) for s in space.shape), np.dtype(np.float32)
-    raise ValueError(f"unsupported action space {space!r}: only Discrete, MultiDiscrete and Box can be stored")
 
 
 ArraySpec = tuple[tuple[int, ...], np.dtype]  # per-step shape and dtype of one stored array
@@ -210,31 +146,10 @@ def validate_episode(
 
 def _check_actions_in_space(actions: np.ndarray, space: gymnasium.Space, first_step: int = 1) -> None:
     """Raise ``ValueError`` naming the first step (``actions[0]`` is step ``first_step``) outside ``space``."""
-    if actions.shape[0] == 0:
-        return
-    if isinstance(space, gymnasium.spaces.Discrete):
-        low, high = int(space.start), int(space.start) + int(space.n) - 1
-        bad = np.flatnonzero((actions < low) | (actions > high))
-        if bad.size:
-            step = int(bad[0]) + first_step
-            value = actions[bad[0]].tolist()
-            raise ValueError(f"episode actions[{step}] = {value} is outside {space} ([{low}, {high}])")
-    elif isinstance(space, gymnasium.spaces.MultiDiscrete):
-        low = np.asarray(space.start, dtype=np.int64)
-        high = low + np.asarray(space.nvec, dtype=np.int64) - 1
-        bad = np.flatnonzero(np.any((actions < low) | (actions > high), axis=tuple(range(1, actions.ndim))))
-        if bad.size:
-            step = int(bad[0]) + first_step
-            raise ValueError(f"episode actions[{step}] = {actions[bad[0]].tolist()} is outside {space}")
-    else:
-        low = np.asarray(space.low, dtype=np.float64)
-        high = np.asarray(space.high, dtype=np.float64)
-        values = actions.astype(np.float64)
-        outside = ~np.isfinite(values) | (values < low) | (values > high)
-        bad = np.flatnonzero(np.any(outside, axis=tuple(range(1, actions.ndim))))
-        if bad.size:
-            step = int(bad[0]) + first_step
-            raise ValueError(f"episode actions[{step}] = {actions[bad[0]].tolist()} is outside {space}")
+    bad = first_outside(space, actions)
+    if bad is not None:
+        raise ValueError(f"episode actions[{bad + first_step}] = {actions[bad].tolist()} is outside {space}"
+                         f"{space_range(space)}")
 
 
 def _check_read_actions(shard: Path, actions: np.ndarray, first_step: int, space: gymnasium.Space) -> None:
@@ -265,16 +180,6 @@ def episode_checksum(arrays: Mapping[str, np.ndarray]) -> str:
 
 def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-
-
-def _write_json_atomic(path: Path, payload: Mapping[str, Any]) -> None:
-    tmp = path.with_name(f"{path.name}{TMP_MARKER}-{uuid.uuid4().hex[:8]}")
-    with open(tmp, "w") as handle:
-        json.dump(payload, handle, indent=2)
-        handle.write("\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 def _versions(game: str) -> dict[str, str]:
@@ -503,7 +408,7 @@ class EpisodeWriter:
                 "episodes": [],
                 "total_steps": 0,
             }
-            _write_json_atomic(meta_path, self.meta)
+            atomic_write_json(meta_path, self.meta)
 
     @property
     def num_episodes(self) -> int:
@@ -530,7 +435,7 @@ class EpisodeWriter:
         try:
             tensors = {key: torch.from_numpy(array) for key, array in arrays.items()}
             TensorDict(tensors, batch_size=[length + 1]).memmap_(tmp)
-            _write_json_atomic(tmp / SHARD_INFO_NAME, {"length": length, "checksum": checksum, "seed": seed})
+            atomic_write_json(tmp / SHARD_INFO_NAME, {"length": length, "checksum": checksum, "seed": seed})
             os.rename(tmp, self.root / name)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -546,14 +451,14 @@ class EpisodeWriter:
 
         folder = self.root / PREVIEW_DIR
         folder.mkdir(exist_ok=True)
-        path = folder / f"{name}.mp4"
-        tmp = folder / f"{name}{TMP_MARKER}.mp4"
-        # macro_block_size=1 keeps odd frame sizes (64x64 is fine either way) instead of resizing with a warning.
-        with imageio.get_writer(tmp, fps=self.meta["fps"], macro_block_size=1, quality=8) as video:
-            for frame in frames:
-                video.append_data(np.asarray(frame))
-        os.replace(tmp, path)
-        return path
+
+        def write(tmp: Path) -> None:
+            # macro_block_size=1 keeps odd frame sizes (64x64 is fine either way) instead of resizing with a warning.
+            with imageio.get_writer(tmp, fps=self.meta["fps"], macro_block_size=1, quality=8) as video:
+                for frame in frames:
+                    video.append_data(np.asarray(frame))
+
+        return atomic_write(folder / f"{name}.mp4", write)
 
     # -- internals ------------------------------------------------------------------------------------------
 
@@ -579,7 +484,7 @@ class EpisodeWriter:
         self.meta["seeds"] = [e["seed"] for e in self.meta["episodes"]]
         self.meta["total_steps"] = sum(e["length"] + 1 for e in self.meta["episodes"])
         self.meta["updated"] = _now()
-        _write_json_atomic(self.root / META_NAME, self.meta)
+        atomic_write_json(self.root / META_NAME, self.meta)
 
     def _remove_temporaries(self) -> None:
         for folder in (self.root, self.root / PREVIEW_DIR):

@@ -29,33 +29,20 @@ Layout of `out/`: `train_state/` (resumable), `model/` (EMA student as a `WorldM
 from __future__ import annotations
 
 import copy
-import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from torch import nn
 
-from generator.checkpoint import (
-    atomic_write_json,
-    capture_rng_state,
-    flatten_state,
-    load_checkpoint,
-    load_optimizer_state,
-    load_state_into,
-    restore_rng_state,
-    save_checkpoint,
-    unflatten_state,
-)
+from generator.adversarial import FrameDiscriminator, as_rows, outcome_loss, parse_blocks, recycled_input, recycles
 from generator.data import EpisodeDataset
 from generator.grad_kv_cache import GradKVCache
 from generator.model import DiT, DiTOutput, timestep_embedding
-from generator.pretrained import WorldModel
+from generator.pretrained import WorldModel, resolve_device
+from generator.run import TrainingRun, lr_schedule, update_ema
 from generator.sampler import logit_normal, previous_frames
-from generator.train import resolve_device
 from generator.trigflow import HALF_PI, TrigFlowModel, proposal_times, trig_denoise, trig_noise, trigflow_from_flow
 
 
@@ -158,76 +145,6 @@ class AdaptiveWeight(nn.Module):
         return self.mlp(emb).squeeze(-1)
 
 
-class FrameDiscriminator(nn.Module):
-    """A DiT backbone scored per frame: heads on the mean-pooled tokens of chosen blocks, logits summed.
-
-    `features(...)` runs the backbone (same arguments as `DiT.forward`, KV cache included) and returns one `(B, T, D)`
-    pooled feature per chosen block, captured by forward hooks; `logits(features)` gives `(B, T)`. Whether the
-    backbone trains is the caller's choice (frozen teacher in distillation, trained copy in AAPT post-training).
-    """
-
-    def __init__(self, backbone: DiT, blocks: Sequence[int] | None = None):
-        super().__init__()
-        depth, dim = backbone.config.depth, backbone.config.dim
-        self.block_indices = sorted(set(range(depth) if blocks is None else blocks))
-        if not self.block_indices or not all(0 <= i < depth for i in self.block_indices):
-            raise ValueError(f"discriminator blocks {blocks} must be indices in [0, {depth})")
-        self.backbone = backbone
-        self.heads = nn.ModuleList(
-            nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, 1))
-            for _ in self.block_indices
-        )
-
-    def features(self, latents, levels, actions, positions, **dit_kwargs) -> list[torch.Tensor]:
-        captured: list[torch.Tensor] = []
-
-        def keep(module, args, output):
-            captured.append(output.mean(dim=2))  # (B, T, N, D) -> (B, T, D)
-
-        handles = [self.backbone.blocks[i].register_forward_hook(keep) for i in self.block_indices]
-        try:
-            self.backbone(latents, levels, actions, positions, **dit_kwargs)
-        finally:
-            for handle in handles:
-                handle.remove()
-        return captured
-
-    def logits(self, features: list[torch.Tensor]) -> torch.Tensor:
-        return sum(head(f).squeeze(-1).float() for head, f in zip(self.heads, features))  # (B, T)
-
-    def forward(self, latents, levels, actions, positions, **dit_kwargs) -> torch.Tensor:
-        return self.logits(self.features(latents, levels, actions, positions, **dit_kwargs))
-
-
-def parse_blocks(spec: str, depth: int) -> list[int] | None:
-    """`"all"` -> None (every block); `"1,3"` -> [1, 3]; negative indices count from the end."""
-    if spec.strip().lower() in ("", "all"):
-        return None
-    return sorted({int(i) % depth for i in spec.split(",")})
-
-
-def outcome_loss(out: DiTOutput, batch: dict[str, torch.Tensor], valid: torch.Tensor, has_action: torch.Tensor):
-    """Reward MSE + termination BCE on the transitions into valid frames (as the teacher's training)."""
-    device = out.reward.device
-    transition = (valid & has_action).float()
-    count = transition.sum().clamp_min(1)
-    reward = (((out.reward - batch["rewards"].to(device).float()) ** 2) * transition).sum() / count
-    termination = F.binary_cross_entropy_with_logits(
-        out.termination_logit, batch["terminated"].to(device).float(), reduction="none"
-    )
-    return reward + (termination * transition).sum() / count
-
-
-def recycles(dit: DiT) -> bool:
-    """Whether the DiT reads each frame's previous frame (input recycling, `DiTConfig.previous_frame_input`)."""
-    return dit.config.previous_frame_input
-
-
-def recycled_input(dit: DiT, previous: torch.Tensor) -> dict:
-    """`{"previous": previous}` for DiTs with input recycling, `{}` otherwise (keyword arguments of `DiT.forward`)."""
-    return {"previous": previous} if recycles(dit) else {}
-
-
 def context_cache(
     dit: DiT, latents: torch.Tensor, levels: torch.Tensor, actions, positions, has_action, valid, slots: int
 ) -> tuple[GradKVCache, DiTOutput]:
@@ -238,11 +155,6 @@ def context_cache(
               **recycled_input(dit, previous_frames(latents, None)))
     cache.commit(None, positions, valid)
     return cache, out
-
-
-def as_rows(x: torch.Tensor) -> torch.Tensor:
-    """`(B, T, ...)` -> `(B*T, 1, ...)`: every frame becomes its own one-frame row."""
-    return rearrange(x, "b t ... -> (b t) 1 ...")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -339,22 +251,14 @@ def distill_losses(
     return student_loss, disc_loss, metrics
 
 
-def lr_factor(step: int, warmup_steps: int) -> float:
-    return min(1.0, (step + 1) / max(1, warmup_steps))
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # The loop
 
 
 def distill(config: DistillConfig) -> dict:
-    """Distill (or resume distilling) a teacher into a few-step consistency student; returns final metrics."""
-    from torch.utils.tensorboard import SummaryWriter
-    from tqdm.auto import tqdm
-
+    """Distill (or resume distilling) a teacher into a few-step consistency student; returns
+    `generator.run.TrainingRun.finish()`'s summary."""
     device = resolve_device(config.device)
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
 
     teacher_world = WorldModel.from_pretrained(config.teacher, device=device)
@@ -369,99 +273,49 @@ def distill(config: DistillConfig) -> dict:
     student = copy.deepcopy(teacher).requires_grad_(True).train()
     ema = copy.deepcopy(teacher)
     weighting = AdaptiveWeight().to(device)
-    discriminator = None
-    if config.adv_weight:
-        discriminator = FrameDiscriminator(teacher, parse_blocks(config.disc_blocks, teacher.config.depth)).to(device)
+    modules = {"model": student, "ema": ema, "weighting": weighting}
     optimizer = torch.optim.AdamW([*student.parameters(), *weighting.parameters()], lr=config.lr,
                                   weight_decay=config.weight_decay, betas=(0.9, 0.99))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, config.warmup_steps))
-    disc_optimizer = (torch.optim.Adam(discriminator.heads.parameters(), lr=config.disc_lr, betas=(0.0, 0.99))
-                      if discriminator is not None else None)
+    optimizers = {"optimizer": optimizer}
+    scheduler = lr_schedule(optimizer, config.steps, config.warmup_steps)  # constant after the warm-up
+    discriminator = disc_optimizer = None
+    if config.adv_weight:
+        discriminator = FrameDiscriminator(teacher, parse_blocks(config.disc_blocks, teacher.config.depth)).to(device)
+        disc_optimizer = torch.optim.Adam(discriminator.heads.parameters(), lr=config.disc_lr, betas=(0.0, 0.99))
+        modules["disc_heads"], optimizers["disc_optimizer"] = discriminator.heads, disc_optimizer
     data_generator = torch.Generator().manual_seed(config.seed * 1000)
     noise_generator = torch.Generator().manual_seed(config.seed * 1000 + 500)
-    step = 0
-
-    state_dir = out / "train_state"
-    if (state_dir / "config.json").exists():
-        saved, tensors = load_checkpoint(state_dir)
-        load_state_into(student, tensors["model"], what=f"{state_dir}/model.safetensors")
-        load_state_into(ema, tensors["ema"], what=f"{state_dir}/ema.safetensors")
-        load_state_into(weighting, tensors["weighting"], what=f"{state_dir}/weighting.safetensors")
-        if discriminator is not None:
-            load_state_into(discriminator.heads, tensors["disc_heads"], what=f"{state_dir}/disc_heads.safetensors")
-        rest = unflatten_state(tensors["state"], saved["state"])
-        load_optimizer_state(optimizer, rest["optimizer"], scheduler, rest["scheduler"])
-        if disc_optimizer is not None:
-            load_optimizer_state(disc_optimizer, rest["disc_optimizer"])
-        data_generator.set_state(rest["data_generator"])
-        noise_generator.set_state(rest["noise_generator"])
-        restore_rng_state(rest["rng"])
-        step = int(saved["step"])
-
     sampling = replace(teacher_world.sampling, sampler_steps=config.sampler_steps, solver="consistency")
 
-    def export(path: Path) -> None:
+    def export(step: int) -> None:
         info = copy.deepcopy(teacher_world.info)
         info.training = {"step": step, "distill_config": asdict(config), "teacher": str(Path(config.teacher).resolve()),
                          "teacher_training": teacher_world.info.training}
-        WorldModel(ema, codec, sampling, info, teacher_world.prompts).save_pretrained(path)
+        WorldModel(ema, codec, sampling, info, teacher_world.prompts).save_pretrained(Path(config.out) / "model")
 
-    def save_state() -> None:
-        rest = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "data_generator": data_generator.get_state(), "noise_generator": noise_generator.get_state(),
-                "rng": capture_rng_state()}
-        if disc_optimizer is not None:
-            rest["disc_optimizer"] = disc_optimizer.state_dict()
-        flat, skeleton = flatten_state(rest)
-        tensors = {"model": student.state_dict(), "ema": ema.state_dict(), "weighting": weighting.state_dict(),
-                   "state": flat}
-        if discriminator is not None:
-            tensors["disc_heads"] = discriminator.heads.state_dict()
-        save_checkpoint(state_dir, config={"step": step, "distill_config": asdict(config), "state": skeleton},
-                        tensors=tensors)
-        export(out / "model")
-
-    writer = SummaryWriter(out / "tb")
-    bar = tqdm(total=config.steps, initial=step, disable=not config.progress, desc="distill")
-    history: list[dict] = []
-    started = time.time()
-    stop = min(config.stop_at or config.steps, config.steps)
-    while step < stop:
-        batch = dataset.sample(config.batch_size, data_generator)
-        with torch.no_grad():
-            latents = codec.encode(batch["frames"].to(device))  # (B, T, C, h, w)
-        ramp = min(1.0, step / max(1, config.tangent_warmup))
-        loss, disc_loss, metrics = distill_losses(
-            student, teacher, weighting, discriminator, latents, batch, config, noise_generator, ramp
-        )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(student.parameters(), config.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        if disc_optimizer is not None:
-            disc_optimizer.zero_grad(set_to_none=True)  # drop what the generator loss left on the heads
-            disc_loss.backward()
-            disc_optimizer.step()
-        with torch.no_grad():
-            for ema_p, p in zip(ema.parameters(), student.parameters()):
-                ema_p.lerp_(p, 1 - config.ema_decay)
-        step += 1
-        metrics.update(grad_norm=float(grad_norm), lr=scheduler.get_last_lr()[0])
-        history.append(metrics)
-        bar.update(1)
-        if step % config.log_every == 0 or step == config.steps:
-            for key, value in metrics.items():
-                writer.add_scalar(f"distill/{key}", value, step)
-            bar.set_postfix(loss=f"{metrics['loss']:.4f}")
-        out_of_time = config.max_minutes > 0 and time.time() - started >= 60 * config.max_minutes
-        if step % config.ckpt_every == 0 or step == stop or out_of_time:
-            save_state()
-        if out_of_time:
-            break
-    bar.close()
-    writer.close()
-    result = {"step": step, "final": history[-1] if history else None, "seconds": time.time() - started}
-    if step == config.steps:
-        atomic_write_json(out / "metrics.json", result)
-    return result
+    run = TrainingRun(config.out, name="distill", config=asdict(config), steps=config.steps, stop_at=config.stop_at,
+                      max_minutes=config.max_minutes, ckpt_every=config.ckpt_every, log_every=config.log_every,
+                      progress=config.progress, modules=modules, optimizers=optimizers,
+                      schedulers={"scheduler": scheduler},
+                      generators={"data_generator": data_generator, "noise_generator": noise_generator}, export=export)
+    with run:
+        while run.running:
+            batch = dataset.sample(config.batch_size, data_generator)
+            with torch.no_grad():
+                latents = codec.encode(batch["frames"].to(device))  # (B, T, C, h, w)
+            ramp = min(1.0, run.step / max(1, config.tangent_warmup))
+            loss, disc_loss, metrics = distill_losses(
+                student, teacher, weighting, discriminator, latents, batch, config, noise_generator, ramp
+            )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(student.parameters(), config.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            if disc_optimizer is not None:
+                disc_optimizer.zero_grad(set_to_none=True)  # drop what the generator loss left on the heads
+                disc_loss.backward()
+                disc_optimizer.step()
+            update_ema(ema, student, config.ema_decay)
+            run.end_step({**metrics, "grad_norm": float(grad_norm), "lr": scheduler.get_last_lr()[0]})
+    return run.finish()

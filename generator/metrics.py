@@ -11,10 +11,34 @@ tiles over 2 inventory rows, the player in the middle tile, `docs/results.md`).
   separately where the real view moved and where it stayed.
 - `distinct_tiles`: the number of different tiles in a frame's world view: a world collapsing to a static field
   loses them, one dissolving into a patchwork of unrelated tiles gains them.
+
+And the pixel metrics every evaluation uses: `mse`, `psnr_from_mse` and `psnr` (identical frames score
+`PSNR_CAP_DB` = 100 dB, not +inf, so means over frames stay finite).
 """
 from __future__ import annotations
 
 import torch
+
+PSNR_CAP_DB = 100.0  # the PSNR of identical frames (MSE 0), instead of +inf
+
+
+def mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Mean squared error between uint8 frames `(..., H, W, 3)` in 8-bit units, one value per frame `(...)`."""
+    return ((a.float() - b.float()) ** 2).mean(dim=(-3, -2, -1))
+
+
+def psnr_from_mse(value: torch.Tensor | float) -> torch.Tensor:
+    """PSNR in dB of a mean squared error in 8-bit units, `10 log10(255^2 / mse)`, at most `PSNR_CAP_DB`."""
+    return (10 * torch.log10(255.0**2 / torch.as_tensor(value).clamp_min(1e-10))).clamp(max=PSNR_CAP_DB)
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """PSNR in dB between uint8 frames `(..., H, W, 3)`, one value per frame `(...)`; identical frames give
+    `PSNR_CAP_DB` (100 dB)."""
+    if a.shape != b.shape:
+        raise ValueError(f"shape mismatch: {tuple(a.shape)} vs {tuple(b.shape)}")
+    return psnr_from_mse(mse(a, b))
+
 
 # Displacements of the view content (rows, cols) in tiles: index 0 is "stayed".
 SHIFTS: tuple[tuple[int, int], ...] = ((0, 0), (0, 1), (0, -1), (1, 0), (-1, 0))

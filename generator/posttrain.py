@@ -14,7 +14,7 @@ pure noise, `x = noise - v(noise, s=1)`: the one-step case of both samplers in `
   loss is back-propagated (gradient accumulation) and the cache is detached; the discriminator sees each segment
   with `overlap_frames` preceding frames as context.
 - **Discriminator**: a copy of the causal backbone (the teacher by default) with per-frame logit heads
-  (`generator.distill.FrameDiscriminator`), scoring every frame of a segment in one parallel pass on inputs
+  (`generator.adversarial.FrameDiscriminator`), scoring every frame of a segment in one parallel pass on inputs
   re-noised to per-frame flow levels `U(0, 1)` (AAPT: unshifted).
 - **Loss** (R3GAN relativistic pairing): `L_G = softplus(D(real) - D(fake))`, `L_D = softplus(D(fake) - D(real))`
   paired per frame (same prompt, actions, re-noising), plus approximate R1/R2 `lambda ||D(x) - D(x + sigma n)||^2`
@@ -40,7 +40,6 @@ Layout of `out/`: `train_state/` (resumable), `model/` (the generator as a `Worl
 from __future__ import annotations
 
 import copy
-import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Iterator, NamedTuple
@@ -48,31 +47,13 @@ from typing import Iterator, NamedTuple
 import torch
 import torch.nn.functional as F
 
-from generator.checkpoint import (
-    atomic_write_json,
-    capture_rng_state,
-    flatten_state,
-    load_checkpoint,
-    load_optimizer_state,
-    load_state_into,
-    restore_rng_state,
-    save_checkpoint,
-    unflatten_state,
-)
+from generator.adversarial import FrameDiscriminator, as_rows, outcome_loss, parse_blocks, recycled_input, recycles
 from generator.data import EpisodeDataset
-from generator.distill import (
-    FrameDiscriminator,
-    as_rows,
-    outcome_loss,
-    parse_blocks,
-    recycled_input,
-    recycles,
-)
 from generator.grad_kv_cache import GradKVCache
 from generator.model import DiT, DiTOutput
-from generator.pretrained import WorldModel
+from generator.pretrained import WorldModel, resolve_device
+from generator.run import TrainingRun
 from generator.sampler import previous_frames
-from generator.train import resolve_device
 
 
 @dataclass
@@ -420,13 +401,9 @@ def posttrain_step(
 
 
 def posttrain(config: PosttrainConfig) -> dict:
-    """Adversarially post-train (or resume) a one-step generator; returns final metrics."""
-    from torch.utils.tensorboard import SummaryWriter
-    from tqdm.auto import tqdm
-
+    """Adversarially post-train (or resume) a one-step generator; returns `generator.run.TrainingRun.finish()`'s
+    summary."""
     device = resolve_device(config.device)
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
 
     world = WorldModel.from_pretrained(config.generator, device=device)
@@ -448,69 +425,31 @@ def posttrain(config: PosttrainConfig) -> dict:
     disc_optimizer = torch.optim.RMSprop(disc_groups, lr=config.disc_lr, alpha=config.rmsprop_alpha)
     data_generator = torch.Generator().manual_seed(config.seed * 1000)
     noise_generator = torch.Generator().manual_seed(config.seed * 1000 + 500)
-    step = 0
-
-    state_dir = out / "train_state"
-    if (state_dir / "config.json").exists():
-        saved, tensors = load_checkpoint(state_dir)
-        load_state_into(gen, tensors["model"], what=f"{state_dir}/model.safetensors")
-        load_state_into(disc, tensors["disc"], what=f"{state_dir}/disc.safetensors")
-        rest = unflatten_state(tensors["state"], saved["state"])
-        load_optimizer_state(gen_optimizer, rest["gen_optimizer"])
-        load_optimizer_state(disc_optimizer, rest["disc_optimizer"])
-        data_generator.set_state(rest["data_generator"])
-        noise_generator.set_state(rest["noise_generator"])
-        restore_rng_state(rest["rng"])
-        step = int(saved["step"])
-
     sampling = replace(world.sampling, sampler_steps=1, solver="consistency")
     context_noise = world.sampling.context_noise
 
-    def save_state() -> None:
-        rest = {"gen_optimizer": gen_optimizer.state_dict(), "disc_optimizer": disc_optimizer.state_dict(),
-                "data_generator": data_generator.get_state(), "noise_generator": noise_generator.get_state(),
-                "rng": capture_rng_state()}
-        flat, skeleton = flatten_state(rest)
-        save_checkpoint(state_dir, config={"step": step, "posttrain_config": asdict(config), "state": skeleton},
-                        tensors={"model": gen.state_dict(), "disc": disc.state_dict(), "state": flat})
+    def export(step: int) -> None:
         info = copy.deepcopy(world.info)
         info.training = {"step": step, "posttrain_config": asdict(config),
                          "generator": str(Path(config.generator).resolve()), "generator_training": world.info.training}
-        WorldModel(gen, codec, sampling, info, world.prompts).save_pretrained(out / "model")
-
-    writer = SummaryWriter(out / "tb")
-    bar = tqdm(total=config.steps, initial=step, disable=not config.progress, desc="posttrain")
-    history: list[dict] = []
-    started = time.time()
-    stop = min(config.stop_at or config.steps, config.steps)
+        WorldModel(gen, codec, sampling, info, world.prompts).save_pretrained(Path(config.out) / "model")
 
     def sample() -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         batch = dataset.sample(config.batch_size, data_generator)
         with torch.no_grad():
             return codec.encode(batch["frames"].to(device)), batch  # latents (B, P + K, C, h, w)
 
-    while step < stop:
-        train_generator = step >= config.disc_warmup_steps
-        for _ in range(config.disc_steps - 1 if train_generator else 0):
-            posttrain_step(gen, disc, *sample(), config, context_noise, noise_generator, gen_optimizer,
-                           disc_optimizer, train_generator=False)
-        metrics = posttrain_step(gen, disc, *sample(), config, context_noise, noise_generator, gen_optimizer,
-                                 disc_optimizer, train_generator=train_generator)
-        step += 1
-        history.append(metrics)
-        bar.update(1)
-        if step % config.log_every == 0 or step == config.steps:
-            for key, value in metrics.items():
-                writer.add_scalar(f"posttrain/{key}", value, step)
-            bar.set_postfix(gen=f"{metrics.get('gen', float('nan')):.3f}", disc=f"{metrics['disc']:.3f}")
-        out_of_time = config.max_minutes > 0 and time.time() - started >= 60 * config.max_minutes
-        if step % config.ckpt_every == 0 or step == stop or out_of_time:
-            save_state()
-        if out_of_time:
-            break
-    bar.close()
-    writer.close()
-    result = {"step": step, "final": history[-1] if history else None, "seconds": time.time() - started}
-    if step == config.steps:
-        atomic_write_json(out / "metrics.json", result)
-    return result
+    run = TrainingRun(config.out, name="posttrain", config=asdict(config), steps=config.steps, stop_at=config.stop_at,
+                      max_minutes=config.max_minutes, ckpt_every=config.ckpt_every, log_every=config.log_every,
+                      progress=config.progress, modules={"model": gen, "disc": disc},
+                      optimizers={"gen_optimizer": gen_optimizer, "disc_optimizer": disc_optimizer},
+                      generators={"data_generator": data_generator, "noise_generator": noise_generator}, export=export)
+    with run:
+        while run.running:
+            train_generator = run.step >= config.disc_warmup_steps
+            for _ in range(config.disc_steps - 1 if train_generator else 0):
+                posttrain_step(gen, disc, *sample(), config, context_noise, noise_generator, gen_optimizer,
+                               disc_optimizer, train_generator=False)
+            run.end_step(posttrain_step(gen, disc, *sample(), config, context_noise, noise_generator, gen_optimizer,
+                                        disc_optimizer, train_generator=train_generator))
+    return run.finish()

@@ -18,6 +18,13 @@ from generator.model import DiT, DiTConfig
 KIND = "nextframe-world-model"
 
 
+def resolve_device(device: str | torch.device) -> torch.device:
+    """`"auto"`: CUDA when present, else the CPU; anything else as `torch.device` reads it."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
 @dataclass
 class SamplingConfig:
     """How frames are drawn from this model; the env's `sampler_steps` overrides `sampler_steps`."""
@@ -126,13 +133,13 @@ class WorldModel(nn.Module):
                     "trained on another tile codec (rebuild the checkpoint from one training run)"
                 )
         check_info(info, dit_config, codec_config, tensors.get("prompts"), where=str(directory))
-        return cls(dit, codec, sampling, info, tensors.get("prompts")).to(device).eval()
+        return cls(dit, codec, sampling, info, tensors.get("prompts")).to(resolve_device(device)).eval()
 
 
 def check_info(info: WorldModelInfo, dit_config: DiTConfig, codec_config: CodecConfig,
                prompts: dict[str, torch.Tensor] | None, where: str) -> None:
     """Raise `CheckpointError` unless `info` (what the env presents) fits the network, codec and prompt clips."""
-    from generator.data import action_array_spec, space_from_json
+    from generator.actions import action_array_spec, space_from_json
 
     fix = "config.json was edited or mixed from another model; restore the one written with the weights"
     try:
@@ -166,13 +173,38 @@ def check_info(info: WorldModelInfo, dit_config: DiTConfig, codec_config: CodecC
         raise CheckpointError(f"{where}/prompts.safetensors: {problems[0]}")
 
 
+def build_prompts(
+    data: str, context_frames: int = 4, count: int = 32, verify: str = "shape"
+) -> dict[str, torch.Tensor] | None:
+    """Real starting clips for dream episodes: windows of `context_frames` steps with no padding and no terminal
+    step (a clip ending at a death would end its dream episode at once), from the validation split (train if val has
+    none): `count` of them spread evenly, or all when there are fewer. None when the dataset has no such window."""
+    from generator.data import open_datasets
+
+    for split in ("val", "train"):
+        dataset = open_datasets(data, window=context_frames, split=split, verify=verify)
+        candidates = dataset.whole_windows(exclude_terminal=True)
+        if candidates:
+            break
+    else:
+        return None
+    if len(candidates) > count:
+        candidates = [candidates[i * len(candidates) // count] for i in range(count)]
+    items = [dataset[i] for i in candidates]
+    return {
+        "frames": torch.stack([it["frames"] for it in items]).contiguous(),
+        "actions": torch.stack([it["actions"] for it in items]).contiguous(),
+        "has_action": torch.stack([~it["is_first"] for it in items]).contiguous(),
+    }
+
+
 def prompts_from_dataset(world: WorldModel, data: str | Path | list, count: int = 32,
                          context_frames: int | None = None) -> dict[str, torch.Tensor]:
-    """A new prompt bank for `world` from the episode dataset `data` (`generator.train.build_prompts`: clips without
+    """A new prompt bank for `world` from the episode dataset `data` (`build_prompts`: clips without
     padding or a terminal step); `context_frames` defaults to the current bank's clip length, else 4. The dataset
     must have the model's frame size and action space."""
-    from generator.data import open_datasets, space_from_json
-    from generator.train import build_prompts
+    from generator.data import open_datasets
+    from generator.actions import space_from_json
 
     dataset = open_datasets(data)
     space = space_from_json(world.info.action_space)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 
 from generator.codec import float_to_frames
+from generator.metrics import mse, psnr, psnr_from_mse
 from generator.sampler import advance_rows, prompt_rows
 
 
@@ -62,21 +63,6 @@ def open_loop_rollout(
         "termination_logit": torch.stack(terminations, dim=1).cpu(),
         "reward_logits": torch.stack(reward_logits, dim=1).cpu() if reward_logits else None,
     }
-
-
-def mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Mean squared error between uint8 frames `(..., H, W, 3)` in 8-bit units, one value per frame `(...)`."""
-    return ((a.float() - b.float()) ** 2).mean(dim=(-3, -2, -1))
-
-
-def psnr_from_mse(value: torch.Tensor | float) -> torch.Tensor:
-    return 10 * torch.log10(255.0**2 / torch.as_tensor(value).clamp_min(1e-10))
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """PSNR in dB between uint8 frames `(..., H, W, 3)`, one value per frame `(...)`; capped at 100 dB."""
-    mse = ((a.float() - b.float()) ** 2).mean(dim=(-3, -2, -1))
-    return (10 * torch.log10(255.0**2 / mse.clamp_min(1e-10))).clamp(max=100.0)
 
 
 @torch.no_grad()

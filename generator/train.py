@@ -9,10 +9,8 @@ Layout of `out/`: `train_state/` (resumable, rewritten atomically every `ckpt_ev
 from __future__ import annotations
 
 import copy
-import json
 import math
 import os
-import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -20,22 +18,12 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from generator.checkpoint import (
-    atomic_write_json,
-    capture_rng_state,
-    flatten_state,
-    load_checkpoint,
-    load_optimizer_state,
-    load_state_into,
-    restore_rng_state,
-    save_checkpoint,
-    unflatten_state,
-)
+from generator.checkpoint import load_state_into
 from generator.codec import CodecConfig, build_codec, load_codec
 from generator.data import EpisodeDataset, open_datasets
 from generator.model import DiT, dit_config
-from generator.pretrained import SamplingConfig, WorldModel, WorldModelInfo
-from generator.run_limits import StopRequest
+from generator.pretrained import SamplingConfig, WorldModel, WorldModelInfo, build_prompts, resolve_device
+from generator.run import TrainingRun, lr_schedule, update_ema
 from generator.sampler import cache_level, context_latents, logit_normal, previous_frames
 
 
@@ -256,22 +244,8 @@ def self_rollout(
     return rolled, learn
 
 
-def lr_factor(step: int, config: TrainConfig) -> float:
-    """Linear warm-up then cosine decay to `min_lr_ratio`."""
-    if step < config.warmup_steps:
-        return (step + 1) / config.warmup_steps
-    progress = min(1.0, (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps))
-    return config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Set-up helpers
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def setup_distributed() -> tuple[int, int, int]:
@@ -313,7 +287,7 @@ def patch_size_for(height: int, width: int) -> int:
 
 def build_world_model(config: TrainConfig, dataset: EpisodeDataset) -> WorldModel:
     """The untrained WorldModel for this dataset: codec, DiT sized to its latents and the game's action space."""
-    from generator.data import space_to_json
+    from generator.actions import space_to_json
 
     codec = make_codec(config.codec, dataset.frame_size)
     channels, h, w = codec.latent_shape
@@ -352,48 +326,20 @@ def build_world_model(config: TrainConfig, dataset: EpisodeDataset) -> WorldMode
     return WorldModel(dit, codec, sampling, info)
 
 
-def build_prompts(
-    data: str, context_frames: int = 4, count: int = 32, verify: str = "shape"
-) -> dict[str, torch.Tensor] | None:
-    """Real starting clips for dream episodes: windows of `context_frames` steps with no padding and no terminal
-    step (a clip ending at a death would end its dream episode at once), from the validation split (train if val has
-    none): `count` of them spread evenly, or all when there are fewer. None when the dataset has no such window."""
-    for split in ("val", "train"):
-        dataset = open_datasets(data, window=context_frames, split=split, verify=verify)
-        candidates = dataset.whole_windows(exclude_terminal=True)
-        if candidates:
-            break
-    else:
-        return None
-    if len(candidates) > count:
-        candidates = [candidates[i * len(candidates) // count] for i in range(count)]
-    items = [dataset[i] for i in candidates]
-    return {
-        "frames": torch.stack([it["frames"] for it in items]).contiguous(),
-        "actions": torch.stack([it["actions"] for it in items]).contiguous(),
-        "has_action": torch.stack([~it["is_first"] for it in items]).contiguous(),
-    }
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # The loop
 
 
 def train(config: TrainConfig) -> dict:
-    """Train (or resume) a teacher; returns final metrics. See the module docstring for the output layout."""
-    from torch.utils.tensorboard import SummaryWriter
-    from tqdm.auto import tqdm
-
+    """Train (or resume) a teacher; returns `generator.run.TrainingRun.finish()`'s summary, plus the final
+    open-loop evaluation once the run is done. See the module docstring for the output layout."""
     config = resolve_clip_frames(config)  # before anything is written: a bad value leaves no empty folder behind
     rank, local_rank, world_size = setup_distributed()
     device = resolve_device(config.device)
     if device.type == "cuda":
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
-    out = Path(config.out)
     main = rank == 0
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
 
     torch.manual_seed(config.seed)  # identical initial weights on every rank
     dataset = open_datasets(config.data, window=config.clip_frames, split="train", verify=config.verify_data)
@@ -413,57 +359,31 @@ def train(config: TrainConfig) -> dict:
     codec.requires_grad_(False)
     ema = copy.deepcopy(model).requires_grad_(False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.99))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, config))
+    scheduler = lr_schedule(optimizer, config.steps, config.warmup_steps, config.min_lr_ratio)
     data_generator = torch.Generator().manual_seed(config.seed * 1000 + rank)
     noise_generator = torch.Generator().manual_seed(config.seed * 1000 + 500 + rank)
-    step = 0
 
-    state_dir = out / "train_state" / f"rank{rank}" if world_size > 1 else out / "train_state"
-    if (state_dir / "config.json").exists():
-        saved_config, tensors = load_checkpoint(state_dir)
-        load_state_into(model, tensors["model"], what=f"{state_dir}/model.safetensors")
-        load_state_into(ema, tensors["ema"], what=f"{state_dir}/ema.safetensors")
-        rest = unflatten_state(tensors["state"], saved_config["state"])
-        load_optimizer_state(optimizer, rest["optimizer"], scheduler, rest["scheduler"])
-        data_generator.set_state(rest["data_generator"])
-        noise_generator.set_state(rest["noise_generator"])
-        restore_rng_state(rest["rng"])
-        step = int(saved_config["step"])
+    def export(step: int) -> None:
+        exported = WorldModel(ema, codec, world.sampling, world.info, world.prompts)
+        exported.info.training = {"step": step, "train_config": asdict(config)}
+        exported.save_pretrained(Path(config.out) / "model")
 
+    run = TrainingRun(config.out, name="train", config=asdict(config), steps=config.steps, stop_at=config.stop_at,
+                      max_minutes=config.max_minutes, ckpt_every=config.ckpt_every, log_every=config.log_every,
+                      progress=config.progress, modules={"model": model, "ema": ema},
+                      optimizers={"optimizer": optimizer}, schedulers={"scheduler": scheduler},
+                      generators={"data_generator": data_generator, "noise_generator": noise_generator},
+                      export=export, rank=rank, world_size=world_size)
     ddp_model = model
     if world_size > 1:
         ddp_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[local_rank] if device.type == "cuda" else None
         )
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
-
-    def save_state():
-        rest = {
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "data_generator": data_generator.get_state(),
-            "noise_generator": noise_generator.get_state(),
-            "rng": capture_rng_state(),
-        }
-        tensors, skeleton = flatten_state(rest)
-        save_checkpoint(
-            state_dir,
-            config={"step": step, "train_config": asdict(config), "state": skeleton},
-            tensors={"model": model.state_dict(), "ema": ema.state_dict(), "state": tensors},
-        )
-        if main:
-            export = WorldModel(ema, codec, world.sampling, world.info, world.prompts)
-            export.info.training = {"step": step, "train_config": asdict(config)}
-            export.save_pretrained(out / "model")
-
-    writer = SummaryWriter(out / "tb") if main else None
-    bar = tqdm(total=config.steps, initial=step, disable=not (main and config.progress), desc="train")
+    evaluation = {}
     model.train()
-    history = []
-    started = time.time()
-    stop = min(config.stop_at or config.steps, config.steps)
-    with StopRequest(config.max_minutes) as stop_request:
-        while step < stop:
+    with run:
+        while run.running:
             batch = dataset.sample(config.batch_size, data_generator, weights=window_weights)
             with torch.no_grad():
                 latents = codec.encode(batch["frames"].to(device))  # (B, T, C, h, w)
@@ -481,44 +401,22 @@ def train(config: TrainConfig) -> dict:
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimizer.step()
             scheduler.step()
-            with torch.no_grad():
-                # EMA warm-up: early on the average would still be mostly the (zero-output) initial weights.
-                decay = min(config.ema_decay, (1 + step) / (10 + step))
-                for ema_p, p in zip(ema.parameters(), model.parameters()):
-                    ema_p.lerp_(p, 1 - decay)
-            step += 1
-            metrics.update(grad_norm=float(grad_norm), lr=scheduler.get_last_lr()[0])
-            history.append(metrics["loss"])
-            bar.update(1)
-            if main and (step % config.log_every == 0 or step == config.steps):
-                for key, value in metrics.items():
-                    writer.add_scalar(f"train/{key}", value, step)
-                bar.set_postfix(loss=f"{metrics['loss']:.4f}")
-            stopping = stop_request()
-            if step % config.ckpt_every == 0 or step == stop or stopping:
-                save_state()
-            if stopping:
-                if main:
-                    print(f"stopping at step {step} ({stopping}), saved; rerun the same command to resume", flush=True)
-                break
-            if main and config.eval_every and step % config.eval_every == 0 and step < config.steps:
-                evaluate_and_log(WorldModel(ema, codec, world.sampling, world.info), config, writer, step, out)
+            # EMA warm-up: early on the average would still be mostly the (zero-output) initial weights.
+            update_ema(ema, model, min(config.ema_decay, (1 + run.step) / (10 + run.step)))
+            run.end_step({**metrics, "grad_norm": float(grad_norm), "lr": scheduler.get_last_lr()[0]})
+            if main and config.eval_every and run.step % config.eval_every == 0 and run.running:
+                evaluate_and_log(WorldModel(ema, codec, world.sampling, world.info), config, run, Path(config.out))
                 model.train()
-    bar.close()
-    result = {"step": step, "final_loss": history[-1] if history else None, "seconds": time.time() - started,
-              "stopped": stop_request.reason}
-    if main and step == config.steps:
-        export = WorldModel(ema, codec, world.sampling, world.info, world.prompts)
-        result.update(evaluate_and_log(export, config, writer, step, out, videos=True))
-        atomic_write_json(out / "metrics.json", result)
-    if writer is not None:
-        writer.close()
+        if main and run.done:
+            exported = WorldModel(ema, codec, world.sampling, world.info, world.prompts)
+            evaluation = evaluate_and_log(exported, config, run, Path(config.out), videos=True)
+    result = run.finish(**evaluation)
     if world_size > 1:
         dist.barrier()
     return result
 
 
-def evaluate_and_log(world: WorldModel, config: TrainConfig, writer, step: int, out: Path, videos: bool = False) -> dict:
+def evaluate_and_log(world: WorldModel, config: TrainConfig, run: TrainingRun, out: Path, videos: bool = False) -> dict:
     """Open-loop PSNR on validation windows (context 4, horizon clip-4) and, optionally, a rollout video."""
     from generator.rollout import evaluate_open_loop
 
@@ -533,11 +431,10 @@ def evaluate_and_log(world: WorldModel, config: TrainConfig, writer, step: int, 
         return {}
     metrics = evaluate_open_loop(world, val, context, horizon, windows=config.eval_windows, seed=config.seed)
     for h, (p_model, p_copy) in enumerate(zip(metrics["psnr"], metrics["copy_last_psnr"]), start=1):
-        if writer is not None and h in (1, horizon):
-            writer.add_scalar(f"eval/psnr_h{h}", p_model, step)
-            writer.add_scalar(f"eval/copy_last_psnr_h{h}", p_copy, step)
+        if h in (1, horizon):
+            run.log({f"psnr_h{h}": p_model, f"copy_last_psnr_h{h}": p_copy}, "eval")
     if videos:
         from generator.videos import save_rollout_video
 
-        save_rollout_video(world, val, out / "samples" / f"rollout_step{step:07d}.gif", context, horizon)
+        save_rollout_video(world, val, out / "samples" / f"rollout_step{run.step:07d}.gif", context, horizon)
     return {"eval": metrics}

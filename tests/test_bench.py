@@ -11,12 +11,11 @@ from world_env.bench import (
     BenchSettings,
     add_gains,
     mean_run_length,
-    recorded_actions,
     run_benchmark,
-    sticky_actions,
     to_markdown,
     write_results,
 )
+from world_env.policies import recorded_actions, sticky_actions
 
 CRAFTER_SPACE = gymnasium.spaces.Discrete(17)
 

@@ -9,16 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from generator.data import (
-    DatasetError,
-    EpisodeDataset,
-    EpisodeWriter,
-    action_array_spec,
-    read_episode,
-    space_from_json,
-    space_to_json,
-    split_episodes,
-)
+from generator.data import DatasetError, EpisodeDataset, EpisodeWriter, read_episode, split_episodes
+from generator.actions import action_array_spec, space_from_json, space_to_json
 
 SIZE = (6, 8)
 DISCRETE = gymnasium.spaces.Discrete(4)

@@ -1,7 +1,8 @@
 """The frame metrics that read what an agent sees (generator/metrics.py)."""
+import pytest
 import torch
 
-from generator.metrics import SHIFTS, distinct_tiles, shift_agreement, view_shift
+from generator.metrics import PSNR_CAP_DB, SHIFTS, distinct_tiles, psnr, shift_agreement, view_shift
 
 
 def tiled_frame(tiles: torch.Tensor, tile: int = 7) -> torch.Tensor:
@@ -60,3 +61,13 @@ def test_distinct_tiles_counts_world_view_tiles_only():
     frame = view_at(grid, 10, 10)  # grass, one other tile, the player; inventory rows ignored
     assert int(distinct_tiles(frame)) == 3
     assert distinct_tiles(torch.stack([frame, frame])).tolist() == [3.0, 3.0]
+
+
+def test_psnr_per_frame_with_identical_frames_at_the_cap():
+    frames = torch.randint(0, 256, (2, 16, 16, 3), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    assert (psnr(frames, frames) == PSNR_CAP_DB).all()  # identical frames: 100 dB, not +inf
+    noisy = frames.clone()
+    noisy[0, 0, 0, 0] ^= 1
+    value = psnr(frames, noisy)
+    assert value.shape == (2,) and value[0].item() == pytest.approx(10 * torch.log10(torch.tensor(255.0**2 * 768)).item())
+    assert psnr(torch.zeros(1, 4, 4, 3, dtype=torch.uint8), torch.full((1, 4, 4, 3), 255, dtype=torch.uint8)).item() == 0

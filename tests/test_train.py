@@ -92,7 +92,7 @@ def test_resume_gives_the_same_next_loss_as_an_uninterrupted_run(dataset, tmp_pa
     straight = train(tiny_config(dataset, tmp_path / "a", steps=12, ckpt_every=6, eval_windows=0))
     train(tiny_config(dataset, tmp_path / "b", steps=12, stop_at=6, ckpt_every=4, eval_windows=0))  # "killed"
     resumed = train(tiny_config(dataset, tmp_path / "b", steps=12, ckpt_every=6, eval_windows=0))
-    assert resumed["final_loss"] == pytest.approx(straight["final_loss"], rel=1e-6, abs=1e-7)
+    assert resumed["final"]["loss"] == pytest.approx(straight["final"]["loss"], rel=1e-6, abs=1e-7)
     a = WorldModel.from_pretrained(tmp_path / "a" / "model")
     b = WorldModel.from_pretrained(tmp_path / "b" / "model")
     for (name, pa), pb in zip(a.dit.state_dict().items(), b.dit.state_dict().values()):

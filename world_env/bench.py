@@ -43,18 +43,16 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
-import gymnasium
 import numpy as np
 import torch
 from torch import nn
 
-from generator.codec import CodecConfig, build_codec
-from generator.data import EpisodeDataset, space_from_json, space_to_json
+from generator.actions import space_from_json, space_to_json
+from generator.data import EpisodeDataset
 from generator.flops import count_flops, measure_matmul_peak
-from generator.model import DiT, dit_config
-from generator.pretrained import SamplingConfig, WorldModel, WorldModelInfo
-from generator.sampler import mix_seed
-from world_env.policies import StickyPolicy
+from generator.pretrained import WorldModel
+from generator.random_world import MODEL_FRAMES, random_prompts, random_world
+from world_env.policies import random_actions, recorded_actions, sticky_actions
 from world_env.dream import PRECISIONS
 from world_env.env import WorldModelVecEnv
 
@@ -65,21 +63,10 @@ PEAK_TFLOPS = {
     "H100": {"bf16": 989.4, "fp32": 66.9},
     "A100": {"bf16": 312.0, "fp32": 19.5},
 }
-CRAFTER_ACTIONS = {"type": "Discrete", "n": 17, "start": 0}
+SPECULATION_COUNTS = ("accepted", "rejected", "generated", "speculated", "speculating_steps")  # of speculation_stats
 SPECULATION_MODES = ("off", "auto", "sync", "async")
 STREAMS = ("sticky", "recorded", "random")
 AGENT_KINDS = ("sleep", "cnn")
-STICKY_STREAM = 0xBE4C
-RANDOM_STREAM = 0x5A4D
-# Frame size and codec of each random-weight config. `tiny` keeps its preset's 16x16 latent (pixels, so 16x16
-# frames); `paper` is NFD-310M's 384x224 through an untrained 8x KL autoencoder to its (16, 28, 48) latent.
-MODEL_FRAMES: dict[str, CodecConfig] = {
-    "tiny": CodecConfig(kind="pixels", frame_size=(16, 16)),
-    "small": CodecConfig(kind="pixels", frame_size=(64, 64)),
-    "base": CodecConfig(kind="pixels", frame_size=(64, 64)),
-    "paper": CodecConfig(kind="kl", frame_size=(224, 384), latent_channels=16, downsample=8,
-                         channels=(64, 128, 128, 256)),
-}
 
 
 @dataclass
@@ -148,41 +135,6 @@ def quick_settings(settings: BenchSettings) -> BenchSettings:
 # Model
 
 
-def random_prompts(frame_size: tuple[int, int], action_space: dict, count: int = 8, frames: int = 2,
-                   seed: int = 0) -> dict[str, torch.Tensor]:
-    """`count` prompt clips of `frames` random frames with random actions, in the checkpoint prompt-bank format."""
-    g = torch.Generator().manual_seed(seed)
-    space = space_from_json(action_space)
-    space.seed(seed)
-    actions = np.stack([np.stack([np.asarray(space.sample()) for _ in range(frames)]) for _ in range(count)])
-    return {
-        "frames": torch.randint(0, 256, (count, frames, *frame_size, 3), generator=g, dtype=torch.uint8),
-        "actions": torch.from_numpy(actions),  # (count, frames, ...)
-        "has_action": torch.arange(frames)[None].repeat(count, 1) > 0,  # no action led to a clip's first frame
-    }
-
-
-def random_world(model_config: str, action_space: dict = CRAFTER_ACTIONS, seed: int = 0) -> WorldModel:
-    """A random-weight WorldModel of a named size with random prompt clips (as `tests/tiny_world.py` builds one).
-
-    Weights are drawn small and dense (no zero adaLN-Zero layers) and the termination logit is fixed at -20, so
-    episodes never end and every layer does its full work.
-    """
-    codec_config = MODEL_FRAMES[model_config]
-    codec = build_codec(codec_config)
-    c, h, w = codec.latent_shape
-    dit = DiT(dit_config(model_config, latent_channels=c, latent_size=(h, w), action_space=action_space))
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for p in dit.parameters():
-            p.normal_(0, 0.02)
-        dit.outcome_head[-1].weight[1].zero_()
-        dit.outcome_head[-1].bias[1] = -20.0
-    info = WorldModelInfo(game="crafter", frame_size=codec_config.frame_size, action_space=action_space)
-    prompts = random_prompts(codec_config.frame_size, action_space, seed=seed)
-    return WorldModel(dit, codec, SamplingConfig(), info, prompts).eval()
-
-
 def load_bench_world(settings: BenchSettings) -> tuple[WorldModel, dict]:
     """The model to time and a description of it for the report."""
     device = torch.device(settings.device)
@@ -231,52 +183,6 @@ def kv_cache_bytes(world: WorldModel, num_envs: int, speculation_depth: int) -> 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Action streams
-
-
-def sticky_actions(space: gymnasium.Space, num_envs: int, length: int, mean_repeat: float, seed: int) -> np.ndarray:
-    """`(length, num_envs, ...)` sticky-random actions, one `StickyPolicy` stream per env.
-
-    Env i's stream is seeded with `mix_seed(seed, i, STICKY_STREAM)`, not the collector's `seed + i`: a dataset
-    collected with the sticky policy from the same seed would otherwise replay exactly these actions.
-    """
-    policy = StickyPolicy(space, num_envs, mean_repeat)
-    for i in range(num_envs):
-        policy.reset(i, mix_seed(seed, i, STICKY_STREAM))
-    placeholder = np.zeros((num_envs, 1))
-    return np.stack([policy.act(placeholder) for _ in range(length)])
-
-
-def random_actions(space: gymnasium.Space, num_envs: int, length: int, seed: int) -> np.ndarray:
-    """`(length, num_envs, ...)` uniformly random actions (`space.sample()`, seeded apart from the other streams)."""
-    space = space_from_json(space_to_json(space))  # a copy: seeding it leaves the caller's space alone
-    space.seed(mix_seed(seed, RANDOM_STREAM))
-    return np.stack([np.stack([np.asarray(space.sample()) for _ in range(num_envs)]) for _ in range(length)])
-
-
-def recorded_actions(dataset: EpisodeDataset, num_envs: int, length: int) -> np.ndarray:
-    """`(length, num_envs, ...)` actions of real episodes in order: env i plays episodes i, i+1, ... back to back.
-
-    `actions[0]` of a stored episode is padding (no action led to the reset frame) and is dropped.
-    """
-    if dataset.num_episodes == 0:
-        raise ValueError(f"{dataset.root} holds no episodes")
-    cache: dict[int, np.ndarray] = {}
-
-    def episode_actions(k: int) -> np.ndarray:
-        if k not in cache:
-            cache[k] = dataset.episode(k)["actions"][1:].numpy()
-        return cache[k]
-
-    streams = []
-    for i in range(num_envs):
-        pieces, have, k = [], 0, i
-        while have < length:
-            actions = episode_actions(k % dataset.num_episodes)
-            pieces.append(actions)
-            have += len(actions)
-            k += 1
-        streams.append(np.concatenate(pieces)[:length])
-    return np.stack(streams, axis=1)
 
 
 def _changes(actions: np.ndarray) -> np.ndarray:
@@ -355,7 +261,7 @@ def latency_stats(seconds: list[float]) -> dict:
 def count_step_flops(env: WorldModelVecEnv, actions: np.ndarray) -> float:
     """Floating-point operations of one `env.step(actions)` (matmuls, convolutions, attention on every device),
     counted by `generator.flops.count_flops` on this thread (so: plain stepping, no background speculation)."""
-    env.core.wait()
+    env.wait()
     return float(count_flops(lambda: env.step(actions))[1])
 
 
@@ -393,8 +299,8 @@ def time_dream_case(world: WorldModel, settings: BenchSettings, num_envs: int, s
         for t in range(settings.warmup):
             agent(obs)
             obs, *_ = env.step(actions[t])
-        env.core.wait()
-        before = dict(env.core.stats)
+        env.wait()
+        before = dict(env.speculation_stats)
         step_s, agent_s, resets = [], [], 0
         started = time.perf_counter()
         for t in range(settings.warmup, settings.warmup + settings.steps):
@@ -408,13 +314,13 @@ def time_dream_case(world: WorldModel, settings: BenchSettings, num_envs: int, s
             out_of_time = settings.max_case_s is not None and time.perf_counter() - started > settings.max_case_s
             if out_of_time and len(step_s) >= 2:
                 break
-        env.core.wait()  # the speculation the last step started belongs to this window
+        env.wait()  # the speculation the last step started belongs to this window
         loop_s = time.perf_counter() - started
-        after = dict(env.core.stats)
+        after = dict(env.speculation_stats)
         flops = count_step_flops(env, actions[settings.warmup]) / num_envs if mode == "off" else None
     finally:
         env.close()
-    counts = {key: after[key] - before[key] for key in after}
+    counts = {key: after[key] - before[key] for key in SPECULATION_COUNTS}
     tried = counts["accepted"] + counts["rejected"]
     timed = len(step_s)
     achieved = flops * num_envs * timed / loop_s / 1e12 if flops is not None else None

@@ -23,7 +23,8 @@ from typing import Any
 import gymnasium
 import numpy as np
 
-from generator.data import EpisodeWriter, action_array_spec
+from generator.data import EpisodeWriter
+from generator.actions import action_array_spec
 from world_env.games.env import GameEnv
 from world_env.policies import make_policy
 
@@ -44,7 +45,7 @@ def check_resume(writer: EpisodeWriter, seed: int, max_steps: int | None) -> Non
         )
 
 
-class _EpisodeBuffer:
+class EpisodeBuffer:
     """Step-aligned arrays of one episode under construction (reset frame first, padding action/reward 0)."""
 
     def __init__(self, frame: np.ndarray, action_shape: tuple[int, ...], action_dtype: np.dtype) -> None:
@@ -163,7 +164,7 @@ def collect(
     first = writer.num_episodes
     todo = max(0, episodes - first)
     if todo == 0:
-        return _finish(stats, writer, started)
+        return collection_summary(stats, writer, started)
 
     num_envs = min(num_workers, todo)
     action_shape, action_dtype = action_array_spec(action_space)
@@ -172,7 +173,7 @@ def collect(
                desc=f"collect {game_name}")
     next_episode = first  # next episode index to hand to a free env slot
     slot_episode: list[int | None] = [None] * num_envs
-    buffers: list[_EpisodeBuffer | None] = [None] * num_envs
+    buffers: list[EpisodeBuffer | None] = [None] * num_envs
     finished: dict[int, dict[str, np.ndarray]] = {}
     next_to_write = first
     try:
@@ -183,7 +184,7 @@ def collect(
             actor.reset(i, seed + next_episode)
             next_episode += 1
         obs, _ = envs.reset(seed=seeds)
-        buffers = [_EpisodeBuffer(obs[i], action_shape, action_dtype) for i in range(num_envs)]
+        buffers = [EpisodeBuffer(obs[i], action_shape, action_dtype) for i in range(num_envs)]
 
         while any(j is not None for j in slot_episode):
             actions = actor.act(obs)
@@ -222,14 +223,15 @@ def collect(
                 reset_obs, _ = envs.reset(seed=reset_seeds, options={"reset_mask": reset_mask})
                 obs = np.where(reset_mask[:, None, None, None], reset_obs, obs)
                 for i in np.flatnonzero(reset_mask):
-                    buffers[i] = _EpisodeBuffer(obs[i], action_shape, action_dtype)
+                    buffers[i] = EpisodeBuffer(obs[i], action_shape, action_dtype)
     finally:
         bar.close()
         envs.close()
-    return _finish(stats, writer, started)
+    return collection_summary(stats, writer, started)
 
 
-def _finish(stats: dict, writer: EpisodeWriter, started: float) -> dict:
+def collection_summary(stats: dict, writer: EpisodeWriter, started: float) -> dict:
+    """`stats` with the dataset's episode count, the seconds since `started` and the frames per second."""
     seconds = time.perf_counter() - started
     return {
         **stats,

@@ -21,8 +21,9 @@ from pathlib import Path
 import numpy as np
 from gymnasium.vector import AutoresetMode
 
-from generator.data import EpisodeWriter, action_array_spec
-from world_env.collect import _EpisodeBuffer, _finish, check_resume
+from generator.data import EpisodeWriter
+from generator.actions import action_array_spec
+from world_env.collect import EpisodeBuffer, check_resume, collection_summary
 from world_env.policies import make_policy
 from world_env.env import WorldModelVecEnv
 
@@ -85,7 +86,7 @@ def collect_dream(
         first = writer.num_episodes
         todo = max(0, episodes - first)
         if todo == 0:
-            return _finish(stats, writer, started)
+            return collection_summary(stats, writer, started)
         action_shape, action_dtype = action_array_spec(action_space)
         bar = tqdm(total=todo * max_steps, unit="step", disable=not progress, desc=f"collect dream {info.game}")
         next_episode = first
@@ -100,7 +101,7 @@ def collect_dream(
             seeds.append(seed + episode)
             actor.reset(i, seed + episode)
         obs, _ = envs.reset(seed=seeds)
-        buffers = [_EpisodeBuffer(obs[i], action_shape, action_dtype) for i in range(num_envs)]
+        buffers = [EpisodeBuffer(obs[i], action_shape, action_dtype) for i in range(num_envs)]
         finished: dict[int, dict[str, np.ndarray]] = {}
         next_to_write = first
         try:
@@ -136,9 +137,9 @@ def collect_dream(
                     reset_obs, _ = envs.reset(seed=seeds, options={"reset_mask": reset_mask})
                     obs = np.where(reset_mask[:, None, None, None], reset_obs, obs)
                     for i in np.flatnonzero(reset_mask):
-                        buffers[i] = _EpisodeBuffer(obs[i], action_shape, action_dtype)
+                        buffers[i] = EpisodeBuffer(obs[i], action_shape, action_dtype)
         finally:
             bar.close()
-        return _finish(stats, writer, started)
+        return collection_summary(stats, writer, started)
     finally:
         envs.close()

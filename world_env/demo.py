@@ -17,10 +17,13 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import torch
 
 from world_env.assets import default_checkpoint
-from world_env.bench import sticky_actions
-from world_env.env import WorldModelVecEnv, load_world, resolve_device
+from world_env.policies import sticky_actions
+from generator.metrics import psnr, shift_agreement
+from generator.pretrained import resolve_device
+from world_env.env import WorldModelVecEnv, load_world
 
 
 @dataclass
@@ -37,11 +40,6 @@ class DemoConfig:
     out: str = "demo"
     device: str = "auto"
     video_format: str = "mp4"  # "mp4" or "gif"
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else float(10 * np.log10(255.0**2 / mse))
 
 
 def real_rollout(game, seed: int, actions: np.ndarray) -> tuple[np.ndarray, float, int]:
@@ -130,7 +128,7 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict:
                 dream0.append(obs[0])
                 ended0 = bool(terminated[0] or truncated[0])
         stats = env.speculation_stats
-        sampler_steps = env.core.sampler_steps
+        sampler_steps = env.sampler_steps
     finally:
         env.close()
 
@@ -139,14 +137,11 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict:
     real = real_frames[p - 1:]
     length = min(len(dream), len(real))
     dream, real = dream[:length], real[:length]
-    psnr_per_step = [psnr(dream[i], real[i]) for i in range(1, length)]
-    copy_psnr = [psnr(real[0], real[i]) for i in range(1, length)]
+    dream_t, real_t = torch.from_numpy(dream), torch.from_numpy(real)
+    psnr_per_step = psnr(dream_t[1:], real_t[1:]).tolist()
+    copy_psnr = psnr(real_t[:1].expand_as(real_t[1:]), real_t[1:]).tolist()
     following = None
     if info.game == "crafter" and tuple(info.frame_size) == (64, 64) and length > 1:
-        import torch
-
-        from generator.metrics import shift_agreement
-
         following = shift_agreement(torch.from_numpy(real)[None], torch.from_numpy(dream)[None])
     seconds = float(np.sum(step_seconds))
     dream_fps = n * config.steps / seconds
@@ -166,7 +161,7 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict:
         "compared_steps": length - 1,
         "psnr_dream_vs_real": psnr_per_step,
         "psnr_copy_last_prompt_frame_vs_real": copy_psnr,
-        "mean_psnr_first_16": float(np.mean([x for x in psnr_per_step[:16] if np.isfinite(x)] or [float("nan")])),
+        "mean_psnr_first_16": float(np.mean(psnr_per_step[:16])) if psnr_per_step else float("nan"),
         "view_shift": following,
         "video": str(video),
         "plot": str(plot),

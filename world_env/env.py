@@ -18,17 +18,11 @@ import torch
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from generator.data import space_from_json
-from generator.pretrained import WorldModel
+from generator.actions import first_outside, space_from_json, space_range
+from generator.pretrained import WorldModel, resolve_device
 from generator.sampler import mix_seed
 from world_env.dream import SPECULATION_MODES, DreamCore
 from world_env.prompts import PromptBank, make_prompt_source
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def check_int(name: str, value: Any, minimum: int, *, optional: bool = False) -> int | None:
@@ -73,6 +67,8 @@ class ActionChecker:
     """Validates a batch of actions against the single action space and converts it to a tensor."""
 
     def __init__(self, space: gymnasium.Space, num_envs: int):
+        if not isinstance(space, (gymnasium.spaces.Discrete, gymnasium.spaces.MultiDiscrete, gymnasium.spaces.Box)):
+            raise ValueError(f"unsupported action space {space}")
         self.space, self.num_envs = space, num_envs
 
     def __call__(self, actions: Any, device: torch.device) -> torch.Tensor:
@@ -80,42 +76,18 @@ class ActionChecker:
         if isinstance(actions, torch.Tensor):
             actions = actions.detach().cpu().numpy()
         array = np.asarray(actions)
-        if isinstance(space, gymnasium.spaces.Discrete):
-            expected = (n,)
-            if array.shape != expected:
-                raise ValueError(f"actions must have shape {expected} for {n} envs with {space}, got {array.shape}")
-            if not np.issubdtype(array.dtype, np.integer):
-                raise ValueError(f"actions for {space} must be integers, got dtype {array.dtype}")
-            low, high = int(space.start), int(space.start + space.n - 1)
-            bad = (array < low) | (array > high)
-            if bad.any():
-                raise ValueError(f"action {array[bad][0]} of env {int(np.argmax(bad))} is outside {space} ([{low}, {high}])")
-            return torch.as_tensor(array.astype(np.int64), device=device)
-        if isinstance(space, gymnasium.spaces.MultiDiscrete):
-            expected = (n, *space.shape)
-            if array.shape != expected:
-                raise ValueError(f"actions must have shape {expected} for {n} envs with {space}, got {array.shape}")
-            if not np.issubdtype(array.dtype, np.integer):
-                raise ValueError(f"actions for {space} must be integers, got dtype {array.dtype}")
-            bad = (array < space.start) | (array >= space.start + space.nvec)
-            if bad.any():
-                env = int(np.argwhere(bad)[0][0])
-                raise ValueError(f"action {array[env].tolist()} of env {env} is outside {space}")
-            return torch.as_tensor(array.astype(np.int64), device=device)
-        if isinstance(space, gymnasium.spaces.Box):
-            expected = (n, *space.shape)
-            if array.shape != expected:
-                raise ValueError(f"actions must have shape {expected} for {n} envs with {space}, got {array.shape}")
-            if not np.issubdtype(array.dtype, np.floating) and not np.issubdtype(array.dtype, np.integer):
-                raise ValueError(f"actions for {space} must be numbers, got dtype {array.dtype}")
-            if not np.isfinite(array).all():
-                raise ValueError("actions contain NaN or infinite values")
-            bad = (array < space.low) | (array > space.high)
-            if bad.any():
-                env = int(np.argwhere(bad)[0][0])
-                raise ValueError(f"action of env {env} is outside {space}: {array[env].tolist()}")
-            return torch.as_tensor(array.astype(np.float32), device=device)
-        raise ValueError(f"unsupported action space {space}")
+        expected = (n, *space.shape)
+        if array.shape != expected:
+            raise ValueError(f"actions must have shape {expected} for {n} envs with {space}, got {array.shape}")
+        box = isinstance(space, gymnasium.spaces.Box)
+        if not np.issubdtype(array.dtype, np.integer) and not (box and np.issubdtype(array.dtype, np.floating)):
+            raise ValueError(f"actions for {space} must be {'numbers' if box else 'integers'}, got dtype {array.dtype}")
+        if box and not np.isfinite(array).all():
+            raise ValueError("actions contain NaN or infinite values")
+        bad = first_outside(space, array)
+        if bad is not None:
+            raise ValueError(f"action {array[bad].tolist()} of env {bad} is outside {space}{space_range(space)}")
+        return torch.as_tensor(array.astype(np.float32 if box else np.int64), device=device)
 
 
 class WorldModelVecEnv(VectorEnv):
@@ -385,6 +357,29 @@ class WorldModelVecEnv(VectorEnv):
             grid[r * h : (r + 1) * h, c * w : (c + 1) * w] = frame
         return grid
 
+    def observations(self):
+        """The current frame of every env `(N, H, W, 3)`, as `reset`/`step` last returned them (a copy)."""
+        return self._out(self._frames)
+
+    @property
+    def episode_over(self) -> np.ndarray:
+        """`(N,)` bool: the envs whose episode ended on the last step and that have not been reset since."""
+        return self._needs_reset.copy()
+
+    @property
+    def sampler_steps(self) -> int:
+        """Denoising steps per frame."""
+        return self.core.sampler_steps
+
+    @property
+    def speculation_depth(self) -> int:
+        """Frames speculated ahead per env (0: off)."""
+        return self.core.speculation_depth
+
+    def wait(self) -> None:
+        """Block until background speculation started by the last step has finished (for timing a window)."""
+        self.core.wait()
+
     @property
     def speculation_stats(self) -> dict:
         """Counts of accepted / rejected speculations, frames generated or speculated and steps taken speculating so
@@ -422,7 +417,7 @@ class WorldModelEnv(gymnasium.Env):
         return obs[0], {}
 
     def step(self, action):
-        if self.vec._needs_reset[0]:
+        if self.vec.episode_over[0]:
             raise RuntimeError("the episode has ended; call reset() before step()")
         obs, rewards, terminations, truncations, infos = self.vec.step(np.asarray([action]))
         info = {"speculation_accepted": bool(infos["speculation_accepted"][0])}
@@ -430,7 +425,8 @@ class WorldModelEnv(gymnasium.Env):
 
     def render(self):
         if self.render_mode == "rgb_array":
-            return self.vec._out(self.vec._frames)[0] if self.vec.output == "numpy" else self.vec._frames[0].cpu().numpy()
+            frame = self.vec.observations()[0]
+            return frame if self.vec.output == "numpy" else frame.cpu().numpy()
         return None
 
     def close(self):

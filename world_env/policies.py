@@ -17,9 +17,16 @@ from typing import Any
 import gymnasium
 import numpy as np
 
+from generator.actions import space_from_json, space_to_json
+from generator.data import EpisodeDataset
+from generator.sampler import mix_seed
+
 POLICIES = ("random", "sticky", "explorer", "sb3:<path>")
 # Policy streams are seeded with (episode seed, POLICY_STREAM) so they never coincide with the game's own stream.
 POLICY_STREAM = 0x5EED
+# Whole action streams (`sticky_actions`, `random_actions`) are seeded apart from the collector's and each other's.
+STICKY_STREAM = 0xBE4C
+RANDOM_STREAM = 0x5A4D
 
 
 def policy_rng(seed: int | None) -> np.random.Generator:
@@ -226,3 +233,53 @@ def make_policy(
             raise ValueError('policy "sb3" needs a model path: "sb3:<path>" or sb3_policy_path=')
         return SB3Policy(path, action_space, num_envs)
     raise ValueError(f"unknown policy {policy!r}; expected one of {POLICIES}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Action streams: `(length, num_envs, ...)` arrays that drive the demo, the benchmark and the evaluations
+
+
+def sticky_actions(space: gymnasium.Space, num_envs: int, length: int, mean_repeat: float, seed: int) -> np.ndarray:
+    """`(length, num_envs, ...)` sticky-random actions, one `StickyPolicy` stream per env.
+
+    Env i's stream is seeded with `mix_seed(seed, i, STICKY_STREAM)`, not the collector's `seed + i`: a dataset
+    collected with the sticky policy from the same seed would otherwise replay exactly these actions.
+    """
+    policy = StickyPolicy(space, num_envs, mean_repeat)
+    for i in range(num_envs):
+        policy.reset(i, mix_seed(seed, i, STICKY_STREAM))
+    placeholder = np.zeros((num_envs, 1))
+    return np.stack([policy.act(placeholder) for _ in range(length)])
+
+
+def random_actions(space: gymnasium.Space, num_envs: int, length: int, seed: int) -> np.ndarray:
+    """`(length, num_envs, ...)` uniformly random actions (`space.sample()`, seeded apart from the other streams)."""
+    space = space_from_json(space_to_json(space))  # a copy: seeding it leaves the caller's space alone
+    space.seed(mix_seed(seed, RANDOM_STREAM))
+    return np.stack([np.stack([np.asarray(space.sample()) for _ in range(num_envs)]) for _ in range(length)])
+
+
+def recorded_actions(dataset: EpisodeDataset, num_envs: int, length: int) -> np.ndarray:
+    """`(length, num_envs, ...)` actions of real episodes in order: env i plays episodes i, i+1, ... back to back.
+
+    `actions[0]` of a stored episode is padding (no action led to the reset frame) and is dropped.
+    """
+    if dataset.num_episodes == 0:
+        raise ValueError(f"{dataset.root} holds no episodes")
+    cache: dict[int, np.ndarray] = {}
+
+    def episode_actions(k: int) -> np.ndarray:
+        if k not in cache:
+            cache[k] = dataset.episode(k)["actions"][1:].numpy()
+        return cache[k]
+
+    streams = []
+    for i in range(num_envs):
+        pieces, have, k = [], 0, i
+        while have < length:
+            actions = episode_actions(k % dataset.num_episodes)
+            pieces.append(actions)
+            have += len(actions)
+            k += 1
+        streams.append(np.concatenate(pieces)[:length])
+    return np.stack(streams, axis=1)

@@ -79,7 +79,7 @@ class SB3DreamVecEnv(VecEnv):
         self.dream.close()
 
     def get_images(self) -> Sequence[np.ndarray]:
-        return list(self.dream._out(self.dream._frames))
+        return list(self.dream.observations())
 
     def _indices(self, indices) -> list[int]:
         if indices is None:
