@@ -1,7 +1,7 @@
 """The training run every trainer shares: resume, save, progress, TensorBoard, limits, schedule and EMA.
 
 A trainer (teacher `generator.train`, codec `generator.train_codec`, distillation `generator.distill`, post-training
-`generator.posttrain`, inverse dynamics `agents.idm`) is its config, its objective and one step function; the loop
+`generator.posttrain`, inverse dynamics `agents.evaluation.idm`) is its config, its objective and one step function; the loop
 around it is this module's `TrainingRun`, read in one screen:
 
     run = TrainingRun(out, name="distill", config=asdict(config), steps=config.steps, ...,

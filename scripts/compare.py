@@ -4,13 +4,13 @@ per horizon, beside copy-last-frame; JSON, PNG plots and a side-by-side video (r
     python scripts/compare.py --checkpoint runs/teacher/model --data data/crafter --out runs/teacher/compare \\
         --idm runs/idm --context-frames 4 --horizon 16 --windows 64
 
-Writes compare.json, psnr.png, ssim.png, idm_accuracy.png (with --idm), compare.mp4 and compare.gif (agents/compare.py).
+Writes compare.json, psnr.png, ssim.png, idm_accuracy.png (with --idm), compare.mp4 and compare.gif (agents/evaluation/compare.py).
 FVD (--i3d) is not implemented.
 """
 import argparse
 import json
 
-from agents.compare import FVD_MISSING, CompareConfig, compare_checkpoint
+from agents.evaluation.compare import FVD_MISSING, CompareConfig, compare_checkpoint
 from generator.cli import add_dataclass_arguments, dataclass_from_args
 
 

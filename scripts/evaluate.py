@@ -5,7 +5,7 @@
 import argparse
 import json
 
-from generator.evaluate import evaluate_checkpoint
+from agents.evaluation.evaluate import evaluate_checkpoint
 
 
 def main() -> None:

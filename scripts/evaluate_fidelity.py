@@ -1,5 +1,5 @@
 """Does the dream do its job? Action following (view-shift agreement), open-loop PSNR/SSIM per horizon beside
-copy-last-frame, reward/termination on real transitions, and 1000-frame rollout health (agents/fidelity.py).
+copy-last-frame, reward/termination on real transitions, and 1000-frame rollout health (agents/evaluation/fidelity.py).
 
     python scripts/evaluate_fidelity.py --streams sticky=data/test_sticky explorer=data/test_explorer \\
         --out runs/fidelity shipped=world_env/assets/crafter new=runs/tiles/model@1
@@ -11,7 +11,7 @@ strip.png.
 import argparse
 from pathlib import Path
 
-from agents.fidelity import FidelityConfig, evaluate_fidelity
+from agents.evaluation.fidelity import FidelityConfig, evaluate_fidelity
 from generator.cli import add_dataclass_arguments, dataclass_from_args
 
 

@@ -1,5 +1,5 @@
 """Quality against speed for several world models on the same held-out episodes: PSNR/SSIM at horizons 1, 8, 32
-beside copy-last-frame, IDM action accuracy, drift over a 500-frame rollout, frames/s (agents/model_table.py).
+beside copy-last-frame, IDM action accuracy, drift over a 500-frame rollout, frames/s (agents/evaluation/model_table.py).
 
     python scripts/model_table.py --data data/crafter_test --bank-data data/crafter --idm runs/idm \\
         --out runs/table teacher=runs/teacher/model@1 distilled4=runs/distill/model@4 \\
@@ -11,7 +11,7 @@ drift_strip.png.
 import argparse
 from pathlib import Path
 
-from agents.model_table import ModelTableConfig, model_table
+from agents.evaluation.model_table import ModelTableConfig, model_table
 from generator.cli import add_dataclass_arguments, dataclass_from_args
 
 

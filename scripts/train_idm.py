@@ -2,13 +2,13 @@
 
     python scripts/train_idm.py --data data/crafter --out runs/idm --steps 3000
 
-Writes a checkpoint folder (config.json + model.safetensors; load with agents.idm.load_idm) whose config.json holds
+Writes a checkpoint folder (config.json + model.safetensors; load with agents.evaluation.idm.load_idm) whose config.json holds
 the training report: val accuracy beside the majority-action baseline. Used by scripts/compare.py --idm.
 """
 import argparse
 import json
 
-from agents.idm import IDMConfig, train_idm
+from agents.evaluation.idm import IDMConfig, train_idm
 from generator.cli import add_dataclass_arguments, dataclass_from_args
 
 

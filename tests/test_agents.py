@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from agents.compare import CompareConfig, compare_checkpoint, compare_dream_real, gaussian_window, ssim
-from agents.idm import IDMConfig, InverseDynamics, load_idm, train_idm
+from agents.evaluation.compare import CompareConfig, compare_checkpoint, compare_dream_real, gaussian_window, ssim
+from agents.evaluation.idm import IDMConfig, InverseDynamics, load_idm, train_idm
 from agents.score import CRAFTER_ACHIEVEMENTS, crafter_score, score_episodes, success_rates
 from generator.data import EpisodeDataset, EpisodeWriter
-from test_train import make_dataset, tiny_config
+from tiny_world import make_dataset, tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -235,7 +235,7 @@ def test_a_perfect_dream_scores_perfectly(square_data, square_idm, monkeypatch):
         logits = torch.where(real["terminated"], 10.0, -10.0)
         return {"frames": real["frames"], "reward": real["rewards"], "termination_logit": logits}
 
-    monkeypatch.setattr("agents.compare.open_loop_rollout", oracle)
+    monkeypatch.setattr("agents.evaluation.compare.open_loop_rollout", oracle)
     world = SimpleNamespace(sampling=SimpleNamespace(sampler_steps=1))
     # Every window of the dataset, so episode ends and rewards are all in.
     metrics, clips = compare_dream_real(world, dataset, context, horizon, windows=len(dataset), batch_size=32,
@@ -251,7 +251,7 @@ def test_a_perfect_dream_scores_perfectly(square_data, square_idm, monkeypatch):
 
 
 def test_nearest_real_psnr_matches_brute_force_and_separates_game_frames_from_noise():
-    from agents.model_table import nearest_real_psnr
+    from agents.evaluation.model_table import nearest_real_psnr
 
     g = torch.Generator().manual_seed(0)
     bank = torch.randint(0, 256, (7, 8, 8, 3), generator=g, dtype=torch.uint8)
@@ -264,7 +264,7 @@ def test_nearest_real_psnr_matches_brute_force_and_separates_game_frames_from_no
 
 
 def test_edge_energy_is_zero_when_flat_and_highest_for_pixel_noise():
-    from agents.model_table import edge_energy
+    from agents.evaluation.model_table import edge_energy
 
     g = torch.Generator().manual_seed(0)
     flat = torch.full((1, 16, 16, 3), 90, dtype=torch.uint8)
@@ -278,7 +278,7 @@ def test_edge_energy_is_zero_when_flat_and_highest_for_pixel_noise():
 
 
 def test_strip_times_span_the_rollout():
-    from agents.model_table import strip_times
+    from agents.evaluation.model_table import strip_times
 
     times = strip_times(500)
     assert times[0] == 0 and times[-1] == 499 and times == sorted(set(times)) and len(times) == 8
@@ -286,7 +286,7 @@ def test_strip_times_span_the_rollout():
 
 
 def test_model_table_rows_files_and_entry_errors(square_data, square_world, square_idm, tmp_path):
-    from agents.model_table import ModelTableConfig, model_table, parse_entry
+    from agents.evaluation.model_table import ModelTableConfig, model_table, parse_entry
 
     assert parse_entry("t=runs/a/model@4") == ("t", "runs/a/model", 4)
     assert parse_entry("t=runs/a/model") == ("t", "runs/a/model", None)

@@ -5,20 +5,16 @@ import math
 import pytest
 import torch
 
-from generator.data import EpisodeDataset
 from generator.distill import DistillConfig, distill, scm_tangent, trigflow_jvp
 from generator.grad_kv_cache import GradKVCache
 from generator.model import DiT, dit_config
 from generator.pretrained import WorldModel
 from generator.sampler import (
-    commit_frames,
-    context_latents,
     flow_timesteps,
     frame_noise,
     generate_frames,
     previous_frames,
 )
-from generator.train import build_world_model
 from generator.trigflow import (
     flow_input,
     flow_time,
@@ -29,7 +25,7 @@ from generator.trigflow import (
     trigflow_from_flow,
     velocity_from_trig,
 )
-from test_train import TINY, make_dataset, tiny_config
+from tiny_world import TINY, make_dataset, make_teacher, rollout_rows
 
 CONTEXT_NOISE = 0.1
 
@@ -142,31 +138,14 @@ def test_tangent_is_normalised_per_frame():
 
 
 def rollout_cached(model, seeds, prompt, prompt_actions, actions, steps):
-    b, p = prompt.shape[:2]
-    cache = model.new_cache(b)
-    shape = prompt.shape[2:]
-    positions = torch.arange(p)[None].repeat(b, 1)
-    ctx = torch.stack([frame_noise(seeds, [i] * b, shape)[:, 1] for i in range(p)], dim=1)
-    has_action = torch.ones(b, p, dtype=torch.bool)
-    has_action[:, 0] = False
-    commit_frames(model, cache, None, prompt, prompt_actions, positions, ctx, CONTEXT_NOISE, has_action)
-    previous = context_latents(prompt[:, -1], ctx[:, -1], CONTEXT_NOISE)
-    frames = []
-    for i in range(actions.shape[1]):
-        pos = torch.full((b,), p + i)
-        noise = frame_noise(seeds, pos.tolist(), shape, extra=steps - 1)
-        x = generate_frames(model, cache, None, actions[:, i], pos, noise[:, 0], steps, solver="consistency",
-                            renoise=noise[:, 2:], previous=previous)
-        commit_frames(model, cache, None, x[:, None], actions[:, i, None], pos[:, None], noise[:, 1, None],
-                      CONTEXT_NOISE, previous=previous)
-        previous = context_latents(x, noise[:, 1], CONTEXT_NOISE)
-        frames.append(x)
-    return torch.stack(frames, dim=1)
+    """The consistency sampler through the env's and the evaluation's step (`tiny_world.rollout_rows`)."""
+    return rollout_rows(model, seeds, prompt, prompt_actions, actions, steps, CONTEXT_NOISE, "consistency")[0]
 
 
 @torch.no_grad()
 def rollout_full_recompute(model, seeds, prompt, prompt_actions, actions, steps):
-    """Every consistency step recomputed from the whole (noised) history with the windowed block-causal mask."""
+    """Every consistency step recomputed from the whole (noised) history with the windowed block-causal mask; an
+    independent reference (no KV cache, no `generator.sampler` step) for the cached sampler to equal."""
     b, p = prompt.shape[:2]
     shape = prompt.shape[2:]
     history = [(1 - CONTEXT_NOISE) * prompt[:, i] + CONTEXT_NOISE * frame_noise(seeds, [i] * b, shape)[:, 1]
@@ -224,17 +203,6 @@ def test_consistency_sampler_contract():
 
 # ---------------------------------------------------------------------------------------------------------------
 # Distillation runs
-
-
-def make_teacher(data, path, seed=0, **config):
-    """A random-weight teacher WorldModel for the synthetic dataset (training it is not the point here)."""
-    torch.manual_seed(seed)
-    world = build_world_model(tiny_config(data, path, **config), EpisodeDataset(data, window=4))
-    with torch.no_grad():
-        for p in world.dit.parameters():
-            p.normal_(0, 0.05)
-    world.save_pretrained(path)
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from tiny_world import rollout_rows
 
 from generator.model import (
     DiT,
@@ -12,13 +13,11 @@ from generator.model import (
     apply_rope,
 )
 from generator.sampler import (
-    cache_context_frames,
     cache_level,
     commit_frames,
     context_latents,
     flow_timesteps,
     frame_noise,
-    generate_and_cache_frames,
     generate_frames,
     mix_seed,
     previous_frames,
@@ -131,32 +130,19 @@ def test_padding_frames_are_never_attended_to():
     assert torch.isfinite(out.velocity).all()
 
 
-def rollout_cached(model, seeds, prompt, prompt_actions, actions, steps, rows_to_reset=None):
-    """Prompt each row with real frames, then generate len(actions) frames per row with the KV cache."""
-    b, p = prompt.shape[:2]
-    cache = model.new_cache(b)
-    shape = prompt.shape[2:]
-    positions = torch.arange(p)[None].repeat(b, 1)
-    ctx = torch.stack([frame_noise(seeds, positions[:, i].tolist(), shape)[:, 1] for i in range(p)], dim=1)
-    has_action = torch.ones(b, p, dtype=torch.bool)
-    has_action[:, 0] = False
-    commit_frames(model, cache, None, prompt, prompt_actions, positions, ctx, CONTEXT_NOISE, has_action)
-    previous = context_latents(prompt[:, -1], ctx[:, -1], CONTEXT_NOISE)
-    frames = []
-    for i in range(actions.shape[1]):
-        pos = torch.full((b,), p + i)
-        noise = frame_noise(seeds, pos.tolist(), shape)
-        x = generate_frames(model, cache, None, actions[:, i], pos, noise[:, 0], steps, previous=previous)
-        commit_frames(model, cache, None, x[:, None], actions[:, i, None], pos[:, None], noise[:, 1, None], CONTEXT_NOISE,
-                      previous=previous)
-        previous = context_latents(x, noise[:, 1], CONTEXT_NOISE)
-        frames.append(x)
-    return torch.stack(frames, dim=1), cache
+def rollout_cached(model, seeds, prompt, prompt_actions, actions, steps):
+    """Prompt each row with real frames, then generate len(actions) frames per row with the KV cache: the env's and
+    the evaluation's step (`tiny_world.rollout_rows`)."""
+    frames, _, cache = rollout_rows(model, seeds, prompt, prompt_actions, actions, steps, CONTEXT_NOISE)
+    return frames, cache
 
 
 @torch.no_grad()
 def rollout_full_recompute(model, seeds, prompt, prompt_actions, actions, steps):
-    """Reference: every frame recomputed from the whole (noised) history with the windowed block-causal mask."""
+    """Reference: every frame recomputed from the whole (noised) history with the windowed block-causal mask.
+
+    Deliberately independent of `generator.sampler` (no KV cache, no `prompt_rows` / `advance_rows`): it is what the
+    cached step must equal."""
     from generator.sampler import flow_timesteps
 
     b, p = prompt.shape[:2]
@@ -195,35 +181,17 @@ def rollout_full_recompute(model, seeds, prompt, prompt_actions, actions, steps)
 def rollout_one_pass(model, seeds, prompt, prompt_actions, actions, steps, solver="euler"):
     """One-pass sampling (`commit_pass=False`): the prompt cached at the final pass's level, then one frame per
     row per step whose final sampling pass writes the cache. Returns latents and rewards `(B, K)`."""
-    b, p = prompt.shape[:2]
-    shape = prompt.shape[2:]
-    cache = model.new_cache(b)
-    positions = torch.arange(p)[None].repeat(b, 1)
-    draws = torch.stack([frame_noise(seeds, [i] * b, shape) for i in range(p)], dim=1)  # (B, P, 2, C, h, w)
-    has_action = torch.ones(b, p, dtype=torch.bool)
-    has_action[:, 0] = False
-    recycled = context_latents(prompt, draws[:, :, 1], CONTEXT_NOISE)
-    cache_context_frames(model, cache, None, prompt, prompt_actions, positions, draws[:, :, 0], cache_level(steps),
-                         recycled, has_action)
-    previous = recycled[:, -1]
-    frames, rewards = [], []
-    for i in range(actions.shape[1]):
-        pos = torch.full((b,), p + i)
-        noise = frame_noise(seeds, pos.tolist(), shape, extra=steps - 1 if solver == "consistency" else 0)
-        x, out = generate_and_cache_frames(model, cache, None, actions[:, i], pos, noise[:, 0], steps, solver=solver,
-                                           renoise=noise[:, 2:], previous=previous)
-        reward = out.reward[:, 0]
-        previous = context_latents(x, noise[:, 1], CONTEXT_NOISE)
-        frames.append(x)
-        rewards.append(reward)
-    return torch.stack(frames, dim=1), torch.stack(rewards, dim=1)
+    frames, rewards, _ = rollout_rows(model, seeds, prompt, prompt_actions, actions, steps, CONTEXT_NOISE, solver,
+                                      commit_pass=False)
+    return frames, rewards
 
 
 @torch.no_grad()
 def rollout_one_pass_recompute(model, seeds, prompt, prompt_actions, actions, steps, solver="euler"):
     """Reference for one-pass models, no cache: every frame recomputed from the whole history, each earlier frame
     presented as its own final sampling pass saw it (its input at that pass's flow time, its previous frame
-    recycled), through the windowed block-causal mask."""
+    recycled), through the windowed block-causal mask. Independent of `generator.sampler`'s cached step on purpose:
+    the reference it must equal."""
     b, p = prompt.shape[:2]
     shape = prompt.shape[2:]
     level = cache_level(steps)

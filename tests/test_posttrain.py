@@ -10,8 +10,7 @@ from generator.posttrain import PosttrainConfig, posttrain, rollout_segments
 from generator.pretrained import WorldModel
 from generator.rollout import open_loop_rollout
 from generator.sampler import frame_noise
-from test_distill import make_teacher
-from test_train import TINY, make_dataset
+from tiny_world import TINY, make_dataset, make_teacher
 from tiny_world import make_tiny_world
 
 

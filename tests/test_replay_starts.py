@@ -10,7 +10,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 
 from generator.data import EpisodeWriter, open_datasets
 from generator.sampler import mix_seed
-from test_sb3 import make_world
+from tiny_world import make_world
 from tiny_world import make_tiny_world
 from world_env.env import WorldModelVecEnv
 from world_env.prompts import EpisodeList, ReplayStarts

@@ -12,58 +12,10 @@ from stable_baselines3 import DQN, PPO
 from stable_baselines3.common.env_checker import check_env
 from stable_baselines3.common.vec_env import VecFrameStack, VecMonitor
 
+from tiny_world import FRAME, make_world
 from world_env.env import WorldModelEnv
 from world_env.sb3 import SB3DreamVecEnv
 
-FRAME = (64, 64)
-
-
-def make_world(n_actions=3, rewarded_action=None, termination_bias=-20.0, prompts=4, seed=0):
-    """A random-weight 64x64 WorldModel over `Discrete(n_actions)` with `prompts` random prompt clips.
-
-    `termination_bias` is the termination logit of every step (-20: never ends, +20: every step ends).
-    `rewarded_action`: set by hand so the predicted reward is ~1 after that action and ~0 after any other. The
-    action embedding puts 10 (else 0) in feature 0 of the frame's conditioning, the final adaLN shift copies
-    SiLU(feature 0) into every token, and the reward is 0.1 * SiLU(its token mean); the token features themselves
-    are layer-normed, so they move it by a few hundredths.
-    """
-    from generator.codec import CodecConfig, build_codec
-    from generator.model import DiT, dit_config
-    from generator.pretrained import SamplingConfig, WorldModel, WorldModelInfo
-
-    space = {"type": "Discrete", "n": n_actions, "start": 0}
-    torch.manual_seed(seed)
-    dit = DiT(dit_config("tiny", latent_size=FRAME, patch_size=16, action_space=space, window_frames=4))
-    dim = dit.config.dim
-    with torch.no_grad():
-        for p in dit.parameters():
-            p.normal_(0, 0.05)
-        head = dit.outcome_head  # Linear(D, D), SiLU, Linear(D, 2) -> (reward, termination logit)
-        head[-1].weight.zero_()
-        head[-1].bias.copy_(torch.tensor([0.0, termination_bias]))
-        if rewarded_action is not None:
-            dit.action_embed.table.weight[:, 0] = 0.0
-            dit.action_embed.table.weight[rewarded_action, 0] = 10.0
-            dit.action_embed.null[0] = 0.0
-            dit.time_embed[-1].weight[0].zero_()
-            dit.time_embed[-1].bias[0] = 0.0
-            modulation = dit.final_modulation[-1]  # Linear(D, 2D) -> (shift, scale)
-            modulation.weight.zero_()
-            modulation.bias.zero_()
-            modulation.weight[0, 0] = 1.0
-            head[0].weight[0].zero_()
-            head[0].weight[0, 0] = 1.0
-            head[0].bias[0] = 0.0
-            head[-1].weight[0, 0] = 0.1
-    codec = build_codec(CodecConfig(kind="pixels", frame_size=FRAME))
-    g = torch.Generator().manual_seed(seed)
-    bank = {
-        "frames": torch.randint(0, 256, (prompts, 2, *FRAME, 3), generator=g, dtype=torch.uint8),
-        "actions": torch.randint(0, n_actions, (prompts, 2), generator=g),
-        "has_action": torch.tensor([[False, True]] * prompts),
-    }
-    info = WorldModelInfo(game="synthetic", frame_size=FRAME, fps=10, action_space=space)
-    return WorldModel(dit, codec, SamplingConfig(sampler_steps=1, context_noise=0.1), info, bank).eval()
 
 
 def is_prompt_frame(world, frame) -> bool:

@@ -240,7 +240,7 @@ def test_rare_event_windows_are_found_and_oversampled(tmp_path):
 def test_fidelity_evaluation_writes_every_figure(tmp_path):
     import json
 
-    from agents.fidelity import FidelityConfig, evaluate_fidelity
+    from agents.evaluation.fidelity import FidelityConfig, evaluate_fidelity
 
     world, textures = make_tiny_tile_world(reward_values=(0.0, 1.0), n_actions=3)
     world.save_pretrained(tmp_path / "model")

@@ -6,60 +6,16 @@ import subprocess
 import sys
 from pathlib import Path
 
-import gymnasium
 import numpy as np
 import pytest
 import torch
 
 from generator.checkpoint import CheckpointError
-from generator.data import EpisodeWriter
 from generator.pretrained import WorldModel
 from generator.train import TrainConfig, train
+from tiny_world import TINY, make_dataset, tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = dict(latent_size=[16, 16], patch_size=4, dim=32, depth=2, heads=2, window_frames=4)
-
-
-def make_dataset(root: Path, episodes: int = 4, length: int = 12, seed: int = 0) -> Path:
-    """A synthetic 16x16 game: a bright square moves by the action (0 stay, 1 right, 2 down)."""
-    rng = np.random.default_rng(seed)
-    writer = EpisodeWriter(root, game="synthetic", frame_size=(16, 16), action_space=gymnasium.spaces.Discrete(3),
-                           fps=10, policy={"name": "random"})
-    for e in range(episodes):
-        y, x = rng.integers(0, 12, size=2)
-        frames, actions = [], [0]
-        for i in range(length + 1):
-            frame = np.zeros((16, 16, 3), np.uint8)
-            frame[y : y + 4, x : x + 4] = 255
-            frames.append(frame)
-            if i < length:
-                a = int(rng.integers(0, 3))
-                actions.append(a)
-                x = (x + (a == 1)) % 12
-                y = (y + (a == 2)) % 12
-        n = length + 1
-        terminated = np.zeros(n, bool)
-        terminated[-1] = e % 2 == 0
-        writer.write(
-            {
-                "frames": np.stack(frames),
-                "actions": np.array(actions, np.int64),
-                "rewards": (np.arange(n) % 5 == 4).astype(np.float32),
-                "terminated": terminated,
-                "truncated": ~terminated & (np.arange(n) == n - 1),
-            },
-            seed=e,
-        )
-    return root
-
-
-def tiny_config(data: Path, out: Path, **kw) -> TrainConfig:
-    base = dict(
-        data=str(data), out=str(out), model="tiny", steps=30, batch_size=4, clip_frames=4, lr=3e-3, warmup_steps=5,
-        ckpt_every=1000, log_every=5, eval_windows=2, progress=False, model_overrides=dict(TINY),
-    )
-    base.update(kw)
-    return TrainConfig(**base)
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +98,7 @@ def test_two_process_gloo_torchrun_trains(dataset, tmp_path):
 
 
 def test_open_loop_evaluation_writes_json_and_plot(dataset, tmp_path):
-    from generator.evaluate import evaluate_checkpoint
+    from agents.evaluation.evaluate import evaluate_checkpoint
 
     train(tiny_config(dataset, tmp_path / "run", steps=2, eval_windows=0))
     metrics = evaluate_checkpoint(tmp_path / "run" / "model", dataset, tmp_path / "eval", context_frames=2, horizon=4,

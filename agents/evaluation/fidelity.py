@@ -3,7 +3,7 @@
 For every model ``name=checkpoint[@sampler_steps]`` and every held-out action stream ``stream=dataset`` (new-seed
 episodes recorded with that policy, e.g. sticky-random and the movement-heavy explorer):
 
-- **open loop** (`agents.compare.compare_dream_real`): PSNR and SSIM per horizon 1..``horizon`` beside copy-last-
+- **open loop** (`agents.evaluation.compare.compare_dream_real`): PSNR and SSIM per horizon 1..``horizon`` beside copy-last-
   frame, and **action following**: agreement of the dream's view shift with the real game's on steps where the real
   shift is unambiguous, where the real view moved and where it stayed (`generator.metrics.view_shift`);
 - **outcomes on real transitions**: the reward and termination heads read on real frames (teacher forced), against
@@ -31,9 +31,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from agents.compare import compare_dream_real, json_safe, precision_recall
+from agents.evaluation.compare import compare_dream_real, json_safe, precision_recall
 from generator.metrics import distinct_tiles
-from agents.model_table import drift_rollout, edge_energy, parse_entry
+from agents.evaluation.model_table import drift_rollout, edge_energy, parse_entry
 from generator.codec import TileCodec, load_codec, nearest_codes, tiles_of
 from generator.data import EpisodeDataset, open_datasets
 from generator.pretrained import WorldModel

@@ -3,7 +3,7 @@ episodes: quality against speed, the comparison the few-step issue asks for.
 
 For every entry ``name=checkpoint[@sampler_steps]``:
 
-- open-loop quality from `agents.compare.compare_dream_real` (real context, real actions): PSNR and SSIM at the
+- open-loop quality from `agents.evaluation.compare.compare_dream_real` (real context, real actions): PSNR and SSIM at the
   chosen horizons (default 1, 8, 32) beside copy-last-frame, and the inverse-dynamics action accuracy on the dream's
   transitions (mean over all horizons; with an IDM);
 - drift over a long rollout (default 500 frames, longer than any held-out episode, so there is no real frame to
@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from agents.compare import compare_dream_real
+from agents.evaluation.compare import compare_dream_real
 from generator.data import EpisodeDataset
 from generator.pretrained import WorldModel
 from generator.metrics import psnr_from_mse
@@ -241,7 +241,7 @@ def plot_drift(rows: dict[str, dict], reference: float, edge_reference: float, p
 def model_table(config: ModelTableConfig) -> dict:
     """Evaluate every model of ``config.models``; write ``table.json``, ``table.md``, ``drift.png`` (NN-PSNR and
     edge-energy curves) and ``drift_strip.png`` (each model's first drift rollout at a few frames)."""
-    from agents.idm import load_idm
+    from agents.evaluation.idm import load_idm
 
     if not config.models:
         raise ValueError("no models given: pass one or more name=checkpoint[@sampler_steps]")

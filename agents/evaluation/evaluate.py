@@ -5,33 +5,10 @@ import json
 import time
 from pathlib import Path
 
-import torch
-
 from generator.data import EpisodeDataset
 from generator.pretrained import WorldModel
 from generator.rollout import evaluate_open_loop
-
-
-def plot_psnr(metrics: dict, path: str | Path, title: str = "open-loop PSNR on held-out episodes") -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(metrics["horizons"], metrics["psnr"], "o-", label=f"model ({metrics['sampler_steps']} steps)")
-    ax.plot(metrics["horizons"], metrics["copy_last_psnr"], "s--", label="copy last frame")
-    ax.set_xlabel("horizon (frames after the real context)")
-    ax.set_ylabel("PSNR (dB)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+from agents.evaluation.plots import plot_metric
 
 
 def evaluate_checkpoint(
@@ -60,5 +37,7 @@ def evaluate_checkpoint(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "open_loop.json").write_text(json.dumps(metrics, indent=2))
-    plot_psnr(metrics, out / "open_loop.png")
+    plot_metric(metrics, "psnr", "copy_last_psnr", "PSNR (dB)", out / "open_loop.png",
+                labels=(f"model ({metrics['sampler_steps']} steps)", "copy last frame"),
+                title="open-loop PSNR on held-out episodes")
     return metrics

@@ -8,7 +8,7 @@ them) and generates ``horizon`` frames driven by the next real actions. Per hori
 - ``psnr``: PSNR of the mean squared error over all windows at ``h`` (`generator.metrics.psnr_from_mse`; well defined
   when a real frame repeats exactly), ``ssim``: mean `ssim`; both also for ``copy_last`` (the last context frame
   held still), the baseline a world model has to beat;
-- ``idm_accuracy_dream`` / ``idm_accuracy_real``: how often an inverse dynamics model (`agents.idm`, trained on real
+- ``idm_accuracy_dream`` / ``idm_accuracy_real``: how often an inverse dynamics model (`agents.evaluation.idm`, trained on real
   play) recovers the real action from the dream's transition ``(dream[h-1], dream[h])`` versus from the real one
   (``dream[0]`` is the last real context frame). A dream that ignores its actions falls to the IDM's majority rate;
 - ``view_shift``: on steps where the real view shift (`generator.metrics.view_shift`) is unambiguous, how often the
@@ -39,6 +39,7 @@ from generator.data import EpisodeDataset
 from generator.pretrained import WorldModel
 from generator.metrics import mse, psnr_from_mse
 from generator.rollout import open_loop_rollout
+from agents.evaluation.plots import plot_metric
 
 FVD_MISSING = ("FVD is not implemented: it needs an I3D network and its Kinetics-400 weights, which nextframe "
                "neither ships nor downloads. Run without --i3d.")
@@ -233,40 +234,6 @@ def compare_dream_real(
 # Files: JSON, plots, videos
 
 
-def plot_metric(metrics: dict, key: str, baseline: str | None, ylabel: str, path: str | Path,
-                labels: tuple[str, str] = ("dream", "copy last frame")) -> Path:
-    """One metric against horizon (and its baseline) as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import matplotlib.ticker
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(metrics["horizons"], _get(metrics, key), "o-", label=labels[0])
-    if baseline is not None:
-        ax.plot(metrics["horizons"], _get(metrics, baseline), "s--", label=labels[1])
-    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-    ax.set_xlabel("horizon (frames after the real context)")
-    ax.set_ylabel(ylabel)
-    ax.set_title(f"{ylabel}: dream vs real, {metrics['windows']} held-out windows")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
-def _get(metrics: dict, dotted: str):
-    value = metrics
-    for part in dotted.split("."):
-        value = value[part]
-    return value
-
-
 def write_comparison_videos(clips: dict, out: Path, fps: int, context_frames: int) -> list[Path]:
     """``compare.mp4`` and ``compare.gif``: one row per window, real | dream | difference (x2), context included
     (its frames are the real ones in both columns, so the difference starts black)."""
@@ -303,7 +270,7 @@ class CompareConfig:
     batch_size: int = 16
     split: str = "val"
     sampler_steps: int | None = None
-    idm: str | None = None  # folder of an IDM saved by agents.idm.train_idm
+    idm: str | None = None  # folder of an IDM saved by agents.evaluation.idm.train_idm
     i3d: str | None = None  # local I3D weights for FVD (not implemented)
     reward_threshold: float = 0.5
     termination_threshold: float = 0.0
@@ -318,7 +285,7 @@ def compare_checkpoint(config: CompareConfig) -> dict:
     ``idm_accuracy.png`` (with an IDM), ``compare.mp4`` and ``compare.gif`` into ``config.out``."""
     if config.i3d is not None:
         raise NotImplementedError(FVD_MISSING)
-    from agents.idm import load_idm
+    from agents.evaluation.idm import load_idm
 
     world = WorldModel.from_pretrained(config.checkpoint, device=config.device)
     dataset = EpisodeDataset(config.data, window=config.context_frames + config.horizon, split=config.split)
