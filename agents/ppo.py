@@ -24,7 +24,7 @@ import time
 from collections import deque
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -40,7 +40,7 @@ EVAL_SEED_OFFSET = 1_000_000  # train_agent's final evaluation seeds, away from 
 class AgentConfig:
     """One PPO run; `scripts/train_agent.py` maps its flags onto these fields."""
 
-    env: str = "dream"  # "dream" (the world model at `checkpoint`) or "real" (Crafter)
+    env: Literal["dream", "real"] = "dream"  # "dream" (the world model at `checkpoint`) or "real" (Crafter)
     checkpoint: str | None = None  # world-model folder for env="dream" (None: the model shipped with nextframe)
     out: str = "runs/agent"
     steps: int = 1_000_000  # env steps (all envs together)
@@ -317,3 +317,34 @@ def evaluate_policy_real(
         "max_episode_steps": int(max_episode_steps),
         "seconds": time.time() - started,
     }
+
+
+@dataclass
+class EvalAgentConfig:
+    """`nextframe eval-agent`: score a policy in the real Crafter game (Crafter score, success rates, returns).
+
+    `policy` is an SB3 zip (it contains pickles: only load models you trained yourself), "shipped:<name>" (an agent
+    shipped in agents/assets/<name>/), "random" or "sticky". Episode j is reset with seed `seed + j`.
+    """
+
+    policy: str  # PATH to an SB3 zip, shipped:NAME, random, or sticky
+    episodes: int = 100
+    out: str | None = None  # JSON file to write (default: print only)
+    seed: int = 0  # episode j is reset with seed + j
+    max_episode_steps: int = CRAFTER_LENGTH
+    deterministic: bool = False  # SB3 policy: argmax actions
+    workers: int = 1  # games in parallel (subprocesses when > 1)
+    progress: bool = True
+
+
+def eval_agent(config: EvalAgentConfig) -> dict:
+    """Score `config.policy`; writes `config.out` (with every episode) when given; returns the summary."""
+    from agents.shipped import resolve_policy
+    from generator.checkpoint import atomic_write_json
+
+    result = evaluate_policy_real(resolve_policy(config.policy), config.episodes, seed=config.seed,
+                                  max_episode_steps=config.max_episode_steps, deterministic=config.deterministic,
+                                  num_envs=config.workers, progress=config.progress)
+    if config.out:
+        atomic_write_json(config.out, result)
+    return {k: v for k, v in result.items() if k != "episodes"}

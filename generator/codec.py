@@ -669,6 +669,33 @@ def load_codec(directory: str | Path, map_location: str | torch.device = "cpu") 
     return codec.to(map_location).eval()
 
 
+@dataclass
+class CodebookConfig:
+    """`nextframe build-codebook`: a tile codec whose codebook is grown from recorded episodes' tiles.
+
+    Crafter at 64x64 draws 9x9 tiles of 7 px from pixel (0, 0) (the defaults). A tile farther than `threshold`
+    (squared L2, pixels in [0, 1]) from every code becomes a new code; codes never move.
+    """
+
+    data: str  # episode dataset folder(s), comma-separated
+    out: str  # codec checkpoint folder to write
+    tile_size: int = 7  # tile side in pixels (Crafter at 64x64: 7)
+    tile_offset: tuple[int, int] = (0, 0)  # top,left pixel of the tile area
+    tile_grid: tuple[int, int] | None = None  # rows,cols of tiles (default: all that fit)
+    threshold: float = 0.75  # new-code distance (squared L2 in [0, 1])
+    max_codes: int = 4096  # codebook capacity
+    frame_stride: int = 2  # use every N-th frame of each episode
+    max_frames: int | None = None  # stop after this many frames
+
+
+def build_codebook(config: CodebookConfig) -> dict:
+    """Build and save the tile codec; returns the report (code count, reconstruction PSNR on the val split)."""
+    codec, report = tile_codec_from_data(config.data, config.tile_size, config.tile_offset, config.tile_grid,
+                                         config.threshold, config.max_codes, config.frame_stride, config.max_frames)
+    save_codec(codec, config.out, extra_config={"report": report})
+    return report
+
+
 codec_from_pretrained = load_codec
 
 __all__ = [

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch import nn
@@ -239,3 +240,28 @@ def export_model(source: str | Path, destination: str | Path, prompts_from: str 
     world.info.training = {**world.info.training, "export": export}
     world.save_pretrained(destination)
     return world
+
+
+@dataclass
+class ExportConfig:
+    """`nextframe export-model`: copy a world model with new sampling defaults or a new prompt bank."""
+
+    checkpoint: str  # world-model folder to copy
+    out: str  # folder to write (replaced if it exists)
+    sampler_steps: int | None = None  # new default denoising steps
+    context_noise: float | None = None  # new default context-noise level
+    shift: float | None = None  # new default schedule shift
+    # new default solver (categorical: codebook models, one pass, codes sampled per token)
+    solver: Literal["euler", "consistency", "categorical"] | None = None
+    prompts_from: str | None = None  # dataset to rebuild the prompt bank from
+    prompt_count: int = 32  # clips in a rebuilt prompt bank
+
+
+def run_export(config: ExportConfig) -> str:
+    """`export_model` as `config` says; returns a one-line summary."""
+    world = export_model(config.checkpoint, config.out, prompts_from=config.prompts_from,
+                         prompt_count=config.prompt_count, sampler_steps=config.sampler_steps,
+                         context_noise=config.context_noise, shift=config.shift, solver=config.solver)
+    clips = "none" if world.prompts is None else tuple(world.prompts["frames"].shape)
+    return f"wrote {config.out}: sampling {world.sampling}, prompt clips {clips}"
+

@@ -6,25 +6,15 @@ per horizon, beside copy-last-frame; JSON, PNG plots and a side-by-side video (r
 
 Writes compare.json, psnr.png, ssim.png, idm_accuracy.png (with --idm), compare.mp4 and compare.gif (agents/evaluation/compare.py).
 FVD (--i3d) is not implemented.
+
+An alias of `nextframe compare` (nextframe/commands.py); `--help` lists the flags.
 """
-import argparse
-import json
+import os
+import sys
 
-from agents.evaluation.compare import FVD_MISSING, CompareConfig, compare_checkpoint
-from generator.cli import add_dataclass_arguments, dataclass_from_args
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # a clone, not installed
 
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_dataclass_arguments(parser, CompareConfig, skip=("sampler_steps",))
-    parser.add_argument("--sampler-steps", type=int, default=None, help="denoising steps (default: the model's)")
-    args = parser.parse_args()
-    if args.i3d:
-        parser.error(FVD_MISSING)
-    metrics = compare_checkpoint(dataclass_from_args(CompareConfig, args))
-    keys = ("horizons", "psnr", "copy_last_psnr", "ssim", "copy_last_ssim", "idm", "windows", "seconds")
-    print(json.dumps({k: metrics.get(k) for k in keys}, indent=2))
-
+from nextframe.commands import main  # noqa: E402
 
 if __name__ == "__main__":
-    main()
+    main(command="compare")

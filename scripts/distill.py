@@ -4,20 +4,15 @@
 
 Writes `out/model/` (a WorldModel sampled with the 4-step consistency solver). Rerunning with the same --out
 resumes exactly where the last checkpoint left off.
+
+An alias of `nextframe distill` (nextframe/commands.py); `--help` lists the flags.
 """
-import argparse
-import json
+import os
+import sys
 
-from generator.cli import add_dataclass_arguments, dataclass_from_args
-from generator.distill import DistillConfig, distill
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # a clone, not installed
 
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_dataclass_arguments(parser, DistillConfig)
-    result = distill(dataclass_from_args(DistillConfig, parser.parse_args()))
-    print(json.dumps(result, indent=2))
-
+from nextframe.commands import main  # noqa: E402
 
 if __name__ == "__main__":
-    main()
+    main(command="distill")

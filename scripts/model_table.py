@@ -7,28 +7,15 @@ beside copy-last-frame, IDM action accuracy, drift over a 500-frame rollout, fra
 
 Each model is name=checkpoint or name=checkpoint@sampler_steps. Writes table.json, table.md, drift.png and
 drift_strip.png.
+
+An alias of `nextframe model-table` (nextframe/commands.py); `--help` lists the flags.
 """
-import argparse
-from pathlib import Path
+import os
+import sys
 
-from agents.evaluation.model_table import ModelTableConfig, model_table
-from generator.cli import add_dataclass_arguments, dataclass_from_args
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # a clone, not installed
 
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_dataclass_arguments(parser, ModelTableConfig, skip=("models", "horizons", "idm", "bank_data"))
-    parser.add_argument("models", nargs="+", help="name=checkpoint[@sampler_steps]")
-    parser.add_argument("--horizons", default="1,8,32", help="comma list")
-    parser.add_argument("--idm", default=None, help="IDM folder (scripts/train_idm.py) for action accuracy")
-    parser.add_argument("--bank-data", default=None, help="real frames for the drift metric (default: --data)")
-    args = parser.parse_args()
-    config = dataclass_from_args(ModelTableConfig, args)
-    config.horizons = tuple(int(h) for h in args.horizons.split(","))
-    result = model_table(config)
-    print((Path(config.out) / "table.md").read_text())
-    print(f"real frames' nearest-real PSNR: {result['real_reference_nn_psnr']:.2f} dB")
-
+from nextframe.commands import main  # noqa: E402
 
 if __name__ == "__main__":
-    main()
+    main(command="model-table")

@@ -5,20 +5,15 @@
     python scripts/posttrain.py ... --no-student-forcing --out runs/posttrain_tf   # teacher-forcing ablation
 
 Writes `out/model/` (a WorldModel sampled in one step). Rerunning with the same --out resumes.
+
+An alias of `nextframe posttrain` (nextframe/commands.py); `--help` lists the flags.
 """
-import argparse
-import json
+import os
+import sys
 
-from generator.cli import add_dataclass_arguments, dataclass_from_args
-from generator.posttrain import PosttrainConfig, posttrain
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # a clone, not installed
 
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_dataclass_arguments(parser, PosttrainConfig)
-    result = posttrain(dataclass_from_args(PosttrainConfig, parser.parse_args()))
-    print(json.dumps(result, indent=2))
-
+from nextframe.commands import main  # noqa: E402
 
 if __name__ == "__main__":
-    main()
+    main(command="posttrain")

@@ -10,20 +10,15 @@ command again after a stop or a kill.
 without it, --generator-config '{"model": "small", ...}' (TrainConfig fields, JSON) starts a new model on
 --initial-data plus the collected steps. TensorBoard: tensorboard --logdir OUT/tb. SB3 zips contain pickles: load
 only agents you trained yourself.
+
+An alias of `nextframe rl-loop` (nextframe/commands.py); `--help` lists the flags.
 """
-import argparse
-import json
+import os
+import sys
 
-from agents.loop import LoopConfig, run_loop
-from generator.cli import add_dataclass_arguments, dataclass_from_args
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # a clone, not installed
 
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_dataclass_arguments(parser, LoopConfig)
-    summary = run_loop(dataclass_from_args(LoopConfig, parser.parse_args()))
-    print(json.dumps(summary, indent=2))
-
+from nextframe.commands import main  # noqa: E402
 
 if __name__ == "__main__":
-    main()
+    main(command="rl-loop")

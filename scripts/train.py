@@ -5,22 +5,15 @@
 
 Rerunning with the same --out resumes exactly where the last checkpoint left off. --max-minutes N ends the run after
 N minutes of wall time, saved; so does Ctrl-C or SIGTERM (a second Ctrl-C stops at once, unsaved).
+
+An alias of `nextframe train` (nextframe/commands.py); `--help` lists the flags.
 """
-import argparse
-import json
+import os
+import sys
 
-from generator.cli import add_dataclass_arguments, dataclass_from_args
-from generator.data import VERIFY_LEVELS
-from generator.model import PRESETS
-from generator.train import TrainConfig, train
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # a clone, not installed
 
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_dataclass_arguments(parser, TrainConfig, choices={"model": sorted(PRESETS), "verify_data": VERIFY_LEVELS})
-    result = train(dataclass_from_args(TrainConfig, parser.parse_args()))
-    print(json.dumps(result, indent=2))
-
+from nextframe.commands import main  # noqa: E402
 
 if __name__ == "__main__":
-    main()
+    main(command="train")

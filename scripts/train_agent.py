@@ -5,24 +5,15 @@
 
 The run folder gets config.json, tb/ (tensorboard --logdir OUT/tb), monitor.csv, checkpoints/ppo_<steps>_steps.zip,
 model.zip and train.json (see agents/ppo.py). SB3 zips contain pickles: load only models you trained yourself.
+
+An alias of `nextframe train-agent` (nextframe/commands.py); `--help` lists the flags.
 """
-import argparse
-import json
+import os
+import sys
 
-from agents.ppo import AgentConfig, train_agent
-from generator.cli import add_dataclass_arguments, dataclass_from_args
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # a clone, not installed
 
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_dataclass_arguments(parser, AgentConfig, skip=("sampler_steps",))
-    parser.add_argument("--sampler-steps", type=int, default=None, help="dream: denoising steps (default: the model's)")
-    args = parser.parse_args()
-    if args.env not in ("dream", "real"):
-        parser.error(f"--env must be dream or real, got {args.env!r}")
-    summary = train_agent(dataclass_from_args(AgentConfig, args))
-    print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=2))
-
+from nextframe.commands import main  # noqa: E402
 
 if __name__ == "__main__":
-    main()
+    main(command="train-agent")

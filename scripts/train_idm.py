@@ -4,25 +4,15 @@
 
 Writes a checkpoint folder (config.json + model.safetensors; load with agents.evaluation.idm.load_idm) whose config.json holds
 the training report: val accuracy beside the majority-action baseline. Used by scripts/compare.py --idm.
+
+An alias of `nextframe train-idm` (nextframe/commands.py); `--help` lists the flags.
 """
-import argparse
-import json
+import os
+import sys
 
-from agents.evaluation.idm import IDMConfig, train_idm
-from generator.cli import add_dataclass_arguments, dataclass_from_args
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # a clone, not installed
 
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_dataclass_arguments(parser, IDMConfig, skip=("widths",))
-    parser.add_argument("--widths", default="32,64,128,128",
-                        help="conv widths, comma-separated (one stride-2 block each)")
-    args = parser.parse_args()
-    config = dataclass_from_args(IDMConfig, args)
-    config.widths = tuple(int(w) for w in args.widths.split(","))
-    result = train_idm(config)
-    print(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=2))
-
+from nextframe.commands import main  # noqa: E402
 
 if __name__ == "__main__":
-    main()
+    main(command="train-idm")

@@ -98,11 +98,11 @@ def test_two_process_gloo_torchrun_trains(dataset, tmp_path):
 
 
 def test_open_loop_evaluation_writes_json_and_plot(dataset, tmp_path):
-    from agents.evaluation.evaluate import evaluate_checkpoint
+    from agents.evaluation.evaluate import EvaluateConfig, evaluate_checkpoint
 
     train(tiny_config(dataset, tmp_path / "run", steps=2, eval_windows=0))
-    metrics = evaluate_checkpoint(tmp_path / "run" / "model", dataset, tmp_path / "eval", context_frames=2, horizon=4,
-                                  windows=4, split="all")
+    metrics = evaluate_checkpoint(EvaluateConfig(str(tmp_path / "run" / "model"), str(dataset), str(tmp_path / "eval"),
+                                                 context_frames=2, horizon=4, windows=4, split="all"))
     assert metrics["horizons"] == [1, 2, 3, 4] and len(metrics["psnr"]) == 4
     assert all(0 < p <= 100 for p in metrics["psnr"] + metrics["copy_last_psnr"])
     assert (tmp_path / "eval" / "open_loop.png").stat().st_size > 1000

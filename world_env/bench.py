@@ -37,17 +37,17 @@ import json
 import os
 import platform
 import sys
-import threading
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import numpy as np
 import torch
 from torch import nn
 
 from generator.actions import space_from_json, space_to_json
+from generator.checkpoint import atomic_write_text
 from generator.data import EpisodeDataset
 from generator.flops import count_flops, measure_matmul_peak
 from generator.pretrained import WorldModel
@@ -618,11 +618,65 @@ def to_markdown(results: dict) -> str:
 
 def write_results(results: dict, json_path: str | Path, markdown_path: str | Path | None = None) -> None:
     """Write the figures as JSON and, when `markdown_path` is given, the Markdown report (each atomically)."""
-    outputs = [(Path(json_path), json.dumps(results, indent=2) + "\n")]
+    atomic_write_text(json_path, json.dumps(results, indent=2) + "\n")
     if markdown_path is not None:
-        outputs.append((Path(markdown_path), to_markdown(results)))
-    for path, text in outputs:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        atomic_write_text(markdown_path, to_markdown(results))
+
+
+@dataclass
+class BenchConfig:
+    """`nextframe bench`: the dream env against the real game, in one run; writes OUT.json and OUT.md.
+
+    Comma lists are the grid (`BenchSettings`); `sampler_steps` spells the model's own count "default".
+    """
+
+    checkpoint: str | None = None  # WorldModel folder (default: a random-weight model of `config`)
+    config: str = BenchSettings.model_config  # random model size: tiny, small, base, paper
+    device: str = BenchSettings.device
+    num_envs: tuple[int, ...] = BenchSettings.num_envs
+    sampler_steps: tuple[int | None, ...] = BenchSettings.sampler_steps  # "default": the model's
+    speculation: tuple[str, ...] = BenchSettings.speculation  # subset of off,auto,sync,async
+    speculation_depth: int = BenchSettings.speculation_depth
+    streams: tuple[str, ...] = BenchSettings.streams  # subset of sticky,recorded,random
+    dataset: str | None = None  # episode dataset whose recorded actions form the "recorded" stream
+    agent_ms: tuple[float, ...] = BenchSettings.agent_ms  # agent think times between steps
+    agent_kind: Literal["sleep", "cnn"] = BenchSettings.agent_kind
+    mean_repeat: float = BenchSettings.mean_repeat
+    warmup: int = BenchSettings.warmup
+    steps: int = BenchSettings.steps  # timed steps per case
+    max_case_s: float | None = None  # stop a case's timed loop after this many seconds
+    budget_s: float | None = None  # skip remaining dream cases after this many seconds
+    game: str = "crafter"  # real game to time in the same run ("none" to skip)
+    game_steps: int = BenchSettings.game_steps
+    threads: int = 2  # torch threads (0: torch's default)
+    # OMP_WAIT_POLICY set before torch loads: on a CPU shared with other busy processes libgomp's default
+    # spin-waiting makes every multi-threaded op wait for descheduled threads
+    omp_wait_policy: Literal["default", "passive", "active"] = "default"
+    precision: Literal["fp32", "bf16"] = BenchSettings.precision  # bf16: autocast + bf16 KV cache
+    peak_tflops: float | None = None  # device dense peak for MFU (default: known GPUs only)
+    matmul_peak_s: float = BenchSettings.matmul_peak_s  # seconds measuring the dense matmul rate at start and end
+    # off: one network pass per frame (SamplingConfig.commit_pass=False); on: two; model: the model's own
+    commit_pass: Literal["model", "on", "off"] = "model"
+    seed: int = 0
+    quick: bool = False  # smoke run: 1-2 envs, default and 1 sampler steps, 4 steps
+    out: str = "runs/bench/bench"  # output path without extension (.json and .md)
+
+
+def run_bench(config: BenchConfig) -> str:
+    """Run the benchmark `config` describes, write OUT.json and OUT.md; returns the Markdown table."""
+    if config.omp_wait_policy != "default":
+        os.environ["OMP_WAIT_POLICY"] = config.omp_wait_policy.upper()  # only effective before torch loads libgomp
+    settings = BenchSettings(
+        model_config=config.config, checkpoint=config.checkpoint, device=config.device, num_envs=config.num_envs,
+        sampler_steps=config.sampler_steps, speculation=config.speculation, speculation_depth=config.speculation_depth,
+        streams=config.streams, dataset=config.dataset, agent_ms=config.agent_ms, agent_kind=config.agent_kind,
+        mean_repeat=config.mean_repeat, warmup=config.warmup, steps=config.steps, max_case_s=config.max_case_s,
+        budget_s=config.budget_s, game=None if config.game == "none" else config.game, game_steps=config.game_steps,
+        threads=config.threads or None, precision=config.precision, peak_tflops=config.peak_tflops, seed=config.seed,
+        matmul_peak_s=config.matmul_peak_s, commit_pass={"model": None, "on": True, "off": False}[config.commit_pass],
+    )
+    if config.quick:
+        settings = quick_settings(settings)
+    results = run_benchmark(settings)
+    write_results(results, config.out + ".json", config.out + ".md")
+    return to_markdown(results) + f"\nwrote {config.out}.json and {config.out}.md"

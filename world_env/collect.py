@@ -18,7 +18,8 @@ from __future__ import annotations
 import functools
 import os
 import time
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import gymnasium
 import numpy as np
@@ -238,4 +239,76 @@ def collection_summary(stats: dict, writer: EpisodeWriter, started: float) -> di
         "episodes_total": writer.num_episodes,
         "seconds": seconds,
         "frames_per_s": stats["frames"] / seconds if seconds > 0 else 0.0,
+    }
+
+
+@dataclass
+class CollectConfig:
+    """`nextframe collect`: real-game (or dream) episodes into an episode dataset (docs/data-format.md).
+
+    Episode j is seeded with `seed + j` whatever `workers` is; rerunning with the same `out` appends until `episodes`
+    are present. `policy` sb3:PATH loads a Stable-Baselines3 zip, which contains pickles: only load your own.
+    """
+
+    episodes: int  # episodes the dataset should hold in total
+    out: str  # dataset folder (created, or resumed)
+    source: Literal["real", "dream"] = "real"  # where episodes come from
+    # "crafter", "gym:<EnvId>" (or "gym:<module>:<EnvId>" to import the package that registers it) or "minerl:<EnvId>"
+    game: str = "crafter"
+    checkpoint: str | None = None  # source dream: the world-model folder to play (game, frames, actions: the model's)
+    device: str = "auto"  # source dream: model device (auto, cpu, cuda)
+    sampler_steps: int | None = None  # source dream: denoising steps (default: the model's)
+    policy: str = "sticky"  # sticky | random | explorer | sb3:PATH
+    workers: int = 1  # parallel envs (subprocesses when > 1; dream: envs stepping together)
+    seed: int = 0  # episode j is reset with seed + j
+    mean_repeat: float = 4.0  # sticky policy: mean action repeat
+    max_steps: int = 1000  # transitions per episode at most (0: no cap; Crafter then ends at death or 10000 steps)
+    frame_size: tuple[int, int] = (64, 64)  # N or HxW; an HxW of the game's aspect ratio keeps it, e.g. 64x48 (Atari)
+    resize: Literal["stretch", "letterbox"] = "stretch"  # gym games: per-axis fit, or aspect ratio kept on black bars
+    preview: bool = False  # also write previews/<episode>.mp4
+    progress: bool = True  # progress bar
+
+
+def run_collect(config: CollectConfig) -> dict:
+    """Collect as `config` says; returns a summary of the dataset (and prints the collection speed)."""
+    from generator.data import EpisodeDataset
+
+    if config.source == "dream":
+        from world_env.collect_dream import collect_dream
+
+        if not config.checkpoint:
+            raise ValueError("--source dream needs --checkpoint DIR")
+        if not config.max_steps:
+            raise ValueError("--source dream needs --max-steps >= 1 (a dream may never end on its own)")
+        stats = collect_dream(
+            config.checkpoint, config.out, config.episodes, policy=config.policy, num_envs=config.workers,
+            seed=config.seed, mean_repeat=config.mean_repeat, max_steps=config.max_steps, device=config.device,
+            sampler_steps=config.sampler_steps, preview=config.preview, progress=config.progress,
+        )
+    else:
+        game_kwargs = {}
+        if config.resize != "stretch":
+            if not config.game.startswith("gym:"):
+                raise ValueError("--resize applies to gym:<EnvId> games (crafter renders at --frame-size itself)")
+            game_kwargs["resize"] = config.resize  # recorded in the dataset and, through training, in the model
+        stats = collect(
+            config.game, config.out, config.episodes, policy=config.policy, num_workers=config.workers,
+            frame_size=config.frame_size, seed=config.seed, mean_repeat=config.mean_repeat,
+            max_steps=config.max_steps or None, preview=config.preview, progress=config.progress,
+            game_kwargs=game_kwargs,
+        )
+    print(f"wrote {stats['episodes_written']} episodes, {stats['frames']} frames in {stats['seconds']:.1f} s: "
+          f"{stats['frames_per_s']:.1f} frames/s ({config.workers} worker(s))")
+    dataset = EpisodeDataset(config.out)
+    lengths = dataset.episode_lengths
+    return {
+        "dataset": str(config.out),
+        "game": dataset.meta["game"],
+        "frame_size": list(dataset.frame_size),
+        "action_space": dataset.meta["action_space"],
+        "policy": dataset.meta["policy"],
+        "episodes": dataset.num_episodes,
+        "total_steps": dataset.total_steps,
+        "mean_length": sum(lengths) / len(lengths) if lengths else 0,
+        "collect": {k: round(v, 3) if isinstance(v, float) else v for k, v in stats.items()},
     }

@@ -14,7 +14,7 @@ import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Literal
 
 import numpy as np
 import torch
@@ -33,13 +33,13 @@ class DemoConfig:
     steps: int = 200
     sampler_steps: int | None = None  # None: the model's default
     speculation_depth: int = 2
-    speculation: str = "auto"  # "auto" (on only while it pays), "sync" or "async"
+    speculation: Literal["auto", "sync", "async"] = "auto"  # auto: speculate only while it measurably pays
     mean_repeat: float = 4.0  # sticky-random policy: mean action repeat
     prompt_frames: int = 4  # real frames that warm each dream env's KV cache
     seed: int = 0
     out: str = "demo"
     device: str = "auto"
-    video_format: str = "mp4"  # "mp4" or "gif"
+    video_format: Literal["mp4", "gif"] = "mp4"
 
 
 def real_rollout(game, seed: int, actions: np.ndarray) -> tuple[np.ndarray, float, int]:

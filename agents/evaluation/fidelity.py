@@ -44,7 +44,7 @@ from generator.sampler import commit_frames, frame_noise
 class FidelityConfig:
     """`evaluate_fidelity` settings; `scripts/evaluate_fidelity.py` maps its flags onto these fields."""
 
-    models: list[str] = field(default_factory=list)  # "name=checkpoint" or "name=checkpoint@sampler_steps"
+    models: list[str] = field(default_factory=list, metadata={"positional": True})  # "name=checkpoint" or "name=checkpoint@sampler_steps"
     streams: list[str] = field(default_factory=list)  # "name=dataset folder" of held-out, new-seed episodes
     out: str = "runs/fidelity"
     codebook: str | None = None  # tile codec for the health figure (default: the first tile model's codec)
@@ -343,3 +343,9 @@ def evaluate_fidelity(config: FidelityConfig) -> dict:
     plot_health(results, reference, out / "health.png")
     save_strip(strips, times, out / "strip.png")
     return summary
+
+
+def run_fidelity(config: FidelityConfig) -> str:
+    """`evaluate_fidelity`, then its Markdown report as text."""
+    evaluate_fidelity(config)
+    return (Path(config.out) / "fidelity.md").read_text()

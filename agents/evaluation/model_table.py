@@ -42,7 +42,7 @@ from world_env.policies import StickyPolicy
 class ModelTableConfig:
     """`model_table` settings; `scripts/model_table.py` maps its flags onto these fields."""
 
-    models: list[str] = field(default_factory=list)  # "name=checkpoint" or "name=checkpoint@sampler_steps"
+    models: list[str] = field(default_factory=list, metadata={"positional": True})  # "name=checkpoint" or "name=checkpoint@sampler_steps"
     data: str = ""
     out: str = "runs/model_table"
     split: str = "all"
@@ -276,3 +276,10 @@ def model_table(config: ModelTableConfig) -> dict:
     plot_drift(rows, reference, edge_reference, out / "drift.png")
     save_strip(strips, config.drift_frames, out / "drift_strip.png")
     return result
+
+
+def run_model_table(config: ModelTableConfig) -> str:
+    """`model_table`, then its Markdown table and the real frames' own nearest-real PSNR, as text."""
+    result = model_table(config)
+    return ((Path(config.out) / "table.md").read_text()
+            + f"\nreal frames' nearest-real PSNR: {result['real_reference_nn_psnr']:.2f} dB")

@@ -18,7 +18,8 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator, Literal
 
 
 from world_env.games import Game, make_game
@@ -26,6 +27,40 @@ from world_env.play.input import MODES, KeyMap, Tick, keyboard_ticks, keymap_for
 from world_env.play.recording import Segment, SessionRecorder
 from world_env.play.screen import FpsMeter, Screen
 from world_env.play.worlds import DreamWorld, RealWorld, prompt_length
+
+
+@dataclass
+class PlayConfig:
+    """`nextframe play`: the dream of a world model in real time with the keyboard (docs/play.md).
+
+    M switches dream <-> real (real -> dream prompts the dream with the last real frames; dream -> real resumes the
+    real game where it was left), N resets the current world, Esc or Q quits. `record` writes real/ and dream/
+    episode datasets plus segments.jsonl (which episode came from which mode, in play order).
+    """
+
+    checkpoint: str | None = field(default=None, metadata={"positional": True})  # world-model folder (default: shipped)
+    game: str | None = None  # real game (default: the model's): crafter, gym:<EnvId>, ...
+    game_kwargs: dict | None = None  # e.g. {"area": [32, 32]}
+    record: str | None = None  # folder to record the session into
+    fps: int | None = None  # frames per second (default: the model's / game's)
+    scale: int = 8  # window pixels per frame pixel
+    script: str | None = None  # key sequence instead of the keyboard: "right*5,space,m,q"
+    max_steps: int | None = None  # stop after this many steps
+    realtime: bool = True  # pace to `fps` (--no-realtime: step as fast as possible)
+    headless: bool | None = None  # no window (default: headless when `script` is given)
+    device: str = "auto"  # auto, cpu, cuda, ...
+    start: Literal["dream", "real"] = "dream"  # mode to start in
+    seed: int | None = None  # seeds real resets (seed, seed+1, ...) and the dream
+    sampler_steps: int | None = None  # denoising steps per frame
+    speculation_depth: int = 1  # dream frames speculated ahead (0: off)
+
+
+def run_play(config: PlayConfig) -> dict:
+    """`play` as `config` says, narrating; returns the session summary."""
+    return play(config.checkpoint, config.game, game_kwargs=config.game_kwargs, record=config.record, fps=config.fps,
+                scale=config.scale, script=config.script, max_steps=config.max_steps, realtime=config.realtime,
+                device=config.device, start=config.start, seed=config.seed, sampler_steps=config.sampler_steps,
+                speculation_depth=config.speculation_depth, headless=config.headless, verbose=True)
 
 
 def play(

@@ -1,0 +1,3 @@
+from nextframe.commands import main
+
+main()
