@@ -11,6 +11,7 @@ from einops import rearrange
 from torch import nn
 
 from generator.model import DiT, DiTOutput
+from generator.pretrained import WorldModel
 
 
 class FrameDiscriminator(nn.Module):
@@ -86,3 +87,14 @@ def recycled_input(dit: DiT, previous: torch.Tensor) -> dict:
 def as_rows(x: torch.Tensor) -> torch.Tensor:
     """`(B, T, ...)` -> `(B*T, 1, ...)`: every frame becomes its own one-frame row."""
     return rearrange(x, "b t ... -> (b t) 1 ...")
+
+
+def load_two_pass_model(path, device) -> WorldModel:
+    """The `WorldModel` a few-step trainer starts from; refuses one-pass models (`sampling.commit_pass=False`): these
+    trainers present context as the commit pass caches it, so they would train the student on other inputs."""
+    world = WorldModel.from_pretrained(path, device=device)
+    if not world.sampling.commit_pass:
+        raise ValueError(f"{path} is a one-pass model (sampling.commit_pass=False); this trainer presents context as "
+                         "the commit pass caches it, so it would train the student on other inputs")
+    return world
+

@@ -36,7 +36,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from generator.adversarial import FrameDiscriminator, as_rows, outcome_loss, parse_blocks, recycled_input, recycles
+from generator.adversarial import (
+    FrameDiscriminator,
+    as_rows,
+    load_two_pass_model,
+    outcome_loss,
+    parse_blocks,
+    recycled_input,
+    recycles,
+)
 from generator.data import EpisodeDataset
 from generator.grad_kv_cache import GradKVCache
 from generator.model import DiT, DiTOutput, timestep_embedding
@@ -261,11 +269,7 @@ def distill(config: DistillConfig) -> dict:
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
 
-    teacher_world = WorldModel.from_pretrained(config.teacher, device=device)
-    if not teacher_world.sampling.commit_pass:
-        raise ValueError(f"{config.teacher} is a one-pass model (sampling.commit_pass=False); this "
-                         "trainer presents context as the commit pass caches it, so it would train the student on "
-                         "other inputs")
+    teacher_world = load_two_pass_model(config.teacher, device)
     teacher, codec = teacher_world.dit.requires_grad_(False), teacher_world.codec.requires_grad_(False)
     if config.clip_frames > teacher.config.window_frames:
         raise ValueError(f"clip_frames {config.clip_frames} exceeds the model window {teacher.config.window_frames}")

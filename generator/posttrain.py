@@ -27,7 +27,7 @@ windows of `prompt_frames + rollout_frames` steps pair every generated frame wit
 
 Small-compute options (off by default; not in the paper): `disc_warmup_steps` trains only the discriminator for
 its first steps, so the generator's first updates follow a discriminator that already separates real from
-generated rather than random heads (without it, 150 steps at lr 2e-5 random-walked a small generator into noise);
+generated rather than random heads (what happens without it: docs/results.md);
 `disc_head_lr` gives the freshly initialised heads their own learning rate; `train_frames` trains a random
 stretch of whole segments of a long rollout and rolls out the frames before it without gradients, so every step
 reaches late positions — where a one-step generator drifts — for the price of the stretch; `disc_steps` gives the
@@ -47,7 +47,15 @@ from typing import Iterator, NamedTuple
 import torch
 import torch.nn.functional as F
 
-from generator.adversarial import FrameDiscriminator, as_rows, outcome_loss, parse_blocks, recycled_input, recycles
+from generator.adversarial import (
+    FrameDiscriminator,
+    as_rows,
+    load_two_pass_model,
+    outcome_loss,
+    parse_blocks,
+    recycled_input,
+    recycles,
+)
 from generator.data import EpisodeDataset
 from generator.grad_kv_cache import GradKVCache
 from generator.model import DiT, DiTOutput
@@ -406,11 +414,7 @@ def posttrain(config: PosttrainConfig) -> dict:
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
 
-    world = WorldModel.from_pretrained(config.generator, device=device)
-    if not world.sampling.commit_pass:
-        raise ValueError(f"{config.generator} is a one-pass model (sampling.commit_pass=False); this "
-                         "trainer presents context as the commit pass caches it, so it would train the student on "
-                         "other inputs")
+    world = load_two_pass_model(config.generator, device)
     gen, codec = world.dit.requires_grad_(True).train(), world.codec.requires_grad_(False)
     backbone = WorldModel.from_pretrained(config.discriminator or config.generator, device=device).dit
     if backbone.config != gen.config:

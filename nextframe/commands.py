@@ -93,7 +93,8 @@ def main(argv: Sequence[str] | None = None, command: str | None = None) -> Any:
             return None
         command, argv = argv[0], argv[1:]
     if command not in COMMANDS:
-        sys.exit(f"nextframe: unknown command {command!r}\n\n{usage()}")
+        print(f"nextframe: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
+        sys.exit(2)
     if command == "demo":  # read once, when torch loads libgomp: no spin-waiting on shared cores
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if command == "bench" and "--omp-wait-policy" in argv[:-1]:  # likewise, before the bench module loads torch
@@ -114,7 +115,8 @@ def main(argv: Sequence[str] | None = None, command: str | None = None) -> Any:
     try:
         result = getattr(module, entry.run)(config)
     except ValueError as error:  # the library's messages name the fix: show them as the command's error
-        sys.exit(f"nextframe {command}: error: {error}")
+        print(f"nextframe {command}: error: {error}", file=sys.stderr)
+        sys.exit(2)
     shown = entry.show(result)
     if shown:
         print(shown)

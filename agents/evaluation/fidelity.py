@@ -33,6 +33,7 @@ import torch
 
 from agents.evaluation.compare import compare_dream_real, json_safe, precision_recall
 from generator.metrics import distinct_tiles
+from agents.evaluation.plots import save_strip
 from agents.evaluation.model_table import drift_rollout, edge_energy, parse_entry
 from generator.codec import TileCodec, load_codec, nearest_codes, tiles_of
 from generator.data import EpisodeDataset, open_datasets
@@ -141,31 +142,6 @@ def health(frames: torch.Tensor, codec: TileCodec | None, config: FidelityConfig
     if codec is not None:
         out["within_threshold"] = tiles_within_threshold(frames, codec)
     return out
-
-
-def save_strip(rows: dict[str, torch.Tensor], times: list[int], path: Path) -> Path:
-    """One row of frames per model (``(len(times), H, W, 3)``), labelled with names and frame numbers."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(len(rows), len(times), figsize=(1.0 * len(times) + 1.2, 1.1 * len(rows) + 0.3),
-                             squeeze=False)
-    for r, (name, strip) in enumerate(rows.items()):
-        for c, t in enumerate(times):
-            ax = axes[r, c]
-            ax.imshow(strip[c].numpy())
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if r == 0:
-                ax.set_title(f"frame {t}", fontsize=7)
-            if c == 0:
-                ax.set_ylabel(name, fontsize=7, rotation=0, ha="right", va="center")
-    fig.tight_layout(pad=0.3)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return path
 
 
 def plot_open_loop(results: dict, stream: str, path: Path) -> Path:

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from agents.evaluation import plots
 from agents.evaluation.compare import compare_dream_real
 from generator.data import EpisodeDataset
 from generator.pretrained import WorldModel
@@ -166,28 +167,7 @@ def evaluate_entry(world: WorldModel, dataset: EpisodeDataset, bank: torch.Tenso
 
 def save_strip(strips: dict[str, torch.Tensor], frames: int, path: Path) -> Path:
     """One row per model: its first drift rollout at `strip_times`, labelled with the names and frame numbers."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    times = strip_times(frames)
-    fig, axes = plt.subplots(len(strips), len(times), figsize=(1.1 * len(times) + 1.2, 1.15 * len(strips) + 0.3),
-                             squeeze=False)
-    for r, (name, strip) in enumerate(strips.items()):
-        for c, t in enumerate(times):
-            ax = axes[r, c]
-            ax.imshow(strip[c].numpy())
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if r == 0:
-                ax.set_title(f"frame {t + 1}", fontsize=7)
-            if c == 0:
-                ax.set_ylabel(name, fontsize=7, rotation=0, ha="right", va="center")
-    fig.tight_layout(pad=0.3)
-    fig.savefig(path, dpi=120, bbox_inches="tight")  # long model names stay inside the image
-    plt.close(fig)
-    return path
+    return plots.save_strip(strips, [t + 1 for t in strip_times(frames)], path, cell=(1.1, 1.15))
 
 
 def markdown_table(rows: dict[str, dict], horizons: tuple[int, ...], reference: float, edge_reference: float) -> str:

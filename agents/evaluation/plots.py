@@ -37,3 +37,30 @@ def metric_at(metrics: dict, dotted: str):
     for part in dotted.split("."):
         value = value[part]
     return value
+
+
+def save_strip(rows: dict, times: list[int], path: str | Path, cell: tuple[float, float] = (1.0, 1.1)) -> Path:
+    """One row of frames per model (uint8 ``(len(times), H, W, 3)``), labelled with names and frame numbers
+    (`cell`: inches per frame, width and height)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(rows), len(times), figsize=(cell[0] * len(times) + 1.2, cell[1] * len(rows) + 0.3),
+                             squeeze=False)
+    for r, (name, strip) in enumerate(rows.items()):
+        for c, t in enumerate(times):
+            ax = axes[r, c]
+            ax.imshow(strip[c].numpy())
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(f"frame {t}", fontsize=7)
+            if c == 0:
+                ax.set_ylabel(name, fontsize=7, rotation=0, ha="right", va="center")
+    fig.tight_layout(pad=0.3)
+    path = Path(path)
+    fig.savefig(path, dpi=120, bbox_inches="tight")  # long model names stay inside the image
+    plt.close(fig)
+    return path
