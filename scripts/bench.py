@@ -8,14 +8,14 @@ Writes OUT.json (every figure, device, versions, load average, command) and OUT.
 table. `--omp-wait-policy passive` sets OMP_WAIT_POLICY before torch loads: on a CPU shared with other busy
 processes libgomp's default spin-waiting makes every multi-threaded op wait for descheduled threads.
 
-An alias of `nextframe bench` (nextframe/commands.py); `--help` lists the flags.
+An alias of `nextframe bench` (agents/commands.py); `--help` lists the flags.
 """
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # a clone, not installed
 
-from nextframe.commands import main  # noqa: E402
+from agents.commands import main  # noqa: E402
 
 if __name__ == "__main__":
     main(command="bench")

@@ -7,14 +7,14 @@ Crafter at 64x64 draws 9x9 tiles of 7 px from pixel (0, 0) (the defaults); anoth
 size, offset and grid. A tile farther than --threshold (squared L2, pixels in [0, 1]) from every code becomes a new
 code; codes never move. Prints the code count and the reconstruction PSNR on the val split.
 
-An alias of `nextframe build-codebook` (nextframe/commands.py); `--help` lists the flags.
+An alias of `nextframe build-codebook` (agents/commands.py); `--help` lists the flags.
 """
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # a clone, not installed
 
-from nextframe.commands import main  # noqa: E402
+from agents.commands import main  # noqa: E402
 
 if __name__ == "__main__":
     main(command="build-codebook")

@@ -12,14 +12,14 @@ means death or 10000 steps). sb3:PATH loads a Stable-Baselines3 zip, which conta
 --source dream plays the world model at --checkpoint instead (game, frame size and action space are the model's;
 --workers is the number of dream envs stepping together; see world_env/collect_dream.py).
 
-An alias of `nextframe collect` (nextframe/commands.py); `--help` lists the flags.
+An alias of `nextframe collect` (agents/commands.py); `--help` lists the flags.
 """
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # a clone, not installed
 
-from nextframe.commands import main  # noqa: E402
+from agents.commands import main  # noqa: E402
 
 if __name__ == "__main__":
     main(command="collect")

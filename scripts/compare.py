@@ -7,14 +7,14 @@ per horizon, beside copy-last-frame; JSON, PNG plots and a side-by-side video (r
 Writes compare.json, psnr.png, ssim.png, idm_accuracy.png (with --idm), compare.mp4 and compare.gif (agents/evaluation/compare.py).
 FVD (--i3d) is not implemented.
 
-An alias of `nextframe compare` (nextframe/commands.py); `--help` lists the flags.
+An alias of `nextframe compare` (agents/commands.py); `--help` lists the flags.
 """
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # a clone, not installed
 
-from nextframe.commands import main  # noqa: E402
+from agents.commands import main  # noqa: E402
 
 if __name__ == "__main__":
     main(command="compare")

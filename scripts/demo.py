@@ -6,14 +6,14 @@
 Prints the dream's env-steps/s next to the real game's, and writes demo/demo.mp4 (real | dream | difference, same
 start and actions), demo/demo.png (PSNR over time, speeds) and demo/demo.json.
 
-An alias of `nextframe demo` (nextframe/commands.py); `--help` lists the flags.
+An alias of `nextframe demo` (agents/commands.py); `--help` lists the flags.
 """
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # a clone, not installed
 
-from nextframe.commands import main  # noqa: E402
+from agents.commands import main  # noqa: E402
 
 if __name__ == "__main__":
     main(command="demo")

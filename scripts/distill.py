@@ -5,14 +5,14 @@
 Writes `out/model/` (a WorldModel sampled with the 4-step consistency solver). Rerunning with the same --out
 resumes exactly where the last checkpoint left off.
 
-An alias of `nextframe distill` (nextframe/commands.py); `--help` lists the flags.
+An alias of `nextframe distill` (agents/commands.py); `--help` lists the flags.
 """
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # a clone, not installed
 
-from nextframe.commands import main  # noqa: E402
+from agents.commands import main  # noqa: E402
 
 if __name__ == "__main__":
     main(command="distill")

@@ -8,14 +8,14 @@
 shipped in agents/assets/<name>/, see agents/shipped.py), "random" (the uniform-random baseline) or "sticky".
 Episode j is reset with seed --seed + j.
 
-An alias of `nextframe eval-agent` (nextframe/commands.py); `--help` lists the flags.
+An alias of `nextframe eval-agent` (agents/commands.py); `--help` lists the flags.
 """
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # a clone, not installed
 
-from nextframe.commands import main  # noqa: E402
+from agents.commands import main  # noqa: E402
 
 if __name__ == "__main__":
     main(command="eval-agent")

@@ -8,14 +8,14 @@ Each model is name=checkpoint or name=checkpoint@sampler_steps; each stream is n
 episodes recorded with that policy. Writes fidelity.json, fidelity.md, open_loop_<stream>.png, health.png and
 strip.png.
 
-An alias of `nextframe evaluate-fidelity` (nextframe/commands.py); `--help` lists the flags.
+An alias of `nextframe evaluate-fidelity` (agents/commands.py); `--help` lists the flags.
 """
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # a clone, not installed
 
-from nextframe.commands import main  # noqa: E402
+from agents.commands import main  # noqa: E402
 
 if __name__ == "__main__":
     main(command="evaluate-fidelity")

@@ -8,14 +8,14 @@ beside copy-last-frame, IDM action accuracy, drift over a 500-frame rollout, fra
 Each model is name=checkpoint or name=checkpoint@sampler_steps. Writes table.json, table.md, drift.png and
 drift_strip.png.
 
-An alias of `nextframe model-table` (nextframe/commands.py); `--help` lists the flags.
+An alias of `nextframe model-table` (agents/commands.py); `--help` lists the flags.
 """
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # a clone, not installed
 
-from nextframe.commands import main  # noqa: E402
+from agents.commands import main  # noqa: E402
 
 if __name__ == "__main__":
     main(command="model-table")

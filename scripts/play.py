@@ -8,14 +8,14 @@ M switches dream <-> real (real -> dream prompts the dream with the last real fr
 game where it was left), N resets the current world, Esc or Q quits. --record writes real/ and dream/ episode
 datasets plus segments.jsonl (which episode came from which mode, in play order).
 
-An alias of `nextframe play` (nextframe/commands.py); `--help` lists the flags.
+An alias of `nextframe play` (agents/commands.py); `--help` lists the flags.
 """
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # a clone, not installed
 
-from nextframe.commands import main  # noqa: E402
+from agents.commands import main  # noqa: E402
 
 if __name__ == "__main__":
     main(command="play")

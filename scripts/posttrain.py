@@ -6,14 +6,14 @@
 
 Writes `out/model/` (a WorldModel sampled in one step). Rerunning with the same --out resumes.
 
-An alias of `nextframe posttrain` (nextframe/commands.py); `--help` lists the flags.
+An alias of `nextframe posttrain` (agents/commands.py); `--help` lists the flags.
 """
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # a clone, not installed
 
-from nextframe.commands import main  # noqa: E402
+from agents.commands import main  # noqa: E402
 
 if __name__ == "__main__":
     main(command="posttrain")

@@ -11,14 +11,14 @@ without it, --generator-config '{"model": "small", ...}' (TrainConfig fields, JS
 --initial-data plus the collected steps. TensorBoard: tensorboard --logdir OUT/tb. SB3 zips contain pickles: load
 only agents you trained yourself.
 
-An alias of `nextframe rl-loop` (nextframe/commands.py); `--help` lists the flags.
+An alias of `nextframe rl-loop` (agents/commands.py); `--help` lists the flags.
 """
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # a clone, not installed
 
-from nextframe.commands import main  # noqa: E402
+from agents.commands import main  # noqa: E402
 
 if __name__ == "__main__":
     main(command="rl-loop")

@@ -6,14 +6,14 @@
 The run folder gets config.json, tb/ (tensorboard --logdir OUT/tb), monitor.csv, checkpoints/ppo_<steps>_steps.zip,
 model.zip and train.json (see agents/ppo.py). SB3 zips contain pickles: load only models you trained yourself.
 
-An alias of `nextframe train-agent` (nextframe/commands.py); `--help` lists the flags.
+An alias of `nextframe train-agent` (agents/commands.py); `--help` lists the flags.
 """
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # a clone, not installed
 
-from nextframe.commands import main  # noqa: E402
+from agents.commands import main  # noqa: E402
 
 if __name__ == "__main__":
     main(command="train-agent")

@@ -5,14 +5,14 @@
 
 Rerunning with the same --out resumes from runs/codec/checkpoint; a larger --steps continues a finished run.
 
-An alias of `nextframe train-codec` (nextframe/commands.py); `--help` lists the flags.
+An alias of `nextframe train-codec` (agents/commands.py); `--help` lists the flags.
 """
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # a clone, not installed
 
-from nextframe.commands import main  # noqa: E402
+from agents.commands import main  # noqa: E402
 
 if __name__ == "__main__":
     main(command="train-codec")

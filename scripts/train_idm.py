@@ -5,14 +5,14 @@
 Writes a checkpoint folder (config.json + model.safetensors; load with agents.evaluation.idm.load_idm) whose config.json holds
 the training report: val accuracy beside the majority-action baseline. Used by scripts/compare.py --idm.
 
-An alias of `nextframe train-idm` (nextframe/commands.py); `--help` lists the flags.
+An alias of `nextframe train-idm` (agents/commands.py); `--help` lists the flags.
 """
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # a clone, not installed
 
-from nextframe.commands import main  # noqa: E402
+from agents.commands import main  # noqa: E402
 
 if __name__ == "__main__":
     main(command="train-idm")

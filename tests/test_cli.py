@@ -8,7 +8,7 @@ from typing import Literal
 import pytest
 
 from generator.cli import parse_config
-from nextframe.commands import COMMANDS
+from agents.commands import COMMANDS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -37,7 +37,7 @@ def test_flags_follow_the_dataclass():
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))
 def test_every_command_has_help(command, capsys):
-    from nextframe.commands import main
+    from agents.commands import main
 
     with pytest.raises(SystemExit) as exit_info:
         main([command, "--help"])

@@ -1,3 +1,0 @@
-from nextframe.commands import main
-
-main()
