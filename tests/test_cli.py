@@ -47,5 +47,6 @@ def test_every_command_has_help(command, capsys):
 def test_every_script_is_an_alias_of_a_command():
     for script in sorted((REPO / "scripts").glob("*.py")):
         assert 'main(command="' in script.read_text(), script
-    proc = subprocess.run([sys.executable, "-m", "nextframe"], capture_output=True, text=True, cwd=REPO, timeout=60)
+    proc = subprocess.run([sys.executable, "-m", "agents.commands"], capture_output=True, text=True, cwd=REPO,
+                          timeout=60)
     assert proc.returncode == 0 and all(name in proc.stdout for name in COMMANDS)
