@@ -543,6 +543,20 @@ def split_episodes(names: list[str], val_fraction: float) -> tuple[list[str], li
     return [n for n in names if n not in val], [n for n in names if n in val]
 
 
+def sample_windows(dataset, batch_size: int, generator: torch.Generator | None = None,
+                   weights: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """``batch_size`` windows of ``dataset`` drawn with replacement, uniformly or in proportion to ``weights``
+    ``(len(dataset),)``, stacked on a new dim 0."""
+    if weights is None:
+        indices = torch.randint(len(dataset), (batch_size,), generator=generator)
+    else:
+        if weights.shape != (len(dataset),):
+            raise ValueError(f"weights must have one entry per window ({len(dataset)}), got {tuple(weights.shape)}")
+        indices = torch.multinomial(weights.double(), batch_size, replacement=True, generator=generator)
+    items = [dataset[int(i)] for i in indices]
+    return {key: torch.stack([item[key] for item in items]) for key in items[0]}
+
+
 class EpisodeDataset(torch.utils.data.Dataset):
     """Windows of consecutive steps from an episode dataset folder, as torch tensors.
 
@@ -702,14 +716,7 @@ class EpisodeDataset(torch.utils.data.Dataset):
             raise ValueError("sample() needs a fixed window; build the dataset with window=T")
         if len(self) == 0:
             raise ValueError(f"no windows to sample: the {self.split!r} split of {self.root} has no episodes")
-        if weights is None:
-            indices = torch.randint(len(self), (batch_size,), generator=generator)
-        else:
-            if weights.shape != (len(self),):
-                raise ValueError(f"weights must have one entry per window ({len(self)}), got {tuple(weights.shape)}")
-            indices = torch.multinomial(weights.double(), batch_size, replacement=True, generator=generator)
-        items = [self[int(i)] for i in indices]
-        return {key: torch.stack([item[key] for item in items]) for key in items[0]}
+        return sample_windows(self, batch_size, generator, weights)
 
     def window_events(self) -> np.ndarray:
         """``(len(self),)`` bool: the window holds a transition with a non-zero reward or a termination (rare
@@ -870,14 +877,7 @@ class EpisodeDatasets(torch.utils.data.ConcatDataset):
         """As `EpisodeDataset.sample`, over the windows of every folder."""
         if len(self) == 0:
             raise ValueError(f"no windows to sample in {[str(r) for r in self.roots]}")
-        if weights is None:
-            indices = torch.randint(len(self), (batch_size,), generator=generator)
-        else:
-            if weights.shape != (len(self),):
-                raise ValueError(f"weights must have one entry per window ({len(self)}), got {tuple(weights.shape)}")
-            indices = torch.multinomial(weights.double(), batch_size, replacement=True, generator=generator)
-        items = [self[int(i)] for i in indices]
-        return {key: torch.stack([item[key] for item in items]) for key in items[0]}
+        return sample_windows(self, batch_size, generator, weights)
 
 
 def open_datasets(spec: str | PathLike | list, window: int | None = None, split: str = "all",
