@@ -16,8 +16,11 @@ def test_shipped_weights_fit_the_budget_and_match_their_config():
     config, tensors = load_checkpoint(default_checkpoint())  # checksums and tensor shapes verified
     world = WorldModel.from_pretrained(default_checkpoint())
     assert world.info.game == "crafter" and tuple(world.info.frame_size) == (64, 64)
-    assert world.dit.config == dit_config("small", action_space=world.info.action_space)
-    assert world.dit.num_parameters() == sum(t.numel() for t in tensors["model"].values())
+    expected = dit_config("tiles", action_space=world.info.action_space, codebook_size=world.codec.config.codes,
+                          depth=4, copy_prior=0.0, reward_values=(-0.1, 0.0, 0.1, 1.0))
+    assert world.dit.config == expected
+    assert world.codec.config.kind == "tiles" and torch.equal(world.dit.codebook, world.codec.codebook)
+    assert sum(t.numel() for t in world.dit.state_dict().values()) == sum(t.numel() for t in tensors["model"].values())
     assert world.prompts is not None and world.prompts["frames"].shape[2:] == (64, 64, 3)
     assert all(torch.isfinite(p).all() for p in world.dit.parameters())
 
