@@ -313,10 +313,21 @@ class TileCodec(Codec):
         (top, left), (rows, cols), s = self.config.tile_offset, self.config.tile_grid, self.config.tile_size
         return images[..., top : top + rows * s, left : left + cols * s]
 
+    def _nearest(self, raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Nearest code of every tile of raw latents ``(..., 3, rows * s, cols * s)`` and its squared distance,
+        ``(..., rows * cols)`` each (latent units)."""
+        return nearest_codes(tiles_of(raw, self.config.tile_size), self.codebook)
+
     def indices(self, latents: torch.Tensor) -> torch.Tensor:
         """Nearest code of every tile: latents ``(..., 3, rows * s, cols * s)`` -> ``(..., rows * cols)`` int64."""
-        raw = self.denormalize(latents)
-        return nearest_codes(tiles_of(raw, self.config.tile_size), self.codebook)[0]
+        return self._nearest(self.denormalize(latents))[0]
+
+    def tile_distances(self, frames: torch.Tensor) -> torch.Tensor:
+        """Squared distance of every tile of uint8 frames ``(..., H, W, 3)`` to its nearest code, in the units of
+        `tile_threshold` (pixels in [0, 1], summed over the tile): ``(..., rows * cols)``."""
+        frames = self._check_frames(frames)
+        area = self._crop(frames.movedim(-1, -3).float() / 255.0)
+        return nearest_codes(tiles_of(area, self.config.tile_size), (self.codebook + 1.0) / 2.0)[1]
 
     def from_indices(self, indices: torch.Tensor) -> torch.Tensor:
         """Code indices ``(..., rows * cols)`` -> latents ``(..., 3, rows * s, cols * s)``."""
@@ -330,8 +341,7 @@ class TileCodec(Codec):
         return self.from_indices(self.indices(latents)).to(latents.dtype)
 
     def _encode(self, images: torch.Tensor) -> torch.Tensor:
-        raw = self._crop(images)
-        index = nearest_codes(tiles_of(raw, self.config.tile_size), self.codebook)[0]
+        index = self._nearest(self._crop(images))[0]
         return untile(self.codebook[index], self.config.tile_size, self.config.tile_grid)
 
     def _decode(self, raw_latents: torch.Tensor) -> torch.Tensor:

@@ -23,8 +23,8 @@ frames depend on them only through float rounding (docs/architecture.md, Samplin
 from __future__ import annotations
 
 import torch
-from einops import rearrange
 
+from generator.codec import untile
 from generator.kv_cache import KVCache
 from generator.model import DiT, DiTOutput
 
@@ -199,10 +199,8 @@ def categorical_sample(model, cache, rows, actions, positions, noise, previous=N
     n = probs.shape[1]
     uniform = torch.special.ndtr(noise.reshape(noise.shape[0], -1)[:, :n].double()).float()  # (R, N)
     codes = torch.searchsorted(probs.cumsum(-1), uniform[..., None]).squeeze(-1).clamp_max(probs.shape[-1] - 1)
-    gh, gw = model.config.grid
-    p = model.config.patch_size
-    tiles = model.codebook[codes]  # (R, N, p * p * c)
-    return rearrange(tiles, "r (gh gw) (p q c) -> r c (gh p) (gw q)", gh=gh, gw=gw, p=p, q=p), out
+    frames = untile(model.codebook[codes], model.config.patch_size, model.config.grid)  # (R, C, h, w)
+    return frames, out
 
 
 @torch.no_grad()
@@ -240,12 +238,8 @@ def commit_frames(
     (with `full_output`, the whole `DiTOutput` of the pass). The committed latents themselves are
     `context_latents(latents, noise, context_noise)`.
     """
-    level = torch.full(positions.shape, float(context_noise), device=latents.device)
-    noisy = context_latents(latents, noise, context_noise)
-    before = previous_frames(noisy, previous) if model.config.previous_frame_input else None
-    out = model(noisy, level, actions, positions, has_action=has_action, cache=cache, rows=rows, write_cache=True,
-                previous=before)
-    cache.commit(rows, positions)
+    out = cache_context_frames(model, cache, rows, latents, actions, positions, noise, context_noise, None, has_action,
+                               previous, full_output=True)
     return out if full_output else (out.reward, out.termination_logit)
 
 
@@ -259,23 +253,26 @@ def cache_context_frames(
     positions: torch.Tensor,
     noise: torch.Tensor,
     level: float,
-    recycled: torch.Tensor,
+    recycled: torch.Tensor | None,
     has_action: torch.Tensor | None = None,
     previous: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    full_output: bool = False,
+):
     """Write T known frames per row `(R, T, C, h, w)` (a real prompt) into the cache of a one-pass model
     (`SamplingConfig.commit_pass=False`) as their final sampling pass would have written them: each frame at flow
     time `level` (`cache_level`) from its noise `noise` `(R, T, C, h, w)`, reading its previous frame as the
     recycled input `recycled` `(R, T, C, h, w)` gives it (the frames re-noised to the context level; `previous`
     `(R, C, h, w)` before the first, None at an episode's start). This is how training presents context frames.
-    Returns the reward and termination logit of each transition, `(R, T)` each."""
+    `recycled=None` recycles the frames as written here (the two-pass `commit_frames`). Returns the reward and
+    termination logit of each transition, `(R, T)` each (with `full_output`, the whole `DiTOutput` of the pass)."""
     levels = torch.full(positions.shape, float(level), device=latents.device)
-    noisy = (1 - level) * latents + level * noise
+    noisy = context_latents(latents, noise, level)
+    recycled = noisy if recycled is None else recycled
     before = previous_frames(recycled, previous) if model.config.previous_frame_input else None
     out = model(noisy, levels, actions, positions, has_action=has_action, cache=cache, rows=rows, write_cache=True,
                 previous=before)
     cache.commit(rows, positions)
-    return out.reward, out.termination_logit
+    return out if full_output else (out.reward, out.termination_logit)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ from agents.evaluation.compare import compare_dream_real, json_safe, precision_r
 from generator.metrics import distinct_tiles
 from agents.evaluation.plots import save_strip
 from agents.evaluation.model_table import drift_rollout, edge_energy, parse_entry
-from generator.codec import TileCodec, load_codec, nearest_codes, tiles_of
+from generator.codec import TileCodec, load_codec
 from generator.data import EpisodeDataset, open_datasets
 from generator.pretrained import WorldModel
 from generator.sampler import commit_frames, frame_noise
@@ -126,12 +126,7 @@ def outcomes_on_real(world: WorldModel, dataset: EpisodeDataset, max_windows: in
 
 def tiles_within_threshold(frames: torch.Tensor, codec: TileCodec) -> torch.Tensor:
     """Share of each frame's tiles ``(N,)`` within the codebook threshold of a code (a real tile)."""
-    cfg = codec.config
-    (top, left), (rows, cols), s = cfg.tile_offset, cfg.tile_grid, cfg.tile_size
-    images = frames.movedim(-1, -3).float() / 255.0
-    area = images[..., top:top + rows * s, left:left + cols * s]
-    _, distance = nearest_codes(tiles_of(area, s), (codec.codebook + 1.0) / 2.0)
-    return (distance <= cfg.tile_threshold).float().mean(-1)
+    return (codec.tile_distances(frames) <= codec.config.tile_threshold).float().mean(-1)
 
 
 def health(frames: torch.Tensor, codec: TileCodec | None, config: FidelityConfig) -> dict[str, torch.Tensor]:
