@@ -33,7 +33,10 @@ class SamplingConfig:
     sampler_steps: int = 8
     context_noise: float = 0.1  # flow time generated context frames are re-noised to before caching
     shift: float = 1.0  # timestep shift of the Euler schedule (SD3); > 1 spends more steps at high noise
-    solver: str = "euler"  # "euler" (flow teacher) or "consistency" (distilled students)
+    # "euler" (flow teachers), "consistency" (distilled students) or "categorical" (codebook models: codes drawn at
+    # every pass but the last, `generator.sampler.denoise`)
+    solver: str = "euler"
+    temperature: float = 1.0  # divides the code logits of the categorical solver's draws
     # True: each frame is generated, then written into the KV cache by a second pass at `context_noise` (two passes
     # per frame at one sampler step). False: the cache keeps the keys/values of the final sampling pass (AAPT; one
     # pass per frame at one step), for models trained so (`TrainConfig.commit_pass=False`, `generator.sampler`).
@@ -251,8 +254,9 @@ class ExportConfig:
     sampler_steps: int | None = None  # new default denoising steps
     context_noise: float | None = None  # new default context-noise level
     shift: float | None = None  # new default schedule shift
-    # new default solver (categorical: codebook models, one pass, codes sampled per token)
+    # new default solver (categorical: codebook models, codes drawn at every pass but the last)
     solver: Literal["euler", "consistency", "categorical"] | None = None
+    temperature: float | None = None  # new default temperature of the categorical solver's draws
     prompts_from: str | None = None  # dataset to rebuild the prompt bank from
     prompt_count: int = 32  # clips in a rebuilt prompt bank
 
@@ -261,7 +265,8 @@ def run_export(config: ExportConfig) -> str:
     """`export_model` as `config` says; returns a one-line summary."""
     world = export_model(config.checkpoint, config.out, prompts_from=config.prompts_from,
                          prompt_count=config.prompt_count, sampler_steps=config.sampler_steps,
-                         context_noise=config.context_noise, shift=config.shift, solver=config.solver)
+                         context_noise=config.context_noise, shift=config.shift, solver=config.solver,
+                         temperature=config.temperature)
     clips = "none" if world.prompts is None else tuple(world.prompts["frames"].shape)
     return f"wrote {config.out}: sampling {world.sampling}, prompt clips {clips}"
 

@@ -97,6 +97,7 @@ def generate_frames(
     solver: str = "euler",
     renoise: torch.Tensor | None = None,
     previous: torch.Tensor | None = None,
+    temperature: float = 1.0,
 ) -> torch.Tensor:
     """Denoise one new frame per row from `noise` `(R, C, h, w)`; returns clean latents `(R, C, h, w)`.
 
@@ -104,9 +105,11 @@ def generate_frames(
     `SamplingConfig.solver`; the consistency solver with `sampler_steps > 1` needs `renoise`
     `(R, sampler_steps - 1, C, h, w)` (`frame_noise(..., extra=sampler_steps - 1)[:, 2:]`). With one step both
     solvers compute `noise - velocity(noise, s=1)`. `previous` `(R, C, h, w)` is each row's last committed
-    latent (`context_latents` of it), required by models with `previous_frame_input`.
+    latent (`context_latents` of it), required by models with `previous_frame_input`. `temperature` divides the
+    code logits of the categorical solver's draws.
     """
-    x, _ = denoise(model, cache, rows, actions, positions, noise, sampler_steps, shift, solver, renoise, previous)
+    x, _ = denoise(model, cache, rows, actions, positions, noise, sampler_steps, shift, solver, renoise, previous,
+                   temperature=temperature)
     return x
 
 
@@ -123,32 +126,42 @@ def generate_and_cache_frames(
     solver: str = "euler",
     renoise: torch.Tensor | None = None,
     previous: torch.Tensor | None = None,
+    temperature: float = 1.0,
 ) -> tuple[torch.Tensor, DiTOutput]:
     """One network pass per frame for one-step models (`SamplingConfig.commit_pass=False`, AAPT arXiv 2506.09350):
     `generate_frames`, whose final pass also writes the new frames' keys/values into the cache, so no commit
     pass follows. Returns the clean latents `(R, C, h, w)` and that final pass's `DiTOutput` (one frame per row:
     its reward and termination predictions are the transition's). Same arguments as `generate_frames`."""
     x, out = denoise(model, cache, rows, actions, positions, noise, sampler_steps, shift, solver, renoise, previous,
-                     write_cache=True)
+                     write_cache=True, temperature=temperature)
     cache.commit(rows, positions[:, None])
     return x, out
 
 
 def denoise(model, cache, rows, actions, positions, noise, sampler_steps, shift=1.0, solver="euler", renoise=None,
-            previous=None, write_cache=False):
+            previous=None, write_cache=False, temperature=1.0):
     """The sampler behind `generate_frames` (Euler on the flow ODE, the few-step consistency sampler, or the
     categorical sampler of codebook models): returns the clean latents and the `DiTOutput` of the final pass, which
-    writes the cache when `write_cache`."""
-    if solver == "categorical":
-        return categorical_sample(model, cache, rows, actions, positions, noise, previous, write_cache)
-    if solver not in ("euler", "consistency"):
+    writes the cache when `write_cache`.
+
+    The categorical solver with one step draws every token's code from its logits at flow time 1. With more steps
+    it draws codes at every pass but the last, re-noises the drawn frame to the next time with `renoise[:, k]`, and
+    keeps the last pass's most likely code per token: the draws give new tiles the variety of the real game, the
+    last pass makes them agree with their neighbours. Its renoise holds `2 * (sampler_steps - 1)` draws: the
+    re-noising ones, then the uniforms of passes 2.."""
+    if solver not in ("euler", "consistency", "categorical"):
         raise ValueError(f"unknown solver {solver!r}; choose 'euler', 'consistency' or 'categorical'")
-    times = flow_timesteps(sampler_steps, shift, device=noise.device)
-    if solver == "consistency" and sampler_steps > 1 and (renoise is None or renoise.shape[1] < sampler_steps - 1):
+    if solver == "categorical" and not model.config.codebook_size:
+        raise ValueError("the categorical solver needs a model with a codebook head (DiTConfig.codebook_size > 0)")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    draws = extra_draws(solver, sampler_steps)
+    if draws and (renoise is None or renoise.shape[1] < draws):
         raise ValueError(
-            f"the consistency solver with {sampler_steps} steps needs renoise (R, {sampler_steps - 1}, C, h, w); "
-            f"draw it with frame_noise(..., extra={sampler_steps - 1})[:, 2:]"
+            f"the {solver} solver with {sampler_steps} steps needs renoise (R, {draws}, C, h, w); "
+            f"draw it with frame_noise(..., extra={draws})[:, 2:]"
         )
+    times = flow_timesteps(sampler_steps, shift, device=noise.device)
     # The cache does not change while this frame is denoised: gather the rows once; the final pass of a one-pass
     # model writes into the cache itself.
     view, view_rows = cache, rows
@@ -163,6 +176,15 @@ def denoise(model, cache, rows, actions, positions, noise, sampler_steps, shift=
                     write_cache=last and write_cache, previous=None if previous is None else previous[:, None])
         if solver == "euler":
             x = x + (s_next - s) * out.velocity[:, 0]
+        elif solver == "categorical" and (not last or sampler_steps == 1):
+            uniform_from = noise if k == 0 else renoise[:, sampler_steps - 2 + k]
+            x = draw_codes(model, out.code_logits[:, 0], uniform_from, temperature)
+            if not last:
+                x = (1 - s_next) * x + s_next * renoise[:, k]
+        elif solver == "categorical":
+            # The last pass of a multi-step categorical sampler keeps each token's most likely code: an expectation
+            # over two likely codes (the player facing left or down) can be nearer a third tile (bare grass).
+            x = code_tiles(model, out.code_logits[:, 0].argmax(-1)).to(x.dtype)
         else:
             # sCM's few-step sampler (arXiv 2410.11081, Sec. 2): denoise `x0 = x_s - s v(x_s, s)`, then re-noise
             # it to the next time with fresh noise `renoise[:, k]`; the last `x0` is the sample.
@@ -172,35 +194,25 @@ def denoise(model, cache, rows, actions, positions, noise, sampler_steps, shift=
     return x, out
 
 
-@torch.no_grad()
-def categorical_frames(
-    model: DiT,
-    cache: KVCache | None,
-    rows: torch.Tensor | None,
-    actions: torch.Tensor,
-    positions: torch.Tensor,
-    noise: torch.Tensor,
-    previous: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """One pass from pure noise for codebook models: every token's code is sampled from its logits (inverse CDF of
-    one uniform per token, `Phi(noise)` of the frame's first N noise values, so a row's draw is a function of its
-    seed and position only) and the frame is assembled from the codebook's tiles."""
-    return categorical_sample(model, cache, rows, actions, positions, noise, previous)[0]
+def extra_draws(solver: str, sampler_steps: int) -> int:
+    """Noise draws beyond a frame's two (`frame_noise(..., extra=)`) that `solver` needs at `sampler_steps`."""
+    return {"consistency": sampler_steps - 1, "categorical": 2 * (sampler_steps - 1)}.get(solver, 0)
 
 
-def categorical_sample(model, cache, rows, actions, positions, noise, previous=None, write_cache=False):
-    """`categorical_frames` and the `DiTOutput` of its pass (which writes the cache when `write_cache`)."""
-    if not model.config.codebook_size:
-        raise ValueError("the categorical solver needs a model with a codebook head (DiTConfig.codebook_size > 0)")
-    ones = torch.ones(noise.shape[0], 1, device=noise.device)
-    out = model(noise[:, None], ones, actions[:, None], positions[:, None], cache=cache, rows=rows,
-                write_cache=write_cache, previous=None if previous is None else previous[:, None])
-    probs = out.code_logits[:, 0].softmax(-1)  # (R, N, K)
+def draw_codes(model: DiT, code_logits: torch.Tensor, uniform_from: torch.Tensor, temperature: float = 1.0):
+    """A frame `(R, C, h, w)` of codebook tiles, each token's code drawn from `code_logits / temperature`
+    `(R, N, K)` by the inverse CDF of one uniform per token: `Phi` of the first N values of `uniform_from`
+    `(R, C, h, w)`, so a row's draw is a function of its seed and position only."""
+    probs = (code_logits.float() / temperature).softmax(-1)
     n = probs.shape[1]
-    uniform = torch.special.ndtr(noise.reshape(noise.shape[0], -1)[:, :n].double()).float()  # (R, N)
+    uniform = torch.special.ndtr(uniform_from.reshape(uniform_from.shape[0], -1)[:, :n].double()).float()  # (R, N)
     codes = torch.searchsorted(probs.cumsum(-1), uniform[..., None]).squeeze(-1).clamp_max(probs.shape[-1] - 1)
-    frames = untile(model.codebook[codes], model.config.patch_size, model.config.grid)  # (R, C, h, w)
-    return frames, out
+    return code_tiles(model, codes).to(uniform_from.dtype)
+
+
+def code_tiles(model: DiT, codes: torch.Tensor) -> torch.Tensor:
+    """The frames `(R, C, h, w)` whose tokens are the codebook tiles `codes` `(R, N)`."""
+    return untile(model.codebook[codes], model.config.patch_size, model.config.grid)
 
 
 @torch.no_grad()
@@ -278,10 +290,6 @@ def cache_context_frames(
 # ----------------------------------------------------------------------------------------------------------------
 # The autoregressive step: the one place where a prompt is committed and a frame is generated, snapped and committed.
 # The dream env, the evaluation rollouts and self-rollout training all call these two functions.
-
-
-def _extra_draws(sampling, sampler_steps: int) -> int:
-    return sampler_steps - 1 if sampling.solver == "consistency" else 0
 
 
 OUTCOME_STREAM = 0x0C7C0E  # outcome draws are seeded apart from the frame noise of the same (seed, position)
@@ -372,8 +380,9 @@ def advance_rows(
     device = previous.device
     pos = torch.as_tensor(positions, device=device)
     shape = tuple(previous.shape[1:])
-    noise = frame_noise(seeds, [int(q) for q in positions], shape, device, extra=_extra_draws(sampling, steps))
-    sample = dict(solver=sampling.solver, renoise=noise[:, 2:], previous=previous)
+    noise = frame_noise(seeds, [int(q) for q in positions], shape, device, extra=extra_draws(sampling.solver, steps))
+    sample = dict(solver=sampling.solver, renoise=noise[:, 2:], previous=previous,
+                  temperature=sampling.temperature)
     if sampling.commit_pass:
         x = generate_frames(dit, cache, rows, actions, pos, noise[:, 0], steps, sampling.shift, **sample)
         x = codec.snap(x.float())

@@ -6,7 +6,7 @@ import torch
 from generator.checkpoint import CheckpointError
 from generator.codec import CodecConfig, build_tile_codebook, float_to_frames, load_codec, save_codec
 from generator.pretrained import WorldModel
-from generator.sampler import advance_rows, frame_noise, prompt_rows, sample_outcomes
+from generator.sampler import advance_rows, draw_codes, frame_noise, prompt_rows, sample_outcomes
 from tiny_world import make_tiny_tile_world, tile_frames, tile_textures
 
 
@@ -85,18 +85,18 @@ def rollout(world, seeds, steps=6, rows=None):
     return torch.stack(frames, 1), outcomes
 
 
-@pytest.mark.parametrize("solver", ["euler", "categorical"])
-def test_generated_frames_are_made_of_codebook_tiles(solver):
-    world, _ = make_tiny_tile_world(solver=solver)
+@pytest.mark.parametrize("solver, steps", [("euler", 1), ("categorical", 1), ("categorical", 2)])
+def test_generated_frames_are_made_of_codebook_tiles(solver, steps):
+    world, _ = make_tiny_tile_world(solver=solver, sampler_steps=steps)
     frames, _ = rollout(world, [1, 2, 3])
     assert torch.equal(world.codec.snap(frames), frames)
     ids = world.codec.indices(frames)
     assert torch.equal(world.codec.from_indices(ids), frames)
 
 
-@pytest.mark.parametrize("solver", ["euler", "categorical"])
-def test_a_row_does_not_depend_on_its_batch(solver):
-    world, _ = make_tiny_tile_world(solver=solver)
+@pytest.mark.parametrize("solver, steps", [("euler", 1), ("categorical", 1), ("categorical", 2)])
+def test_a_row_does_not_depend_on_its_batch(solver, steps):
+    world, _ = make_tiny_tile_world(solver=solver, sampler_steps=steps)
     with torch.no_grad():
         world.dit.copy_log_scale.fill_(-20.0)  # no copy bias: the sampled codes are uncertain
     together, _ = rollout(world, [7, 8, 9])
@@ -105,6 +105,43 @@ def test_a_row_does_not_depend_on_its_batch(solver):
     other_seed, _ = rollout(world, [70])
     if solver == "categorical":  # the seed decides the sampled codes
         assert not torch.equal(together[0], other_seed[0])
+
+
+def test_code_draws_follow_the_temperature_and_the_seed():
+    world, textures = make_tiny_tile_world()
+    logits = torch.tensor([[[2.0, 1.0, 0.0, 0.0, 0.0, 0.0]] * 9] * 2000)  # (R, N, K): code 0 most likely
+    uniforms = torch.randn(2000, 3, 15, 15, generator=torch.Generator().manual_seed(0))
+    codes = lambda t: world.codec.indices(draw_codes(world.dit, logits, uniforms, t))  # noqa: E731
+    share = lambda t: (codes(t) == 0).float().mean().item()  # noqa: E731
+    expected = logits[0, 0].softmax(-1)[0].item()  # 0.61
+    assert abs(share(1.0) - expected) < 0.02  # the draws follow the logits
+    assert share(0.5) > share(1.0) + 0.1 and share(1e-3) == 1.0  # colder: toward the most likely code
+    assert torch.equal(codes(1.0), codes(1.0))  # a function of the uniforms' source alone
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        world.sampling.temperature = 0.0
+        rollout(world, [1])
+
+
+def test_multi_step_categorical_keeps_the_last_passs_most_likely_code():
+    from generator.sampler import code_tiles, denoise, extra_draws
+
+    world, _ = make_tiny_tile_world(solver="categorical", sampler_steps=2)
+    dit = world.dit
+    with torch.no_grad():  # codes that depend on the input frame, no pull toward the previous frame
+        dit.copy_log_scale.fill_(-20.0)
+        dit.code_head.weight.normal_(0, 3.0, generator=torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(3)
+    noise = torch.randn(3, 3, 15, 15, generator=g)
+    renoise = torch.randn(3, extra_draws("categorical", 2), 3, 15, 15, generator=g)
+    args = (dit, None, None, torch.zeros(3, dtype=torch.long), torch.zeros(3, dtype=torch.long), noise, 2)
+    kw = dict(solver="categorical", previous=world.codec.encode(world.prompts["frames"][:3, -1]))
+    x, out = denoise(*args, renoise=renoise, **kw)
+    assert torch.equal(x, code_tiles(dit, out.code_logits[:, 0].argmax(-1)))
+    assert torch.equal(denoise(*args, renoise=renoise, **kw)[0], x)  # same draws, same frame
+    other, _ = denoise(*args, renoise=torch.randn(renoise.shape, generator=g), **kw)
+    assert not torch.equal(other, x)  # the first pass's draws reach the frame
+    with pytest.raises(ValueError, match="needs renoise"):
+        denoise(*args, **kw)
 
 
 def test_untrained_codebook_model_copies_the_previous_frame():
@@ -247,7 +284,7 @@ def test_fidelity_evaluation_writes_every_figure(tmp_path):
     sticky = scrolling_tile_game(tmp_path / "sticky", textures, episodes=3, length=14, seed=3)
     config = FidelityConfig(models=[f"tiles={tmp_path / 'model'}@1", f"cat={tmp_path / 'model'}@1"],
                             streams=[f"sticky={sticky}"], out=str(tmp_path / "fid"), context_frames=2, horizon=4,
-                            windows=4, rollout_frames=20, rollout_rows=2, health_span=5, tile_size=5, view_tiles=(3, 3),
+                            windows=4, rollout_frames=20, rollout_rows=2, health_span=5, tile_size=5, view_tiles=(3, 3), player_tile=(1, 1),
                             progress=False)
     summary = evaluate_fidelity(config)
     for name in ("fidelity.json", "fidelity.md", "open_loop_sticky.png", "health.png", "strip.png"):
@@ -256,9 +293,27 @@ def test_fidelity_evaluation_writes_every_figure(tmp_path):
     assert len(row["streams"]["sticky"]["open_loop"]["psnr"]) == 4
     assert row["rollout"]["last"]["within_threshold"] == 1.0  # snapped frames are codebook tiles
     assert summary["real_reference"]["within_threshold"] == 1.0
+    assert 0.0 <= row["rollout"]["last"]["tiles_in_place"] <= 1.0 and "player_visible" in summary["real_reference"]
     outcomes = row["streams"]["sticky"]["outcomes"]
     assert outcomes["reward_positive"]["count"] == 3 * 14  # every real transition read once
     assert json.loads((tmp_path / "fid" / "fidelity.json").read_text())["config"]["horizon"] == 4
+
+
+def test_tiles_out_of_place_and_a_missing_player_are_seen():
+    from agents.evaluation.fidelity import FidelityConfig, health, tile_places
+
+    world, textures = make_tiny_tile_world()
+    # 3x3 tiles: a 2x3 world view over one inventory row; the player stands at (1, 1)
+    config = FidelityConfig(tile_size=5, view_tiles=(2, 3), player_tile=(1, 1))
+    real = torch.tensor([[[0, 1, 2], [2, 3, 0], [4, 5, 4]], [[1, 1, 0], [0, 3, 2], [5, 4, 5]]])
+    places = tile_places(tile_frames(real, textures), world.codec, config)
+    assert places.world.tolist() == [True, True, True, True, False, False]  # glyphs 4, 5 only in the inventory
+    assert places.player.tolist() == [False, False, False, True, False, False]
+    dream = torch.tensor([[[0, 4, 2], [2, 3, 0], [4, 5, 4]], [[1, 1, 0], [0, 0, 2], [5, 4, 5]]])
+    figures = health(tile_frames(dream, textures), world.codec, config, places)
+    assert figures["tiles_in_place"].tolist() == pytest.approx([5 / 6, 1.0])  # a glyph in the world
+    assert figures["player_visible"].tolist() == [1.0, 0.0]  # the second frame lost its player
+    assert health(tile_frames(real, textures), world.codec, config, places)["tiles_in_place"].tolist() == [1.0, 1.0]
 
 
 def test_a_model_without_copy_prior_has_no_copy_term():

@@ -15,8 +15,10 @@ and once per model:
   actions, scored per frame by health figures beside the same figures on real held-out frames: the share of the
   frame's tiles within the codebook threshold of a real tile (1 by construction for a model that snaps to the
   codebook; informative for pixel models), the number of distinct tiles in the world view (a world collapsing to a
-  static field loses them, a patchwork of unrelated tiles gains them) and edge energy (noise raises it, blur lowers
-  it); plus a strip image of one row at frames 0, 100, ..., 1000.
+  static field loses them, a patchwork of unrelated tiles gains them), edge energy (noise raises it, blur lowers
+  it), and for tile codecs the share of world-view tiles in their place (codes that real frames show in the world
+  view: inventory glyphs leaking into the world are variety that is not a world) and how often the player is
+  visible on its tile; plus a strip image of one row at frames 0, 100, ..., 1000.
 
 `scripts/evaluate_fidelity.py` writes ``fidelity.json``, ``fidelity.md``, ``open_loop_<stream>.png``,
 ``health.png`` and ``strip.png``.
@@ -58,9 +60,17 @@ class FidelityConfig:
     tile_tolerance: float = 6.0  # grey levels within which two tiles count as one (night noise)
     tile_size: int = 7  # the world view's geometry for the distinct-tiles figure (Crafter at 64x64)
     view_tiles: tuple[int, int] = (7, 9)
+    player_tile: tuple[int, int] = (3, 4)  # the player's (row, column) in the world view (Crafter's centre)
     device: str = "cpu"
     seed: int = 0
     progress: bool = True
+
+    def __post_init__(self):
+        rows, cols = self.view_tiles
+        row, col = self.player_tile
+        if not (0 <= row < rows and 0 <= col < cols):
+            raise ValueError(f"player_tile {tuple(self.player_tile)} lies outside the {rows}x{cols} view_tiles; "
+                             f"give the player's (row, column) inside the world view (Crafter: 3,4 of 7,9)")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -129,13 +139,47 @@ def tiles_within_threshold(frames: torch.Tensor, codec: TileCodec) -> torch.Tens
     return (codec.tile_distances(frames) <= codec.config.tile_threshold).float().mean(-1)
 
 
-def health(frames: torch.Tensor, codec: TileCodec | None, config: FidelityConfig) -> dict[str, torch.Tensor]:
-    """Health figures of frames ``(N, H, W, 3)``: ``within_threshold`` (needs a codec), ``distinct_tiles``,
-    ``edge_energy``, each ``(N,)``."""
+@dataclass
+class TilePlaces:
+    """Which codes real frames show where: ``world`` `(K,)` marks the codes seen in the world view, ``player``
+    `(K,)` those seen on the player's tile. A dream whose inventory glyphs leak into the world, or whose player
+    fades, shows tiles out of place, which the distinct-tiles count alone would score as variety."""
+
+    world: torch.Tensor
+    player: torch.Tensor
+
+
+def _view_codes(frames: torch.Tensor, codec: TileCodec, config: FidelityConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Codes of the world view's tokens `(N, rows * cols)` and of the player's token `(N,)`."""
+    rows, cols = config.view_tiles
+    grid_cols = codec.config.tile_grid[1]
+    codes = torch.cat([codec.indices(codec.encode(chunk)) for chunk in frames.split(256)])  # (N, gh * gw)
+    codes = codes.view(len(frames), -1, grid_cols)[:, :rows, :cols]
+    player_row, player_col = config.player_tile
+    return codes.flatten(1), codes[:, player_row, player_col]
+
+
+def tile_places(frames: torch.Tensor, codec: TileCodec, config: FidelityConfig) -> TilePlaces:
+    """The `TilePlaces` of real frames ``(N, H, W, 3)``."""
+    world, player = _view_codes(frames, codec, config)
+    k = codec.config.codes
+    return TilePlaces(torch.bincount(world.flatten(), minlength=k) > 0, torch.bincount(player, minlength=k) > 0)
+
+
+def health(frames: torch.Tensor, codec: TileCodec | None, config: FidelityConfig,
+           places: TilePlaces | None = None) -> dict[str, torch.Tensor]:
+    """Health figures of frames ``(N, H, W, 3)``, each ``(N,)``: ``within_threshold`` (needs a codec),
+    ``distinct_tiles``, ``edge_energy`` and, with `places`, ``tiles_in_place`` (share of the world view's tiles
+    whose code real frames show in the world view) and ``player_visible`` (the player's tile holds a code real
+    frames show there)."""
     tiles = distinct_tiles(frames, config.tile_size, tuple(config.view_tiles), tolerance=config.tile_tolerance)
     out = {"distinct_tiles": tiles, "edge_energy": edge_energy(frames)}
     if codec is not None:
         out["within_threshold"] = tiles_within_threshold(frames, codec)
+    if codec is not None and places is not None:
+        world, player = _view_codes(frames, codec, config)
+        out["tiles_in_place"] = places.world[world].float().mean(-1)
+        out["player_visible"] = places.player[player].float()
     return out
 
 
@@ -175,7 +219,8 @@ def plot_health(results: dict, reference: dict, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = [k for k in ("within_threshold", "distinct_tiles", "edge_energy") if k in reference]
+    keys = [k for k in ("within_threshold", "distinct_tiles", "edge_energy", "tiles_in_place", "player_visible")
+            if k in reference]
     fig, axes = plt.subplots(len(keys), 1, figsize=(7, 2.6 * len(keys)), sharex=True, squeeze=False)
     for ax, key in zip(axes[:, 0], keys):
         for name, r in results.items():
@@ -275,6 +320,12 @@ def evaluate_fidelity(config: FidelityConfig) -> dict:
             real_frames.append(data.episode(k)["frames"][::4])
     real_frames = torch.cat(real_frames)
     reference = {key: float(value.mean()) for key, value in health(real_frames, codec, config).items()}
+    places = None
+    if codec is not None:
+        # Where tiles belong, learned from every other real frame; the rest give the real level of those figures.
+        places = tile_places(real_frames[0::2], codec, config)
+        placed = health(real_frames[1::2], codec, config, places)
+        reference.update({key: float(placed[key].mean()) for key in ("tiles_in_place", "player_visible")})
 
     results: dict = {}
     strips, times = {}, list(range(0, config.rollout_frames + 1, max(1, config.rollout_frames // 10)))
@@ -289,7 +340,7 @@ def evaluate_fidelity(config: FidelityConfig) -> dict:
         prompts = EpisodeDataset(next(iter(streams.values())), window=config.context_frames)
         frames, seconds = drift_rollout(world, prompts, config.context_frames, config.rollout_frames,
                                         config.rollout_rows, config.seed, steps)  # (rows, frames, H, W, 3)
-        figures = health(frames.flatten(0, 1), codec, config)
+        figures = health(frames.flatten(0, 1), codec, config, places)
         curves = {key: value.view(frames.shape[0], frames.shape[1]).mean(0) for key, value in figures.items()}
         span = min(config.health_span, config.rollout_frames)
         row["rollout"] = {
