@@ -206,9 +206,9 @@ def reward_classes(rewards: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
 def self_rollout(
     model, codec, sampling, latents: torch.Tensor, batch: dict, frames: int, generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Replace frames `r .. T-2` of each clip `(B, T, C, h, w)` by the model's own one-step predictions, generated
-    autoregressively from the real frames before `r` with the real actions (`generator.sampler.advance_rows`, so
-    snapped exactly as at inference); `r = T - 1 - frames`. Returns the new clips and the mask `(B, T)` of frames
+    """Replace frames `r .. T-2` of each clip `(B, T, C, h, w)` by the model's own predictions (one sampler step; a
+    one-pass model's own steps), generated autoregressively from the real frames before `r` with the real actions
+    (`generator.sampler.advance_rows`, so snapped exactly as at inference); `r = T - 1 - frames`. Returns the new clips and the mask `(B, T)` of frames
     still to learn: the real ones before `r` and the last frame, whose target stays real (DIAMOND's
     `num_autoregressive_steps`: the model learns to recover the real next frame from its own context).
     """
@@ -225,11 +225,15 @@ def self_rollout(
     was_training = dit.training
     dit.eval()
     cache = dit.new_cache(b)
+    # One sampler step is the cheap rollout; a one-pass model caches its frames at its own final step's level
+    # (`cache_level`), which its training presents context frames at, so it rolls out with its own steps.
+    steps = 1 if sampling.commit_pass else sampling.sampler_steps
     previous = prompt_rows(dit, codec, sampling, cache, None, latents[:, :r], actions[:, :r], has_action[:, :r], seeds,
-                           sampler_steps=1)
+                           sampler_steps=steps)
     rolled = latents.clone()
     for i in range(r, t - 1):
-        out = advance_rows(dit, codec, sampling, cache, None, actions[:, i], [i] * b, seeds, previous, sampler_steps=1)
+        out = advance_rows(dit, codec, sampling, cache, None, actions[:, i], [i] * b, seeds, previous,
+                           sampler_steps=steps)
         rolled[:, i] = out["latents"]
         previous = out["committed"]
     dit.train(was_training)

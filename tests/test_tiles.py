@@ -238,10 +238,15 @@ def test_tile_training_runs_with_every_option_and_resumes(tmp_path):
     assert torch.equal(world.codec.snap(frames), frames)
 
 
-def test_self_rollout_replaces_the_middle_of_a_clip_by_snapped_predictions():
+@pytest.mark.parametrize("commit_pass, steps, levels", [(True, 1, {1.0, 0.1}), (False, 2, {1.0, 0.5})])
+def test_self_rollout_replaces_the_middle_of_a_clip_by_snapped_predictions(commit_pass, steps, levels):
     from generator.train import self_rollout
 
-    world, textures = make_tiny_tile_world()
+    world, textures = make_tiny_tile_world(sampler_steps=steps)
+    world.sampling.commit_pass = commit_pass
+    seen = set()  # flow times of the passes over one new frame: a one-pass model rolls out with its own steps
+    world.dit.register_forward_hook(
+        lambda module, args, output: seen.update(args[1].flatten().tolist()) if args[0].shape[1] == 1 else None)
     ids = torch.randint(0, 6, (2, 5, 3, 3), generator=torch.Generator().manual_seed(4))
     latents = world.codec.encode(tile_frames(ids, textures))  # (2, 5, 3, 15, 15)
     batch = {"actions": torch.zeros(2, 5, dtype=torch.long), "is_first": torch.tensor([[True] + [False] * 4] * 2),
@@ -254,6 +259,7 @@ def test_self_rollout_replaces_the_middle_of_a_clip_by_snapped_predictions():
     for i in range(r, 4):
         assert torch.equal(rolled[:, i], latents[:, r - 1])
     assert learn.tolist() == [[True, True, False, False, True]] * 2
+    assert {round(level, 4) for level in seen} == levels
     with pytest.raises(ValueError, match="no real prompt"):
         self_rollout(world.dit, world.codec, world.sampling, latents, batch, 4, torch.Generator())
 
