@@ -20,9 +20,9 @@ before it is shown and cached.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -94,6 +94,10 @@ class CodecConfig:
     codes: int = 0
     tile_threshold: float = 0.75
     fill_value: int = 0  # uint8 value of the pixels outside the tile area
+    # True: the codec also holds `places` (rows * cols, codes), which codes real frames show at each tile position
+    # (Crafter: the player only at the centre, inventory glyphs only in the inventory rows), and snapping and the
+    # codebook head keep every tile to the codes of its place (`learn_tile_places`).
+    tile_places: bool = False
 
     def __post_init__(self) -> None:
         self.frame_size = tuple(int(s) for s in self.frame_size)
@@ -272,15 +276,27 @@ def untile(tiles: torch.Tensor, tile_size: int, grid: tuple[int, int]) -> torch.
                      q=tile_size)
 
 
-def nearest_codes(tiles: torch.Tensor, codebook: torch.Tensor, chunk: int = 65536) -> tuple[torch.Tensor, torch.Tensor]:
+def nearest_codes(tiles: torch.Tensor, codebook: torch.Tensor, chunk: int = 65536, allowed: torch.Tensor | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """Index of the nearest code (squared L2) of every tile ``(..., D)`` in ``codebook`` ``(K, D)``, and the squared
-    distance to it; ties go to the lowest index. Computed in chunks of tiles to bound memory."""
+    distance to it; ties go to the lowest index. Computed in chunks of tiles to bound memory. `allowed` ``(N, K)``
+    bool: tiles come in frames of N (``tiles`` ``(..., N, D)``) and tile n only takes the codes ``allowed[n]``."""
     flat = tiles.reshape(-1, tiles.shape[-1]).float()
     code = codebook.float()
     code_sq = code.square().sum(-1)  # (K,)
+    penalty = None
+    if allowed is not None:
+        n = allowed.shape[0]
+        if tiles.dim() < 2 or tiles.shape[-2] != n:
+            raise ValueError(f"allowed codes are given for {n} tile places, but tiles {tuple(tiles.shape)} do not come "
+                             f"in frames of {n}")
+        penalty = torch.zeros(allowed.shape, device=flat.device).masked_fill(~allowed.to(flat.device), float("inf"))
+        chunk = max(n, chunk // n * n)  # whole frames per chunk
     indices, distances = [], []
     for part in flat.split(chunk):
         d = part.square().sum(-1, keepdim=True) - 2 * part @ code.T + code_sq  # (n, K)
+        if penalty is not None:
+            d = (d.view(-1, *penalty.shape) + penalty).view(d.shape)
         best, index = d.min(dim=-1)
         indices.append(index)
         distances.append(best.clamp_min(0))
@@ -304,6 +320,9 @@ class TileCodec(Codec):
         super().__init__(config)
         dim = 3 * config.tile_size**2
         self.register_buffer("codebook", torch.zeros(config.codes, dim))  # (K, s*s*3) in [-1, 1], (y, x, c) order
+        # (rows * cols, K): the codes each tile position may hold; None (not saved) without `tile_places`
+        places = torch.ones(config.tile_grid[0] * config.tile_grid[1], config.codes, dtype=torch.bool)
+        self.register_buffer("places", places if config.tile_places else None)
 
     @property
     def tile_dim(self) -> int:
@@ -315,8 +334,8 @@ class TileCodec(Codec):
 
     def _nearest(self, raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Nearest code of every tile of raw latents ``(..., 3, rows * s, cols * s)`` and its squared distance,
-        ``(..., rows * cols)`` each (latent units)."""
-        return nearest_codes(tiles_of(raw, self.config.tile_size), self.codebook)
+        ``(..., rows * cols)`` each (latent units); with `places`, among the codes of the tile's place."""
+        return nearest_codes(tiles_of(raw, self.config.tile_size), self.codebook, allowed=self.places)
 
     def indices(self, latents: torch.Tensor) -> torch.Tensor:
         """Nearest code of every tile: latents ``(..., 3, rows * s, cols * s)`` -> ``(..., rows * cols)`` int64."""
@@ -350,6 +369,28 @@ class TileCodec(Codec):
         images = raw_latents.new_full((raw_latents.shape[0], 3, *self.frame_size), fill)
         images[..., top : top + height, left : left + width] = raw_latents
         return images
+
+
+@torch.no_grad()
+def learn_tile_places(codec: TileCodec, frames_iter: Iterable[torch.Tensor]) -> TileCodec:
+    """A copy of `codec` that also knows which codes real frames show at each tile position (`places`; the same
+    codebook): a code seen at a position in any of the uint8 frames ``(..., H, W, 3)`` from `frames_iter` is allowed
+    there. Snapping and the codebook head then keep the player where real frames draw it and inventory glyphs out of
+    the world, however a rollout drifts. A position no frame reached allows every code."""
+    grid = codec.config.tile_grid
+    seen = torch.zeros(grid[0] * grid[1], codec.config.codes, dtype=torch.bool)
+    free = TileCodec(replace(codec.config, tile_places=False))
+    free.load_state_dict({key: value for key, value in codec.state_dict().items() if key != "places"})
+    for frames in frames_iter:
+        frames = torch.as_tensor(frames)
+        codes = free.indices(free.encode(frames.reshape(-1, *frames.shape[-3:])))  # (F, N)
+        seen[torch.arange(seen.shape[0]).expand_as(codes), codes] = True
+    if not seen.any():
+        raise ValueError("learn_tile_places: frames_iter yielded no frames")
+    seen[~seen.any(-1)] = True
+    placed = TileCodec(replace(codec.config, tile_places=True))
+    placed.load_state_dict({**free.state_dict(), "places": seen})
+    return placed.to(codec.codebook.device).eval()
 
 
 @torch.no_grad()
@@ -401,6 +442,26 @@ def build_tile_codebook(
     return codec
 
 
+def dataset_frames(data: str, split: str = "train", frame_stride: int = 1, max_frames: int | None = None,
+                   counter: dict | None = None) -> Iterator[torch.Tensor]:
+    """Every `frame_stride`-th frame of each episode of `split` of `data` (a folder or comma-separated folders), in
+    order, as one uint8 batch per episode, at most `max_frames` in all; `counter["frames"]` counts them."""
+    from generator.data import open_datasets
+
+    dataset = open_datasets(data, split=split)
+    used = counter if counter is not None else {}
+    used["frames"] = 0
+    for datasets in (dataset.datasets if hasattr(dataset, "datasets") else [dataset]):
+        for k in range(datasets.num_episodes):
+            frames = datasets.episode(k)["frames"][::frame_stride]
+            if max_frames is not None:
+                frames = frames[: max_frames - used["frames"]]
+            used["frames"] += len(frames)
+            yield frames
+            if max_frames is not None and used["frames"] >= max_frames:
+                return
+
+
 def tile_codec_from_data(
     data: str,
     tile_size: int = 7,
@@ -411,29 +472,26 @@ def tile_codec_from_data(
     frame_stride: int = 2,
     max_frames: int | None = None,
     fill_value: int = 0,
+    places: bool = True,
 ) -> tuple[TileCodec, dict]:
     """`build_tile_codebook` over the train split of `data` (a folder or comma-separated folders), every
-    `frame_stride`-th frame of each episode in order, at most `max_frames`. Returns the codec and a report:
-    frames used, codes, and the reconstruction PSNR (mean over frames of the squared error) on the val split."""
+    `frame_stride`-th frame of each episode in order, at most `max_frames`; with `places`, then
+    `learn_tile_places` over the same frames. Returns the codec and a report: frames used, codes, and the
+    reconstruction PSNR (mean over frames of the squared error) on the val split."""
     from generator.data import open_datasets
 
     train = open_datasets(data, split="train")
-    used = {"frames": 0}
+    used: dict = {}
 
     def batches():
-        for datasets in (train.datasets if hasattr(train, "datasets") else [train]):
-            for k in range(datasets.num_episodes):
-                frames = datasets.episode(k)["frames"][::frame_stride]
-                if max_frames is not None:
-                    frames = frames[: max_frames - used["frames"]]
-                used["frames"] += len(frames)
-                yield frames
-                if max_frames is not None and used["frames"] >= max_frames:
-                    return
+        return dataset_frames(data, "train", frame_stride, max_frames, used)
 
     codec = build_tile_codebook(batches(), train.frame_size, tile_size, tile_offset, tile_grid, threshold, max_codes,
                                 fill_value)
     report = {"frames": used["frames"], "codes": codec.config.codes, "threshold": threshold}
+    if places:
+        codec = learn_tile_places(codec, batches())
+        report["allowed_codes_per_place"] = [int(codec.places.sum(-1).min()), int(codec.places.sum(-1).max())]
     val = open_datasets(data, split="val")
     errors = []
     for datasets in (val.datasets if hasattr(val, "datasets") else [val]):
@@ -684,7 +742,8 @@ class CodebookConfig:
     """`nextframe build-codebook`: a tile codec whose codebook is grown from recorded episodes' tiles.
 
     Crafter at 64x64 draws 9x9 tiles of 7 px from pixel (0, 0) (the defaults). A tile farther than `threshold`
-    (squared L2, pixels in [0, 1]) from every code becomes a new code; codes never move.
+    (squared L2, pixels in [0, 1]) from every code becomes a new code; codes never move. With `places` the codec
+    also records which codes each tile position shows (`learn_tile_places`).
     """
 
     data: str  # episode dataset folder(s), comma-separated
@@ -696,12 +755,14 @@ class CodebookConfig:
     max_codes: int = 4096  # codebook capacity
     frame_stride: int = 2  # use every N-th frame of each episode
     max_frames: int | None = None  # stop after this many frames
+    places: bool = True  # record the codes each tile position shows, and keep generated tiles to them
 
 
 def build_codebook(config: CodebookConfig) -> dict:
     """Build and save the tile codec; returns the report (code count, reconstruction PSNR on the val split)."""
     codec, report = tile_codec_from_data(config.data, config.tile_size, config.tile_offset, config.tile_grid,
-                                         config.threshold, config.max_codes, config.frame_stride, config.max_frames)
+                                         config.threshold, config.max_codes, config.frame_stride, config.max_frames,
+                                         places=config.places)
     save_codec(codec, config.out, extra_config={"report": report})
     return report
 
@@ -709,6 +770,7 @@ def build_codebook(config: CodebookConfig) -> dict:
 codec_from_pretrained = load_codec
 
 __all__ = [
-    "CodecConfig", "Codec", "PixelCodec", "TileCodec", "KLAutoencoder", "build_tile_codebook", "tile_codec_from_data", "nearest_codes", "DiagonalGaussian", "build_codec", "save_codec",
+    "CodecConfig", "Codec", "PixelCodec", "TileCodec", "KLAutoencoder", "build_tile_codebook", "tile_codec_from_data", "learn_tile_places",
+    "dataset_frames", "nearest_codes", "DiagonalGaussian", "build_codec", "save_codec",
     "load_codec", "codec_from_pretrained", "fit_latent_statistics", "frames_to_float", "float_to_frames",
 ]

@@ -336,6 +336,8 @@ class DiT(nn.Module):
             # The codebook's tiles as tokens `(K, p * p * c)`, copied from the codec by `bind_codebook`.
             self.register_buffer("codebook", torch.zeros(config.codebook_size, c * p * p))
             self.code_head = nn.Linear(d, config.codebook_size)
+            # `(N, K)` codes each token may hold (`bind_places`, from the codec; not saved with the DiT)
+            self.register_buffer("code_places", None, persistent=False)
             if config.copy_prior > 0:
                 # Scale of the previous tile's distance to each code, subtracted from the logits (log-parametrised).
                 self.copy_log_scale = nn.Parameter(torch.tensor(math.log(config.copy_prior / COPY_CAP)))
@@ -363,6 +365,15 @@ class DiT(nn.Module):
         if self.config.codebook_size:
             nn.init.zeros_(self.code_head.weight)
             nn.init.zeros_(self.code_head.bias)
+
+    def bind_places(self, places: torch.Tensor | None) -> None:
+        """Keep every token's code logits to the codes its tile position may hold: `places` `(N, K)` bool
+        (`generator.codec.TileCodec.places`); None lifts the restriction."""
+        if places is not None and tuple(places.shape) != (self.config.grid[0] * self.config.grid[1],
+                                                          self.config.codebook_size):
+            raise ValueError(f"tile places of shape {tuple(places.shape)} do not fit this model's "
+                             f"{self.config.grid[0] * self.config.grid[1]} tokens x {self.config.codebook_size} codes")
+        self.code_places = None if places is None else places.to(self.codebook.device, torch.bool).clone()
 
     def bind_codebook(self, codebook_tokens: torch.Tensor) -> None:
         """Set the codebook `(K, p * p * c)` the code head predicts over (tokens in the DiT's patch layout)."""
@@ -459,6 +470,8 @@ class DiT(nn.Module):
             code = self.codebook.float()  # (K, P)
             prev = previous_tokens.float()  # (B, T, N, P)
             logits = self.code_head(h).float()  # (B, T, N, K)
+            if self.code_places is not None:
+                logits = logits.masked_fill(~self.code_places, float("-inf"))
             if cfg.copy_prior > 0:
                 distance = prev.square().sum(-1, keepdim=True) - 2 * prev @ code.T + code.square().sum(-1)
                 logits = logits - self.copy_log_scale.exp() * distance.clamp(0, COPY_CAP)

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from generator.checkpoint import CheckpointError, load_checkpoint, load_state_into, save_checkpoint
-from generator.codec import CodecConfig, build_codec
+from generator.codec import CodecConfig, TileCodec, build_codec, dataset_frames, learn_tile_places
 from generator.model import DiT, DiTConfig
 
 KIND = "nextframe-world-model"
@@ -74,6 +74,8 @@ class WorldModel(nn.Module):
         super().__init__()
         self.dit, self.codec, self.sampling, self.info = dit, codec, sampling, info
         self.prompts = prompts
+        if dit.config.codebook_size and getattr(codec, "places", None) is not None:
+            dit.bind_places(codec.places)  # the codec's tile places bound the code head too
 
     @property
     def device(self) -> torch.device:
@@ -224,10 +226,11 @@ def prompts_from_dataset(world: WorldModel, data: str | Path | list, count: int 
 
 
 def export_model(source: str | Path, destination: str | Path, prompts_from: str | Path | None = None,
-                 prompt_count: int = 32, **sampling) -> WorldModel:
+                 prompt_count: int = 32, places_from: str | None = None, **sampling) -> WorldModel:
     """Copy a world model to `destination` with new sampling defaults (`SamplingConfig` fields, e.g.
     `sampler_steps=1, context_noise=0.0`), recording the change in `info.training["export"]`. Weights are unchanged.
-    `prompts_from`: rebuild the prompt bank (`prompt_count` clips) from that dataset (`prompts_from_dataset`)."""
+    `prompts_from`: rebuild the prompt bank (`prompt_count` clips) from that dataset (`prompts_from_dataset`).
+    `places_from`: tile models learn from that dataset which codes each tile position shows (`learn_tile_places`)."""
     world = WorldModel.from_pretrained(source)
     known = set(SamplingConfig.__dataclass_fields__)
     unknown = set(sampling) - known
@@ -237,6 +240,12 @@ def export_model(source: str | Path, destination: str | Path, prompts_from: str 
     for key, value in changes.items():
         setattr(world.sampling, key, type(getattr(world.sampling, key))(value))
     export = {"source": str(source), "sampling": changes}
+    if places_from is not None:
+        if not isinstance(world.codec, TileCodec):
+            raise ValueError(f"--places-from needs a tile-codec model; {source} uses a {world.codec.config.kind!r} codec")
+        world.codec = learn_tile_places(world.codec, dataset_frames(places_from, "train", frame_stride=2))
+        world.dit.bind_places(world.codec.places)
+        export["places_from"] = ",".join(str(Path(path).resolve()) for path in str(places_from).split(","))
     if prompts_from is not None:
         world.prompts = prompts_from_dataset(world, prompts_from, prompt_count)
         export["prompts_from"] = ",".join(str(Path(path).resolve()) for path in str(prompts_from).split(","))
@@ -259,6 +268,9 @@ class ExportConfig:
     temperature: float | None = None  # new default temperature of the categorical solver's draws
     prompts_from: str | None = None  # dataset to rebuild the prompt bank from
     prompt_count: int = 32  # clips in a rebuilt prompt bank
+    # tile models: dataset(s) whose train split teaches the codec which codes each tile position shows
+    # (`generator.codec.learn_tile_places`; every 2nd frame), so generated tiles keep to them
+    places_from: str | None = None
 
 
 def run_export(config: ExportConfig) -> str:
@@ -266,7 +278,7 @@ def run_export(config: ExportConfig) -> str:
     world = export_model(config.checkpoint, config.out, prompts_from=config.prompts_from,
                          prompt_count=config.prompt_count, sampler_steps=config.sampler_steps,
                          context_noise=config.context_noise, shift=config.shift, solver=config.solver,
-                         temperature=config.temperature)
+                         temperature=config.temperature, places_from=config.places_from)
     clips = "none" if world.prompts is None else tuple(world.prompts["frames"].shape)
     return f"wrote {config.out}: sampling {world.sampling}, prompt clips {clips}"
 

@@ -330,3 +330,61 @@ def test_a_model_without_copy_prior_has_no_copy_term():
     assert not hasattr(without, "copy_log_scale")
     with_prior = DiT(dit_config("tiles", **config))
     assert float(with_prior.copy_log_scale.detach().exp()) * 12.0 == pytest.approx(8.0)
+
+
+def test_tile_places_keep_each_position_to_the_codes_real_frames_show_there(tmp_path):
+    from generator.codec import learn_tile_places
+
+    world, textures = make_tiny_tile_world()
+    # real frames: the centre (the "player") always holds code 5, which nothing else ever shows
+    ids = torch.randint(0, 5, (30, 3, 3), generator=torch.Generator().manual_seed(0))
+    ids[:, 1, 1] = 5
+    placed = learn_tile_places(world.codec, [tile_frames(ids[:15], textures), tile_frames(ids[15:], textures)])
+    assert placed.config.tile_places and torch.equal(placed.codebook, world.codec.codebook)
+    assert placed.places[4].tolist() == [False] * 5 + [True]  # the centre: only code 5
+    assert not placed.places[[0, 1, 2, 3, 5, 6, 7, 8], 5].any()  # code 5 nowhere else
+    real = tile_frames(ids, textures)
+    assert torch.equal(placed.decode(placed.encode(real)), world.codec.decode(world.codec.encode(real)))
+    # a frame with the player off centre and grass on the centre snaps back into place, tile by tile
+    wrong = ids[:1].clone()
+    wrong[0, 0, 0], wrong[0, 1, 1] = 5, 0
+    snapped = placed.indices(placed.encode(tile_frames(wrong, textures)))[0]
+    assert snapped[4] == 5 and snapped[0] != 5
+    # saved and loaded with the world model, binding the code head: generated frames keep their places
+    world.codec = placed
+    world.prompts["frames"] = tile_frames(ids[:4, None].repeat(1, 2, 1, 1), textures)
+    world.save_pretrained(tmp_path / "placed")
+    loaded = WorldModel.from_pretrained(tmp_path / "placed")
+    assert torch.equal(loaded.codec.places, placed.places) and torch.equal(loaded.dit.code_places, placed.places)
+    with torch.no_grad():  # without places this model would draw code 5 everywhere
+        loaded.dit.code_head.bias.copy_(torch.tensor([0.0, 0.0, 0.0, 0.0, 0.0, 8.0]))
+    loaded.sampling.solver = "categorical"
+    frames, _ = rollout(loaded, [1, 2], steps=4)
+    codes = loaded.codec.indices(frames)
+    assert (codes[..., 4] == 5).all() and not (codes[..., [0, 1, 2, 3, 5, 6, 7, 8]] == 5).any()
+
+
+def test_export_learns_tile_places_and_older_codecs_load_without(tmp_path):
+    from generator.pretrained import export_model
+
+    world, textures = make_tiny_tile_world(reward_values=(0.0, 1.0), n_actions=3)
+    world.save_pretrained(tmp_path / "model")
+    assert WorldModel.from_pretrained(tmp_path / "model").codec.places is None  # a codec saved without places
+    data = scrolling_tile_game(tmp_path / "data", textures, episodes=4, length=10)
+    exported = export_model(tmp_path / "model", tmp_path / "placed", places_from=str(data))
+    assert exported.codec.places is not None and exported.codec.places.any(-1).all()
+    assert WorldModel.from_pretrained(tmp_path / "placed").info.training["export"]["places_from"] == str(data.resolve())
+    with pytest.raises(ValueError, match="do not fit"):
+        world.dit.bind_places(torch.ones(4, 6, dtype=torch.bool))
+
+
+def test_build_codebook_command_learns_codes_and_places(tmp_path):
+    from generator.codec import CodebookConfig, build_codebook
+
+    data = scrolling_tile_game(tmp_path / "data", tile_textures(6), episodes=6, length=12)
+    report = build_codebook(CodebookConfig(data=str(data), out=str(tmp_path / "codec"), tile_size=5, frame_stride=1))
+    codec = load_codec(tmp_path / "codec")
+    assert report["codes"] == codec.config.codes == 6  # one code per texture
+    assert report["val_psnr"] > 90  # exact reconstruction (PSNR of identical frames is capped)
+    assert codec.config.tile_places and codec.places.shape == (9, 6)
+    assert report["allowed_codes_per_place"] == [int(codec.places.sum(-1).min()), int(codec.places.sum(-1).max())]
