@@ -240,6 +240,8 @@ def export_model(source: str | Path, destination: str | Path, prompts_from: str 
     for key, value in changes.items():
         setattr(world.sampling, key, type(getattr(world.sampling, key))(value))
     export = {"source": str(source), "sampling": changes}
+    if "export" in world.info.training:  # an export of an export keeps the whole chain
+        export["previous"] = world.info.training["export"]
     if places_from is not None:
         if not isinstance(world.codec, TileCodec):
             raise ValueError(f"--places-from needs a tile-codec model; {source} uses a {world.codec.config.kind!r} codec")

@@ -20,6 +20,10 @@ def test_shipped_weights_fit_the_budget_and_match_their_config():
                           depth=4, copy_prior=0.0, reward_values=(-0.1, 0.0, 0.1, 1.0))
     assert world.dit.config == expected
     assert world.codec.config.kind == "tiles" and torch.equal(world.dit.codebook, world.codec.codebook)
+    # tile places: the centre shows only player sprites, the bottom inventory row only its glyphs
+    assert world.codec.places is not None and torch.equal(world.dit.code_places, world.codec.places)
+    allowed = world.codec.places.sum(-1)  # codes per tile position, row-major over the 9x9 grid
+    assert allowed[3 * 9 + 4] < allowed[0] / 2 and allowed[72:].sum() < 9 * 2
     assert sum(t.numel() for t in world.dit.state_dict().values()) == sum(t.numel() for t in tensors["model"].values())
     assert world.prompts is not None and world.prompts["frames"].shape[2:] == (64, 64, 3)
     assert all(torch.isfinite(p).all() for p in world.dit.parameters())
