@@ -211,6 +211,9 @@ def scrolling_tile_game(root, textures, episodes=6, length=20, seed=0, policy="r
 
 
 def test_tile_training_runs_with_every_option_and_resumes(tmp_path):
+    import json
+
+    from generator.codec import learn_tile_places
     from generator.data import open_datasets
     from generator.train import TrainConfig, train
 
@@ -221,6 +224,10 @@ def test_tile_training_runs_with_every_option_and_resumes(tmp_path):
     assert open_datasets(data, window=4).num_episodes == 12
     codec = build_tile_codebook([open_datasets(first).episode(k)["frames"] for k in range(6)], (16, 16), tile_size=5,
                                 threshold=0.1)
+    # tile places learned from a few frames only: the training frames show codes where these never did, and their
+    # targets must then be codes of the place (else the masked code logits would make the loss infinite)
+    codec = learn_tile_places(codec, [open_datasets(first).episode(0)["frames"][::4]])
+    assert not codec.places.all()
     save_codec(codec, tmp_path / "codec")
     config = TrainConfig(
         data=data, out=str(tmp_path / "run"), model="tiles", codec=str(tmp_path / "codec"), steps=12, batch_size=4,
@@ -231,7 +238,9 @@ def test_tile_training_runs_with_every_option_and_resumes(tmp_path):
     train(TrainConfig(**{**config.__dict__, "stop_at": 6}))
     resumed = train(config)
     assert resumed["step"] == 12
+    assert np.isfinite(json.loads((tmp_path / "run" / "metrics.json").read_text())["final"]["loss"])
     world = WorldModel.from_pretrained(tmp_path / "run" / "model")
+    assert torch.equal(world.dit.code_places, codec.places)
     assert world.dit.config.codebook_size == codec.config.codes and world.dit.config.reward_values == (0.0, 1.0)
     assert torch.equal(world.dit.codebook, codec.codebook)
     frames, _ = rollout(world, [1, 2])
