@@ -341,12 +341,16 @@ class TileCodec(Codec):
         """Nearest code of every tile: latents ``(..., 3, rows * s, cols * s)`` -> ``(..., rows * cols)`` int64."""
         return self._nearest(self.denormalize(latents))[0]
 
-    def tile_distances(self, frames: torch.Tensor) -> torch.Tensor:
-        """Squared distance of every tile of uint8 frames ``(..., H, W, 3)`` to its nearest code, in the units of
-        `tile_threshold` (pixels in [0, 1], summed over the tile): ``(..., rows * cols)``."""
+    def frame_codes(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Nearest code of every tile of uint8 frames ``(..., H, W, 3)`` whatever its place (what the frame shows,
+        not what snapping would make of it) and the squared distance to it in the units of `tile_threshold` (pixels
+        in [0, 1], summed over the tile): ``(..., rows * cols)`` each."""
         frames = self._check_frames(frames)
-        area = self._crop(frames.movedim(-1, -3).float() / 255.0)
-        return nearest_codes(tiles_of(area, self.config.tile_size), (self.codebook + 1.0) / 2.0)[1]
+        lead = frames.shape[:-3]
+        images = frames_to_float(frames.to(self.device)).reshape(-1, 3, *self.frame_size)  # [-1, 1]
+        codes, distances = nearest_codes(tiles_of(self._crop(images), self.config.tile_size), self.codebook)
+        # [-1, 1] is twice the [0, 1] scale: squared distances are 4x the threshold's units
+        return codes.reshape(*lead, -1), (distances / 4.0).reshape(*lead, -1)
 
     def from_indices(self, indices: torch.Tensor) -> torch.Tensor:
         """Code indices ``(..., rows * cols)`` -> latents ``(..., 3, rows * s, cols * s)``."""
@@ -378,19 +382,16 @@ def learn_tile_places(codec: TileCodec, frames_iter: Iterable[torch.Tensor]) -> 
     there. Snapping and the codebook head then keep the player where real frames draw it and inventory glyphs out of
     the world, however a rollout drifts. A position no frame reached allows every code."""
     grid = codec.config.tile_grid
-    seen = torch.zeros(grid[0] * grid[1], codec.config.codes, dtype=torch.bool)
-    free = TileCodec(replace(codec.config, tile_places=False))
-    free.load_state_dict({key: value for key, value in codec.state_dict().items() if key != "places"})
+    seen = torch.zeros(grid[0] * grid[1], codec.config.codes, dtype=torch.bool, device=codec.device)
     for frames in frames_iter:
-        frames = torch.as_tensor(frames)
-        codes = free.indices(free.encode(frames.reshape(-1, *frames.shape[-3:])))  # (F, N)
-        seen[torch.arange(seen.shape[0]).expand_as(codes), codes] = True
+        codes = codec.frame_codes(frames)[0].reshape(-1, seen.shape[0])  # (F, N), whatever places codec has
+        seen[torch.arange(seen.shape[0], device=seen.device).expand_as(codes), codes] = True
     if not seen.any():
         raise ValueError("learn_tile_places: frames_iter yielded no frames")
     seen[~seen.any(-1)] = True
-    placed = TileCodec(replace(codec.config, tile_places=True))
-    placed.load_state_dict({**free.state_dict(), "places": seen})
-    return placed.to(codec.codebook.device).eval()
+    placed = TileCodec(replace(codec.config, tile_places=True)).to(codec.device)
+    placed.load_state_dict({**{k: v for k, v in codec.state_dict().items() if k != "places"}, "places": seen})
+    return placed.eval()
 
 
 @torch.no_grad()

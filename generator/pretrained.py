@@ -204,6 +204,11 @@ def build_prompts(
     }
 
 
+def resolved_folders(spec: str | Path) -> str:
+    """A comma-separated list of dataset folders with every folder made absolute (what a model records of its data)."""
+    return ",".join(str(Path(path).resolve()) for path in str(spec).split(",") if path)
+
+
 def prompts_from_dataset(world: WorldModel, data: str | Path | list, count: int = 32,
                          context_frames: int | None = None) -> dict[str, torch.Tensor]:
     """A new prompt bank for `world` from the episode dataset `data` (`build_prompts`: clips without
@@ -247,10 +252,10 @@ def export_model(source: str | Path, destination: str | Path, prompts_from: str 
             raise ValueError(f"--places-from needs a tile-codec model; {source} uses a {world.codec.config.kind!r} codec")
         world.codec = learn_tile_places(world.codec, dataset_frames(places_from, "train", frame_stride=2))
         world.dit.bind_places(world.codec.places)
-        export["places_from"] = ",".join(str(Path(path).resolve()) for path in str(places_from).split(","))
+        export["places_from"] = resolved_folders(places_from)
     if prompts_from is not None:
         world.prompts = prompts_from_dataset(world, prompts_from, prompt_count)
-        export["prompts_from"] = ",".join(str(Path(path).resolve()) for path in str(prompts_from).split(","))
+        export["prompts_from"] = resolved_folders(prompts_from)
     world.info.training = {**world.info.training, "export": export}
     world.save_pretrained(destination)
     return world

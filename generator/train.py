@@ -22,7 +22,8 @@ from generator.checkpoint import load_state_into
 from generator.codec import CodecConfig, build_codec, load_codec
 from generator.data import EpisodeDataset, open_datasets
 from generator.model import DiT, dit_config
-from generator.pretrained import SamplingConfig, WorldModel, WorldModelInfo, build_prompts, resolve_device
+from generator.pretrained import (SamplingConfig, WorldModel, WorldModelInfo, build_prompts, resolve_device,
+                                  resolved_folders)
 from generator.run import TrainingRun, lr_schedule, update_ema
 from generator.sampler import cache_level, context_latents, logit_normal, previous_frames
 
@@ -208,9 +209,10 @@ def self_rollout(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Replace frames `r .. T-2` of each clip `(B, T, C, h, w)` by the model's own predictions (one sampler step; a
     one-pass model's own steps), generated autoregressively from the real frames before `r` with the real actions
-    (`generator.sampler.advance_rows`, so snapped exactly as at inference); `r = T - 1 - frames`. Returns the new clips and the mask `(B, T)` of frames
-    still to learn: the real ones before `r` and the last frame, whose target stays real (DIAMOND's
-    `num_autoregressive_steps`: the model learns to recover the real next frame from its own context).
+    (`generator.sampler.advance_rows`, so snapped exactly as at inference); `r = T - 1 - frames`. Returns the new
+    clips and the mask `(B, T)` of frames still to learn: the real ones before `r` and the last frame, whose target
+    stays real (DIAMOND's `num_autoregressive_steps`: the model learns to recover the real next frame from its own
+    context).
     """
     from generator.sampler import advance_rows, prompt_rows
 
@@ -323,7 +325,7 @@ def build_world_model(config: TrainConfig, dataset: EpisodeDataset) -> WorldMode
         frame_size=tuple(dataset.frame_size),
         fps=int(meta.get("fps", 15)),
         action_space=space_to_json(dataset.action_space),
-        dataset=",".join(str(Path(p).resolve()) for p in str(config.data).split(",") if p),
+        dataset=resolved_folders(config.data),
     )
     sampling = SamplingConfig(sampler_steps=config.sampler_steps, context_noise=config.context_noise,
                               commit_pass=config.commit_pass)

@@ -134,11 +134,6 @@ def outcomes_on_real(world: WorldModel, dataset: EpisodeDataset, max_windows: in
 # Long-rollout health
 
 
-def tiles_within_threshold(frames: torch.Tensor, codec: TileCodec) -> torch.Tensor:
-    """Share of each frame's tiles ``(N,)`` within the codebook threshold of a code (a real tile)."""
-    return (codec.tile_distances(frames) <= codec.config.tile_threshold).float().mean(-1)
-
-
 @dataclass
 class TilePlaces:
     """Which codes real frames show where: ``world`` `(K,)` marks the codes seen in the world view, ``player``
@@ -149,37 +144,36 @@ class TilePlaces:
     player: torch.Tensor
 
 
-def _view_codes(frames: torch.Tensor, codec: TileCodec, config: FidelityConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """Codes of the world view's tokens `(N, rows * cols)` and of the player's token `(N,)`."""
+def _view_codes(codes: torch.Tensor, codec: TileCodec, config: FidelityConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """The world view's codes `(N, rows * cols)` and the player's code `(N,)` of frame codes `(N, gh * gw)`."""
     rows, cols = config.view_tiles
-    grid_cols = codec.config.tile_grid[1]
-    codes = torch.cat([codec.indices(codec.encode(chunk)) for chunk in frames.split(256)])  # (N, gh * gw)
-    codes = codes.view(len(frames), -1, grid_cols)[:, :rows, :cols]
+    codes = codes.view(len(codes), -1, codec.config.tile_grid[1])[:, :rows, :cols]
     player_row, player_col = config.player_tile
     return codes.flatten(1), codes[:, player_row, player_col]
 
 
 def tile_places(frames: torch.Tensor, codec: TileCodec, config: FidelityConfig) -> TilePlaces:
     """The `TilePlaces` of real frames ``(N, H, W, 3)``."""
-    world, player = _view_codes(frames, codec, config)
+    world, player = _view_codes(codec.frame_codes(frames)[0], codec, config)
     k = codec.config.codes
     return TilePlaces(torch.bincount(world.flatten(), minlength=k) > 0, torch.bincount(player, minlength=k) > 0)
 
 
 def health(frames: torch.Tensor, codec: TileCodec | None, config: FidelityConfig,
            places: TilePlaces | None = None) -> dict[str, torch.Tensor]:
-    """Health figures of frames ``(N, H, W, 3)``, each ``(N,)``: ``within_threshold`` (needs a codec),
-    ``distinct_tiles``, ``edge_energy`` and, with `places`, ``tiles_in_place`` (share of the world view's tiles
-    whose code real frames show in the world view) and ``player_visible`` (the player's tile holds a code real
-    frames show there)."""
+    """Health figures of frames ``(N, H, W, 3)``, each ``(N,)``: ``distinct_tiles``, ``edge_energy``, with a codec
+    ``within_threshold`` (share of the frame's tiles within the codebook threshold of a code, a real tile) and, with
+    `places` too, ``tiles_in_place`` (share of the world view's tiles whose code real frames show in the world view)
+    and ``player_visible`` (the player's tile holds a code real frames show there)."""
     tiles = distinct_tiles(frames, config.tile_size, tuple(config.view_tiles), tolerance=config.tile_tolerance)
     out = {"distinct_tiles": tiles, "edge_energy": edge_energy(frames)}
     if codec is not None:
-        out["within_threshold"] = tiles_within_threshold(frames, codec)
-    if codec is not None and places is not None:
-        world, player = _view_codes(frames, codec, config)
-        out["tiles_in_place"] = places.world[world].float().mean(-1)
-        out["player_visible"] = places.player[player].float()
+        codes, distances = codec.frame_codes(frames)
+        out["within_threshold"] = (distances <= codec.config.tile_threshold).float().mean(-1)
+        if places is not None:
+            world, player = _view_codes(codes, codec, config)
+            out["tiles_in_place"] = places.world[world].float().mean(-1)
+            out["player_visible"] = places.player[player].float()
     return out
 
 
