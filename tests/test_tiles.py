@@ -300,6 +300,7 @@ def test_fidelity_evaluation_writes_every_figure(tmp_path):
     config = FidelityConfig(models=[f"tiles={tmp_path / 'model'}@1", f"cat={tmp_path / 'model'}@1"],
                             streams=[f"sticky={sticky}"], out=str(tmp_path / "fid"), context_frames=2, horizon=4,
                             windows=4, rollout_frames=20, rollout_rows=2, health_span=5, tile_size=5, view_tiles=(3, 3), player_tile=(1, 1),
+                            move_actions=(1, 2), rule_span=8,
                             progress=False)
     summary = evaluate_fidelity(config)
     for name in ("fidelity.json", "fidelity.md", "open_loop_sticky.png", "health.png", "strip.png"):
@@ -311,6 +312,8 @@ def test_fidelity_evaluation_writes_every_figure(tmp_path):
     assert 0.0 <= row["rollout"]["last"]["tiles_in_place"] <= 1.0 and "player_visible" in summary["real_reference"]
     outcomes = row["streams"]["sticky"]["outcomes"]
     assert outcomes["reward_positive"]["count"] == 3 * 14  # every real transition read once
+    assert summary["move_rule_reference"]["free_rate"] == 1.0  # real frames obey the rule learned from others
+    assert set(row["move_rule"]) == {"all", "last"} and "Move rule" in (tmp_path / "fid" / "fidelity.md").read_text()
     assert json.loads((tmp_path / "fid" / "fidelity.json").read_text())["config"]["horizon"] == 4
 
 
@@ -397,3 +400,54 @@ def test_build_codebook_command_learns_codes_and_places(tmp_path):
     assert report["val_psnr"] > 90  # exact reconstruction (PSNR of identical frames is capped)
     assert codec.config.tile_places and codec.places.shape == (9, 6)
     assert report["allowed_codes_per_place"] == [int(codec.places.sum(-1).min()), int(codec.places.sum(-1).max())]
+
+
+def walker_frames(world_map: torch.Tensor, actions: list[int], textures: torch.Tensor, start=(32, 32),
+                  walk_through: bool = False, never_move: bool = False) -> torch.Tensor:
+    """Frames `(T, 26, 26, 3)` of a 5x5 view of 5-px tiles centred on a player (texture 5) over `world_map`:
+    actions 1-4 move left/right/up/down unless the target tile is a wall (texture 0), anything else stays.
+    `walk_through` ignores walls and `never_move` never moves: two broken "dreams"."""
+    y, x = start
+    views = []
+    for i in range(len(actions) + 1):
+        view = world_map[y - 2:y + 3, x - 2:x + 3].clone()
+        view[2, 2] = 5
+        views.append(view)
+        if i < len(actions) and actions[i] in (1, 2, 3, 4) and not never_move:
+            dy, dx = {1: (0, -1), 2: (0, 1), 3: (-1, 0), 4: (1, 0)}[actions[i]]
+            if walk_through or world_map[y + dy, x + dx] != 0:
+                y, x = y + dy, x + dx
+    return tile_frames(torch.stack(views), textures, frame_size=(26, 26))
+
+
+def test_the_move_rule_is_learned_from_real_frames_and_scores_broken_physics():
+    from agents.evaluation.fidelity import FidelityConfig, learn_move_rule, move_rule_agreement
+    from generator.codec import build_tile_codebook
+
+    textures = tile_textures(6)
+    g = torch.Generator().manual_seed(0)
+    maps = [torch.randint(0, 5, (64, 64), generator=g) for _ in range(4)]  # texture 0 (a wall) on a fifth of tiles
+    runs = [torch.randint(0, 6, (30,), generator=g).tolist() for _ in range(4)]  # actions 0..5: moves are 1..4
+    real = [walker_frames(m, a, textures) for m, a in zip(maps, runs)]
+    codec = build_tile_codebook(real, (26, 26), tile_size=5, tile_grid=(5, 5), threshold=0.1)
+    config = FidelityConfig(tile_size=5, view_tiles=(5, 5), player_tile=(2, 2))
+    # episodes store the action into each frame, with padding on the first
+    rule = learn_move_rule([(f, torch.tensor([0] + a)) for f, a in zip(real[:3], runs[:3])], codec, config,
+                           min_moves=2)
+    assert rule.shifts == {1: 1, 2: 2, 3: 3, 4: 4}  # moving left shifts the content right, and so on
+    wall = int(codec.indices(codec.encode(tile_frames(torch.zeros(1, 5, 5, dtype=torch.long), textures,
+                                                      (26, 26))[None]))[0, 0, 0])
+    assert bool(rule.known[wall]) and not bool(rule.walkable[wall])
+    assert bool(rule.walkable[rule.known].sum() >= 3)  # the floor textures take the player
+
+    def score(**broken):
+        frames = walker_frames(maps[3], runs[3], textures, **broken)
+        return move_rule_agreement(frames[None], torch.tensor(runs[3])[None], codec, rule, config)
+
+    honest = score()
+    assert honest["free_rate"] == honest["blocked_rate"] == honest["other_rate"] == 1.0
+    assert honest["free_steps"] > 0 and honest["blocked_steps"] > 0 and honest["other_steps"] > 0
+    ghost = score(walk_through=True)  # walks through walls
+    assert ghost["blocked_rate"] == 0.0 and ghost["free_rate"] == 1.0 and ghost["other_rate"] == 1.0
+    frozen = score(never_move=True)  # ignores its moves
+    assert frozen["free_rate"] == 0.0 and frozen["blocked_rate"] in (None, 1.0) and frozen["other_rate"] == 1.0

@@ -18,7 +18,13 @@ and once per model:
   static field loses them, a patchwork of unrelated tiles gains them), edge energy (noise raises it, blur lowers
   it), and for tile codecs the share of world-view tiles in their place (codes that real frames show in the world
   view: inventory glyphs leaking into the world are variety that is not a world) and how often the player is
-  visible on its tile; plus a strip image of one row at frames 0, 100, ..., 1000.
+  visible on its tile; plus a strip image of one row at frames 0, 100, ..., 1000;
+- **the move rule in the long rollouts** (tile codecs): whether the dream obeys the game's physics in the world it
+  itself shows, which open-loop agreement cannot tell from a world the dream invented differently (once the view
+  moves, the tiles it reveals are not in the prompt): what a move into each tile does is learned from half the
+  held-out real episodes (`learn_move_rule`), then every rollout step whose shift is unambiguous is scored
+  (`move_rule_agreement`): moves into walkable tiles followed, moves into blocking tiles held, other actions held,
+  beside the same figures on the other half of the real episodes and the share of steps too uniform to read.
 
 `scripts/evaluate_fidelity.py` writes ``fidelity.json``, ``fidelity.md``, ``open_loop_<stream>.png``,
 ``health.png`` and ``strip.png``.
@@ -34,7 +40,7 @@ import numpy as np
 import torch
 
 from agents.evaluation.compare import compare_dream_real, json_safe, precision_recall
-from generator.metrics import distinct_tiles
+from generator.metrics import SHIFTS, distinct_tiles, view_shift
 from agents.evaluation.plots import save_strip
 from agents.evaluation.model_table import drift_rollout, edge_energy, parse_entry
 from generator.codec import TileCodec, load_codec
@@ -61,6 +67,8 @@ class FidelityConfig:
     tile_size: int = 7  # the world view's geometry for the distinct-tiles figure (Crafter at 64x64)
     view_tiles: tuple[int, int] = (7, 9)
     player_tile: tuple[int, int] = (3, 4)  # the player's (row, column) in the world view (Crafter's centre)
+    move_actions: tuple[int, ...] = (1, 2, 3, 4)  # the actions that move the player (Crafter's move_left..move_down)
+    rule_span: int = 100  # the move rule is also reported over the last this many rollout frames
     device: str = "cpu"
     seed: int = 0
     progress: bool = True
@@ -177,6 +185,111 @@ def health(frames: torch.Tensor, codec: TileCodec | None, config: FidelityConfig
     return out
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# The move rule: does the dream obey the game's own physics in the world it shows?
+
+
+@dataclass
+class MoveRule:
+    """What a move does in the real game, learned from real frames. ``shifts`` maps each move action to the view
+    shift (`generator.metrics.SHIFTS` index) it makes when the player moves; per code, ``walkable`` `(K,)` says
+    that a move into a tile of that code moves the player, and ``known`` `(K,)` that real moves into it were
+    frequent and one-sided enough to say (Crafter: grass, sand and path take the player; water, stone, trees,
+    tables and creatures stop it, and the player only turns)."""
+
+    shifts: dict[int, int]
+    walkable: torch.Tensor
+    known: torch.Tensor
+
+
+def _neighbour_codes(frames: torch.Tensor, codec: TileCodec, config: FidelityConfig) -> torch.Tensor:
+    """The codes `(N, len(SHIFTS))` of the tiles a view shift would bring onto the player's tile: for shift
+    `(dy, dx)` of the view content, the player moved by `(-dy, -dx)` and steps onto that tile (index 0: its own)."""
+    rows, cols = config.view_tiles
+    codes = codec.frame_codes(frames)[0].view(len(frames), -1, codec.config.tile_grid[1])[:, :rows, :cols]
+    row, col = config.player_tile
+    picked = []
+    for dy, dx in SHIFTS:
+        y, x = min(max(row - dy, 0), rows - 1), min(max(col - dx, 0), cols - 1)
+        picked.append(codes[:, y, x])
+    return torch.stack(picked, -1)
+
+
+def _move_steps(frames: torch.Tensor, actions: torch.Tensor, codec: TileCodec, config: FidelityConfig) -> dict:
+    """Per transition of one sequence (frames `(T, H, W, 3)`, `actions` `(T - 1,)` into frames 1..T-1): the action,
+    the view shift and whether it is unambiguous, and the codes around the player before the step."""
+    shift, clear = view_shift(frames[:-1], frames[1:], tile=config.tile_size, view=tuple(config.view_tiles),
+                              player=tuple(config.player_tile))
+    return {"action": actions.reshape(len(actions), -1)[:, 0].long(), "shift": shift, "clear": clear,
+            "around": _neighbour_codes(frames[:-1], codec, config)}
+
+
+def _cat_steps(steps: list[dict]) -> dict:
+    return {key: torch.cat([s[key] for s in steps]) for key in steps[0]}
+
+
+def learn_move_rule(episodes, codec: TileCodec, config: FidelityConfig, min_moves: int = 5,
+                    purity: float = 0.9) -> MoveRule:
+    """The `MoveRule` of real `episodes` (an iterable of ``(frames (T, H, W, 3), actions (T,))`` with ``actions[i]``
+    the action into frame ``i``). A code is known after at least `min_moves` unambiguous real moves into it of
+    which at least `purity` had one outcome."""
+    steps = _cat_steps([_move_steps(f, a[1:], codec, config) for f, a in episodes])
+    shifts = {}
+    for action in config.move_actions:
+        moved = steps["shift"][(steps["action"] == action) & steps["clear"] & (steps["shift"] != 0)]
+        if not len(moved):
+            raise ValueError(f"no real step of move action {action} moved the view; check move_actions "
+                             f"{tuple(config.move_actions)} against the game's action list")
+        shifts[action] = int(torch.bincount(moved, minlength=len(SHIFTS)).argmax())
+    k = codec.config.codes
+    went, held = torch.zeros(k), torch.zeros(k)
+    for action, shift in shifts.items():
+        chosen = (steps["action"] == action) & steps["clear"]
+        target = steps["around"][chosen, shift]
+        went += torch.bincount(target[steps["shift"][chosen] == shift], minlength=k).float()
+        held += torch.bincount(target[steps["shift"][chosen] == 0], minlength=k).float()
+    total = went + held
+    known = (total >= min_moves) & (torch.maximum(went, held) >= purity * total.clamp_min(1))
+    return MoveRule(shifts, went > held, known)
+
+
+def move_rule_agreement(frames: torch.Tensor, actions: torch.Tensor, codec: TileCodec, rule: MoveRule,
+                        config: FidelityConfig) -> dict:
+    """How often sequences `frames` `(R, T, H, W, 3)` under `actions` `(R, T - 1)` (into frames 1..T-1) obey `rule`
+    in the world they themselves show: a move into a walkable tile shifts the view the action's way ("free moves
+    followed"), a move into a blocking tile leaves it ("blocked moves held"), any other action leaves it ("other
+    actions held"). Counts only steps whose own shift is unambiguous and, for moves, whose target code is known;
+    ``unclear`` is the share of steps left out for an ambiguous shift (a uniform field fits every shift)."""
+    steps = _cat_steps([_move_steps(f, a, codec, config) for f, a in zip(frames, actions)])
+    counts = {"free_steps": 0, "free_followed": 0, "blocked_steps": 0, "blocked_held": 0}
+    moving = torch.zeros_like(steps["clear"])
+    for action, shift in rule.shifts.items():
+        chosen = steps["action"] == action
+        moving |= chosen
+        target = steps["around"][:, shift]
+        counted = chosen & steps["clear"] & rule.known[target]
+        free, blocked = counted & rule.walkable[target], counted & ~rule.walkable[target]
+        counts["free_steps"] += int(free.sum())
+        counts["free_followed"] += int((free & (steps["shift"] == shift)).sum())
+        counts["blocked_steps"] += int(blocked.sum())
+        counts["blocked_held"] += int((blocked & (steps["shift"] == 0)).sum())
+    other = ~moving & steps["clear"]
+    counts.update(other_steps=int(other.sum()), other_held=int((other & (steps["shift"] == 0)).sum()),
+                  steps=len(other), unclear_steps=int((~steps["clear"]).sum()))
+    return summarize_rules([counts])
+
+
+def summarize_rules(counts: list[dict]) -> dict:
+    """Sum the counts of several `move_rule_agreement` results and recompute its rates."""
+    keys = ("free_steps", "free_followed", "blocked_steps", "blocked_held", "other_steps", "other_held", "steps",
+            "unclear_steps")
+    total = {key: sum(c[key] for c in counts) for key in keys}
+    total["unclear"] = total["unclear_steps"] / total["steps"] if total["steps"] else None
+    for name, hit in (("free", "free_followed"), ("blocked", "blocked_held"), ("other", "other_held")):
+        total[f"{name}_rate"] = total[hit] / total[f"{name}_steps"] if total[f"{name}_steps"] else None
+    return total
+
+
 def plot_open_loop(results: dict, stream: str, path: Path) -> Path:
     """PSNR and SSIM against horizon for every model on one stream, copy-last dashed."""
     import matplotlib
@@ -231,7 +344,7 @@ def plot_health(results: dict, reference: dict, path: Path) -> Path:
     return path
 
 
-def markdown(results: dict, reference: dict, config: FidelityConfig) -> str:
+def markdown(results: dict, reference: dict, config: FidelityConfig, rule_reference: dict | None = None) -> str:
     lines = []
     horizons = [h for h in (1, 2, 4, 8, 16, 32) if h <= config.horizon]
     for stream in config.streams:
@@ -283,6 +396,22 @@ def markdown(results: dict, reference: dict, config: FidelityConfig) -> str:
         lines.append(f"| {name} | " + " | ".join(f"{last[k]:.3f} ({100 * (last[k] / reference[k] - 1):+.1f} %)"
                                                  for k in reference) + " |")
     lines.append("| real frames | " + " | ".join(f"{reference[k]:.3f}" for k in reference) + " |")
+    if rule_reference is not None:
+        def rule(c):
+            cells = []
+            for name in ("free", "blocked", "other"):
+                rate = c[f"{name}_rate"]
+                cells.append(f"{'-' if rate is None else f'{rate:.3f}'} ({c[f'{name}_steps']})")
+            return " | ".join(cells)
+
+        lines += ["", f"### Move rule in the long rollouts: the game's physics in the world the dream shows", "",
+                  "| model | frames | free moves followed | blocked moves held | other actions held | unclear steps |",
+                  "|---|---|---|---|---|---|"]
+        for name, r in results.items():
+            for span, label in (("all", f"1-{config.rollout_frames}"), ("last", f"last {config.rule_span}")):
+                c = r["move_rule"][span]
+                lines.append(f"| {name} | {label} | {rule(c)} | {c['unclear']:.3f} |")
+        lines.append(f"| real frames | held-out | {rule(rule_reference)} | {rule_reference['unclear']:.3f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -320,6 +449,16 @@ def evaluate_fidelity(config: FidelityConfig) -> dict:
         places = tile_places(real_frames[0::2], codec, config)
         placed = health(real_frames[1::2], codec, config, places)
         reference.update({key: float(placed[key].mean()) for key in ("tiles_in_place", "player_visible")})
+    rule = rule_reference = None
+    if codec is not None:
+        # The move rule, learned from every other held-out episode; the rest give the real level of its figures.
+        episodes = []
+        for path in streams.values():
+            data = open_datasets(path)
+            episodes += [(e["frames"], e["actions"]) for e in map(data.episode, range(data.num_episodes))]
+        rule = learn_move_rule(episodes[0::2], codec, config)
+        rule_reference = summarize_rules([move_rule_agreement(f[None], a[None, 1:], codec, rule, config)
+                                          for f, a in episodes[1::2]])
 
     results: dict = {}
     strips, times = {}, list(range(0, config.rollout_frames + 1, max(1, config.rollout_frames // 10)))
@@ -332,8 +471,8 @@ def evaluate_fidelity(config: FidelityConfig) -> dict:
                                             sampler_steps=steps, seed=config.seed, progress=config.progress)
             row["streams"][stream] = {"open_loop": metrics, "outcomes": outcomes_on_real(world, open_datasets(folder))}
         prompts = EpisodeDataset(next(iter(streams.values())), window=config.context_frames)
-        frames, seconds = drift_rollout(world, prompts, config.context_frames, config.rollout_frames,
-                                        config.rollout_rows, config.seed, steps)  # (rows, frames, H, W, 3)
+        frames, seconds, actions = drift_rollout(world, prompts, config.context_frames, config.rollout_frames,
+                                                 config.rollout_rows, config.seed, steps)  # (rows, frames, H, W, 3)
         figures = health(frames.flatten(0, 1), codec, config, places)
         curves = {key: value.view(frames.shape[0], frames.shape[1]).mean(0) for key, value in figures.items()}
         span = min(config.health_span, config.rollout_frames)
@@ -343,6 +482,14 @@ def evaluate_fidelity(config: FidelityConfig) -> dict:
             "last": {key: float(curve[-span:].mean()) for key, curve in curves.items()},
             "frames_per_s": frames.shape[0] * frames.shape[1] / seconds,
         }
+        if rule is not None:
+            before = torch.stack([prompts[int(i)]["frames"][config.context_frames - 1] for i in
+                                  np.linspace(0, len(prompts) - 1, num=len(frames)).astype(int)])[:, None]
+            sequence = torch.cat([before, frames], 1)  # the last prompt frame, then the rollout
+            tail = min(config.rule_span, config.rollout_frames)
+            row["move_rule"] = {"all": move_rule_agreement(sequence, actions, codec, rule, config),
+                                "last": move_rule_agreement(sequence[:, -tail - 1:], actions[:, -tail:], codec, rule,
+                                                            config)}
         row["sampler_steps"] = steps or world.sampling.sampler_steps
         row["seconds"] = time.time() - started
         results[name] = row
@@ -350,10 +497,11 @@ def evaluate_fidelity(config: FidelityConfig) -> dict:
         strips[name] = strip_source[[min(t, len(strip_source) - 1) for t in times]]
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    summary = {"models": results, "real_reference": reference, "config": asdict(config),
+    summary = {"models": results, "real_reference": reference, "move_rule_reference": rule_reference,
+               "config": asdict(config),
                "torch_threads": torch.get_num_threads()}
     (out / "fidelity.json").write_text(json.dumps(json_safe(summary), indent=1))
-    (out / "fidelity.md").write_text(markdown(results, reference, config))
+    (out / "fidelity.md").write_text(markdown(results, reference, config, rule_reference))
     for stream in streams:
         plot_open_loop(results, stream, out / f"open_loop_{stream}.png")
     plot_health(results, reference, out / "health.png")
