@@ -787,6 +787,7 @@ class EpisodeDataset(torch.utils.data.Dataset):
         valid = torch.zeros(self.window, dtype=torch.bool)
         valid[:count] = True
         item["valid"] = valid
+        item["step"] = torch.arange(start, start + self.window)  # each row's step in its episode (padding counts on)
         return item
 
     def __repr__(self) -> str:

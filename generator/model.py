@@ -73,10 +73,21 @@ class DiTConfig:
     # is the nearest value, and a sampled class's reward is its value (Crafter: -0.1 lost health, 0, +0.1 regained
     # health, +1 an achievement). Empty: one regressed reward (MSE), the older head.
     reward_values: tuple[float, ...] = ()
+    # The game's day-night period in steps (Crafter: 300), 0 for none. The clock is the frame position, its step in
+    # the episode: the phase (sin, cos) of position / day_period joins every frame's adaLN condition, so the model
+    # knows the time of day instead of guessing it from a window of frames (a dream that cannot tell dusk from dawn
+    # falls into a night it never leaves). The embedding starts at zero: a fine-tune adds it to a trained model.
+    day_period: int = 0
+    # Pool the tokens for the reward/termination head by learned attention weights (softmax over the frame's tokens)
+    # instead of their mean: a reward shows as a change in one tile of 81 (a health digit, a new inventory item),
+    # which a mean dilutes. The weights start uniform, so a fine-tune adds it to a trained model unchanged.
+    outcome_pool: bool = False
 
     def __post_init__(self):
         if self.prediction not in ("velocity", "x"):
             raise ValueError(f"prediction must be 'velocity' or 'x', got {self.prediction!r}")
+        if self.day_period < 0:
+            raise ValueError(f"day_period must be >= 0 steps (0: no day clock), got {self.day_period}")
         self.reward_values = tuple(float(v) for v in self.reward_values)
         if list(self.reward_values) != sorted(set(self.reward_values)) or len(self.reward_values) == 1:
             raise ValueError(f"reward_values must be empty or >= 2 distinct increasing values, got {self.reward_values}")
@@ -275,6 +286,13 @@ class Attention(nn.Module):
         return self.proj(rearrange(out, "b h (t n) d -> b t n (h d)", t=t))
 
 
+def day_phase(positions: torch.Tensor, period: int) -> torch.Tensor:
+    """`(..., 2)` float32 (sin, cos) of the time of day of frame positions `(...)` (steps since the episode
+    started) in a day of `period` steps."""
+    angle = (positions.double() % period) * (2 * math.pi / period)
+    return torch.stack([angle.sin(), angle.cos()], -1).float()
+
+
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return x * (1 + scale) + shift
 
@@ -328,10 +346,14 @@ class DiT(nn.Module):
         self.final_proj = nn.Linear(d, c * p * p)
         outcomes = 1 + (len(config.reward_values) or 1)  # termination + reward classes (or one regressed reward)
         self.outcome_head = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, outcomes))
+        if config.outcome_pool:
+            self.outcome_pool = nn.Linear(d, 1)
         if config.reward_values:
             self.register_buffer("reward_values", torch.tensor(config.reward_values), persistent=False)
         if config.action_tokens:
             self.action_token_embed = ActionEmbedding(config.action_space, d)
+        if config.day_period:
+            self.day_embed = nn.Linear(2, d)
         if config.codebook_size:
             # The codebook's tiles as tokens `(K, p * p * c)`, copied from the codec by `bind_codebook`.
             self.register_buffer("codebook", torch.zeros(config.codebook_size, c * p * p))
@@ -362,6 +384,10 @@ class DiT(nn.Module):
         nn.init.zeros_(self.final_proj.bias)
         nn.init.zeros_(self.outcome_head[-1].weight)
         nn.init.zeros_(self.outcome_head[-1].bias)
+        if self.config.day_period:
+            nn.init.zeros_(self.day_embed.weight)
+        if self.config.outcome_pool:
+            nn.init.zeros_(self.outcome_pool.weight)
         if self.config.codebook_size:
             nn.init.zeros_(self.code_head.weight)
             nn.init.zeros_(self.code_head.bias)
@@ -434,6 +460,8 @@ class DiT(nn.Module):
             tokens = torch.cat([tokens, previous_tokens], dim=-1)
         x = self.patch_embed(tokens.to(self.patch_embed.weight.dtype))  # (B, T, N, D)
         cond = self.condition(noise_levels, actions, has_action)  # (B, T, D)
+        if cfg.day_period:
+            cond = cond + self.day_embed(day_phase(positions, cfg.day_period).to(cond.dtype))
         if cfg.action_tokens:
             x = x + self.action_token_embed(actions, has_action).to(x.dtype)[:, :, None]
 
@@ -459,7 +487,12 @@ class DiT(nn.Module):
 
         shift, scale = self.final_modulation(cond)[:, :, None].chunk(2, dim=-1)
         h = modulate(self.final_norm(x), shift, scale)  # (B, T, N, D)
-        outcome = self.outcome_head(h.mean(dim=2)).float()  # (B, T, 1 + reward classes)
+        if cfg.outcome_pool:
+            weights = self.outcome_pool(h).softmax(dim=2)  # (B, T, N, 1)
+            pooled = (weights * h).sum(dim=2)
+        else:
+            pooled = h.mean(dim=2)
+        outcome = self.outcome_head(pooled).float()  # (B, T, 1 + reward classes)
         termination_logit, reward_logits = outcome[..., -1], None
         if cfg.reward_values:
             reward_logits = outcome[..., :-1]

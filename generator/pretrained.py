@@ -175,6 +175,9 @@ def check_info(info: WorldModelInfo, dit_config: DiTConfig, codec_config: CodecC
                         f"{tuple(frames.shape)} and actions of shape {action_shape}")
     elif not all(space.contains(a) for a in actions[has_action.bool()].numpy().astype(space.dtype)):
         problems.append(f"actions outside {space}")
+    elif "steps" in prompts and (tuple(prompts["steps"].shape) != (count,) or bool((prompts["steps"] < length - 1).any())):
+        problems.append(f"steps {tuple(prompts['steps'].shape)} must hold each clip's last step in its episode, "
+                        f"({count},) values >= {length - 1}")
     if problems:
         raise CheckpointError(f"{where}/prompts.safetensors: {problems[0]}")
 
@@ -201,6 +204,7 @@ def build_prompts(
         "frames": torch.stack([it["frames"] for it in items]).contiguous(),
         "actions": torch.stack([it["actions"] for it in items]).contiguous(),
         "has_action": torch.stack([~it["is_first"] for it in items]).contiguous(),
+        "steps": torch.stack([it["step"][-1] for it in items]).contiguous(),  # each clip's last frame's episode step
     }
 
 

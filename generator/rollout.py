@@ -21,8 +21,10 @@ def open_loop_rollout(
     seeds: list[int],
     sampler_steps: int | None = None,
     prompt_has_action: torch.Tensor | None = None,
+    prompt_steps: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Generate K frames per row after a real prompt.
+    """Generate K frames per row after a real prompt; `prompt_steps` `(B,)` is the episode step of each row's first
+    prompt frame (the frame positions, which a model with a day clock reads; default 0).
 
     Args:
         world: a `generator.pretrained.WorldModel`.
@@ -42,13 +44,14 @@ def open_loop_rollout(
     if prompt_has_action is None:
         prompt_has_action = torch.ones(b, p, dtype=torch.bool)
         prompt_has_action[:, 0] = False
+    first = [0] * b if prompt_steps is None else [int(q) for q in prompt_steps]
     previous = prompt_rows(dit, codec, sampling, cache, None, latents, prompt_actions.to(device),
-                           prompt_has_action.to(device), seeds, sampler_steps)
+                           prompt_has_action.to(device), seeds, sampler_steps, first_positions=first)
     frames, out_latents, rewards, terminations, reward_logits = [], [], [], [], []
     actions = actions.to(device)
     for i in range(k):
-        out = advance_rows(dit, codec, sampling, cache, None, actions[:, i], [p + i] * b, seeds, previous,
-                           sampler_steps)
+        out = advance_rows(dit, codec, sampling, cache, None, actions[:, i], [q + p + i for q in first], seeds,
+                           previous, sampler_steps)
         previous = out["committed"]
         out_latents.append(out["latents"])
         frames.append(float_to_frames(codec.decode(out["latents"])))
@@ -110,6 +113,7 @@ def evaluate_open_loop(
             seeds,
             sampler_steps,
             prompt_has_action=~is_first[:, :context_frames],
+            prompt_steps=torch.stack([it["step"][0] for it in items]),
         )
         real = frames[:, context_frames:]
         last = frames[:, context_frames - 1 : context_frames].expand_as(real)

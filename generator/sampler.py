@@ -332,16 +332,20 @@ def prompt_rows(
     has_action: torch.Tensor,
     seeds: list[int],
     sampler_steps: int | None = None,
+    first_positions: list[int] | None = None,
 ) -> torch.Tensor:
-    """Commit real prompt latents `(R, P, C, h, w)` (positions 0..P-1, noise from each row's seed) to `rows` of the
-    cache; returns each row's last frame as cached `(R, C, h, w)`: the previous-frame input of its next frame.
-    One-pass models (`sampling.commit_pass=False`) cache the prompt as the final pass of `sampler_steps` (default:
-    the model's) would have (`cache_context_frames`)."""
+    """Commit real prompt latents `(R, P, C, h, w)` (row r at positions `first_positions[r] + 0..P-1`, its frames'
+    steps in their episode, default from 0; noise from each row's seed and position) to `rows` of the cache; returns
+    each row's last frame as cached `(R, C, h, w)`: the previous-frame input of its next frame. One-pass models
+    (`sampling.commit_pass=False`) cache the prompt as the final pass of `sampler_steps` (default: the model's)
+    would have (`cache_context_frames`)."""
     r, p = latents.shape[:2]
     device = latents.device
     shape = tuple(latents.shape[2:])
-    positions = torch.arange(p, device=device)[None].repeat(r, 1)
-    draws = torch.stack([frame_noise(seeds, [i] * r, shape, device) for i in range(p)], dim=1)  # (R, P, 2, C, h, w)
+    first = [0] * r if first_positions is None else [int(q) for q in first_positions]
+    positions = torch.tensor(first, device=device)[:, None] + torch.arange(p, device=device)[None]
+    draws = torch.stack([frame_noise(seeds, [q + i for q in first], shape, device) for i in range(p)],
+                        dim=1)  # (R, P, 2, C, h, w)
     noise = draws[:, :, 1]
     if sampling.commit_pass:
         commit_frames(dit, cache, rows, latents, actions, positions, noise, sampling.context_noise, has_action)

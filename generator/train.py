@@ -69,6 +69,12 @@ class TrainConfig:
     # windows uniformly. Events are a few percent of Crafter's windows; oversampling lets the reward and termination
     # classes be learned (DIAMOND likewise waits for rare reward classes before training on them).
     event_fraction: float = 0.0
+    # Probability that a clip is presented as a commit pass sees it: every frame at a context level (uniform in
+    # [0, context_noise_max]). When > 0 the reward and termination losses count only these clips, because the
+    # commit pass, which reads a transition's outcome at inference, sees the frame and its predecessors nearly
+    # clean; learned on noised frames the outcome head hedges and misses most rewards. 0: every clip's levels
+    # are drawn per frame and every transition teaches the outcome head.
+    outcome_clip_prob: float = 0.0
     # Self-rollout (DIAMOND's autoregressive denoiser training, cheap form): with this probability per batch, the
     # frames before a clip's last one are replaced, from a random point on, by the model's own one-step predictions
     # (no gradient, snapped by the codec), and the last frame is learned from that self-made context.
@@ -129,13 +135,18 @@ def flow_matching_loss(
         # One-pass models cache each frame's final sampling pass: context frames are presented at its flow time;
         # only the clip's last frame, which no frame attends to, takes a free level.
         levels[:, :-1] = cache_level(config.sampler_steps)
+    outcome_rows = torch.ones(b, dtype=torch.bool, device=device)
+    if config.outcome_clip_prob:
+        outcome_rows = (torch.rand(b, generator=generator) < config.outcome_clip_prob).to(device)
+        committed = (torch.rand((b, t), generator=generator) * config.context_noise_max).to(device)
+        levels = torch.where(outcome_rows[:, None], committed, levels)
     noise = torch.randn(latents.shape, generator=generator).to(device)
     s = levels[:, :, None, None, None]
     noisy = (1 - s) * latents + s * noise
     valid = batch["valid"].to(device)
     is_first = batch["is_first"].to(device)
     has_action = ~is_first
-    positions = torch.arange(t, device=device)[None].expand(b, t)
+    positions = batch["step"].to(device) if "step" in batch else torch.arange(t, device=device)[None].expand(b, t)
     previous, learn = None, valid
     if getattr(model, "module", model).config.previous_frame_input:
         # Each frame also reads its previous frame as it would sit in the cache at inference: re-noised to a
@@ -160,7 +171,7 @@ def flow_matching_loss(
     per_frame = squared.mean(dim=(2, 3, 4))  # (B, T)
     weight = learn.float()
     flow = (per_frame * weight).sum() / weight.sum().clamp_min(1)
-    transition = (learn & has_action).float()  # the reward/termination of a transition into the frame
+    transition = (learn & has_action & outcome_rows[:, None]).float()  # the outcome of a transition into the frame
     rewards = batch["rewards"].to(device).float()
     if out.reward_logits is not None:
         classes = reward_classes(rewards, getattr(model, "module", model).reward_values)
@@ -230,11 +241,12 @@ def self_rollout(
     # One sampler step is the cheap rollout; a one-pass model caches its frames at its own final step's level
     # (`cache_level`), which its training presents context frames at, so it rolls out with its own steps.
     steps = 1 if sampling.commit_pass else sampling.sampler_steps
+    first = batch["step"][:, 0].tolist() if "step" in batch else [0] * b  # each clip's first step in its episode
     previous = prompt_rows(dit, codec, sampling, cache, None, latents[:, :r], actions[:, :r], has_action[:, :r], seeds,
-                           sampler_steps=steps)
+                           sampler_steps=steps, first_positions=first)
     rolled = latents.clone()
     for i in range(r, t - 1):
-        out = advance_rows(dit, codec, sampling, cache, None, actions[:, i], [i] * b, seeds, previous,
+        out = advance_rows(dit, codec, sampling, cache, None, actions[:, i], [q + i for q in first], seeds, previous,
                            sampler_steps=steps)
         rolled[:, i] = out["latents"]
         previous = out["committed"]
@@ -270,6 +282,11 @@ def make_codec(spec: str, frame_size: tuple[int, int]):
     return load_codec(spec)
 
 
+# DiT parts a fine-tune (`TrainConfig.init`) may add to a model without them: (config field, its value when absent,
+# module name). Each starts as a no-op, so the fine-tune starts from the source model's outputs.
+ADDABLE_PARTS = (("day_period", 0, "day_embed"), ("outcome_pool", False, "outcome_pool"))
+
+
 def resolve_clip_frames(config: TrainConfig) -> TrainConfig:
     """`config` with `clip_frames` filled in for its model preset (0: 16, or the window if smaller); a clear error
     when the clip would not fit the model's window."""
@@ -278,6 +295,12 @@ def resolve_clip_frames(config: TrainConfig) -> TrainConfig:
     if not 1 <= clip_frames <= window:
         raise ValueError(f"clip_frames {clip_frames} must be in [1, {window}] for --model {config.model} (its window "
                          f"holds {window} frames); pass --clip-frames {window} or fewer, or leave it at 0")
+    for name in ("event_fraction", "outcome_clip_prob"):
+        if not 0 <= getattr(config, name) < 1:
+            raise ValueError(f"{name} {getattr(config, name)} must be in [0, 1)")
+    if config.outcome_clip_prob and not config.commit_pass:
+        raise ValueError(f"outcome_clip_prob {config.outcome_clip_prob} presents clips as a commit pass sees them, "
+                         "and a one-pass model (--no-commit-pass) has none; leave it at 0 for one-pass models")
     return replace(config, clip_frames=clip_frames)
 
 
@@ -313,11 +336,17 @@ def build_world_model(config: TrainConfig, dataset: EpisodeDataset) -> WorldMode
         raise ValueError(f"clip_frames {config.clip_frames} exceeds the model window {dit.config.window_frames}")
     if config.init:
         source = WorldModel.from_pretrained(config.init)
-        if source.dit.config != dit.config:
-            theirs, ours = source.dit.config.to_dict(), dit.config.to_dict()
-            differ = {key: (theirs[key], ours[key]) for key in ours if theirs.get(key) != ours[key]}
+        theirs, ours = source.dit.config.to_dict(), dit.config.to_dict()
+        differ = {key: (theirs.get(key), ours[key]) for key in ours if theirs.get(key) != ours[key]}
+        state = source.dit.state_dict()
+        for key, off, module in ADDABLE_PARTS:
+            if key in differ and differ[key][0] == off:
+                # Added to a model without it: the part starts as a no-op (zero weights), the rest is the source.
+                del differ[key]
+                state = {**state, **{k: v for k, v in dit.state_dict().items() if k.startswith(module + ".")}}
+        if differ:
             raise ValueError(f"--init {config.init}: its DiT differs from the one this run builds (init, run): {differ}")
-        load_state_into(dit, source.dit.state_dict(), what=f"{config.init}/model.safetensors")
+        load_state_into(dit, state, what=f"{config.init}/model.safetensors")
     meta = dataset.meta
     info = WorldModelInfo(
         game=meta["game"],

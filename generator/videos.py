@@ -53,6 +53,7 @@ def save_rollout_video(world, dataset, path: str | Path, context_frames: int, ho
     out = open_loop_rollout(
         world, frames[:, :context_frames], actions[:, :context_frames], actions[:, context_frames:],
         seeds=picks, prompt_has_action=~is_first[:, :context_frames],
+        prompt_steps=torch.stack([it["step"][0] for it in items]),
     )
     real = frames[:, context_frames:].numpy()
     dream = out["frames"].numpy()

@@ -229,7 +229,7 @@ def test_a_perfect_dream_scores_perfectly(square_data, square_idm, monkeypatch):
     context, horizon = 2, 4
     dataset = EpisodeDataset(square_data, window=context + horizon, split="all")
 
-    def oracle(world, prompt_frames, prompt_actions, actions, seeds, sampler_steps, prompt_has_action):
+    def oracle(world, prompt_frames, prompt_actions, actions, seeds, sampler_steps, prompt_has_action, prompt_steps):
         items = [dataset[s] for s in seeds]  # seed 0: the row's seed is its window index
         real = {key: torch.stack([item[key][context:] for item in items]) for key in items[0]}
         logits = torch.where(real["terminated"], 10.0, -10.0)

@@ -418,3 +418,31 @@ def test_multidiscrete_embedding_honours_start():
     assert torch.equal(shifted(padded, has_action)[0, 0], shifted.null)
 
 
+
+
+def test_a_day_clock_reads_the_time_of_day_from_the_frame_positions():
+    clocked = tiny_model(day_period=10)
+    latents, levels, actions, positions = random_inputs(clocked, 2, 3)
+    out = lambda m, p: m(latents, levels, actions, p).velocity  # noqa: E731
+    # a whole day later everything is as now (RoPE and the mask see only offsets); half a day later it is not
+    assert torch.allclose(out(clocked, positions), out(clocked, positions + 10), atol=1e-5)
+    assert not torch.allclose(out(clocked, positions), out(clocked, positions + 5), atol=1e-3)
+    # a fresh clock starts at zero: the model is the one without a clock
+    plain = tiny_model()
+    fresh = DiT(dit_config("tiny", day_period=10)).eval()
+    fresh.load_state_dict({**plain.state_dict(), **{k: v for k, v in fresh.state_dict().items() if "day_embed" in k}})
+    assert torch.equal(out(fresh, positions), out(plain, positions))
+    with pytest.raises(ValueError, match="day_period"):
+        dit_config("tiny", day_period=-1)
+
+
+def test_attention_pooled_outcomes_start_as_the_mean_and_can_single_out_a_token():
+    plain = tiny_model(reward_values=(0.0, 1.0))
+    pooled = DiT(dit_config("tiny", reward_values=(0.0, 1.0), outcome_pool=True)).eval()
+    fresh = {k: v for k, v in pooled.state_dict().items() if k.startswith("outcome_pool.")}
+    pooled.load_state_dict({**plain.state_dict(), **fresh})
+    inputs = random_inputs(plain, 2, 3)
+    assert torch.allclose(pooled(*inputs).reward_logits, plain(*inputs).reward_logits, atol=1e-6)
+    with torch.no_grad():
+        pooled.outcome_pool.weight.normal_(0, 5.0)
+    assert not torch.allclose(pooled(*inputs).reward_logits, plain(*inputs).reward_logits, atol=1e-3)

@@ -47,7 +47,7 @@ def test_a_replay_start_shows_the_recorded_frame_and_repeats_per_seed(tmp_path):
         episode, step = starts[i]
         assert 0 <= step < data.episode_lengths[episode]  # a state the real game goes on from
         assert np.array_equal(obs[i], recorded_frame(data, episode, step))
-        assert env.core.positions[i] == min(3, step + 1) - 1  # burn-in: the recorded frames up to the start
+        assert env.core.positions[i] == step  # burn-in: the recorded frames up to the start, at their own steps
     actions = np.array([1, 2, 3, 4, 0])
     rollout = [env.step(actions)[0] for _ in range(3)]
 
@@ -78,7 +78,8 @@ def test_the_burn_in_commits_the_recorded_steps_and_actions_before_the_start(tmp
     manual = WorldModelVecEnv(world, num_envs=1, device="cpu")
     manual.reset(seed=[seed])
     manual.core.reset_rows([0], [mix_seed(seed, 0)], {"frames": rows["frames"][None], "actions": rows["actions"][None],
-                                                       "has_action": torch.ones(1, 2, dtype=torch.bool)})
+                                                       "has_action": torch.ones(1, 2, dtype=torch.bool),
+                                                       "first_step": torch.tensor([int(step) - 1])})
     for action in (1, 4, 2):
         assert np.array_equal(env.step(np.array([action]))[0], manual.step(np.array([action]))[0])
 
@@ -174,3 +175,33 @@ def test_ppo_bootstraps_from_the_value_of_the_truncated_state(tmp_path):
             self.steps = []
 
     model.learn(8, callback=Check())
+
+
+def test_the_dream_clock_is_the_episode_step_of_the_start(tmp_path):
+    """Frame positions are episode steps (what a model with a day clock reads): a bank built from data records each
+    clip's step, the env starts its rows there, and a user prompt may say its step."""
+    from generator.pretrained import WorldModel, build_prompts
+
+    root = write_episodes(tmp_path / "data", [20, 30])
+    bank = build_prompts(str(root), context_frames=3, count=6)
+    data = open_datasets(root, window=3)
+    for k in range(6):  # each clip is the recorded window whose last step the bank names
+        steps = bank["steps"][k].item()
+        assert any(torch.equal(bank["frames"][k], data.read_steps(e, steps - 2, steps + 1)["frames"])
+                   for e in range(2) if steps < data.episode_lengths[e] + 1)
+    assert len(set(bank["steps"].tolist())) > 1
+    world = make_tiny_world()
+    world.prompts = {**{key: bank[key] for key in ("frames", "actions", "has_action")}, "steps": bank["steps"]}
+    world.save_pretrained(tmp_path / "model")
+    assert torch.equal(WorldModel.from_pretrained(tmp_path / "model").prompts["steps"], bank["steps"])
+    env = WorldModelVecEnv(world, num_envs=4, device="cpu")
+    env.reset(seed=3)
+    assert np.array_equal(env.core.positions, env.starts[:, 1])
+    assert set(env.starts[:, 1].tolist()) <= set(bank["steps"].tolist())
+    env.step(np.zeros(4, dtype=np.int64))
+    assert np.array_equal(env.core.positions, env.starts[:, 1] + 1)
+    frames = bank["frames"][0].numpy()
+    env.reset(seed=3, options={"prompt": {"frames": frames, "step": 250}})
+    assert (env.core.positions == 250).all()
+    with pytest.raises(ValueError, match="step"):
+        env.reset(seed=3, options={"prompt": {"frames": frames, "step": 1}})

@@ -318,3 +318,51 @@ def test_init_starts_from_a_checkpoint_and_refuses_another_architecture(dataset,
     with pytest.raises(ValueError, match="dim"):
         train(tiny_config(dataset, tmp_path / "c", steps=1, eval_windows=0, init=str(tmp_path / "a" / "model"),
                           model_overrides=dict(TINY, dim=48)))
+    # a day clock and attention-pooled outcomes may be added: they start as no-ops, so the outputs are the source's
+    train(tiny_config(dataset, tmp_path / "d", steps=1, lr=0.0, eval_windows=0, init=str(tmp_path / "a" / "model"),
+                      model_overrides=dict(TINY, day_period=7, outcome_pool=True), outcome_clip_prob=0.5))
+    clocked = WorldModel.from_pretrained(tmp_path / "d" / "model")
+    assert clocked.dit.config.day_period == 7 and clocked.dit.config.outcome_pool
+    b, t = 2, 3
+    g = torch.Generator().manual_seed(0)
+    latents = torch.randn(b, t, *source.codec.latent_shape, generator=g)
+    args = (latents, torch.rand(b, t, generator=g), torch.zeros(b, t, dtype=torch.long), torch.arange(t)[None] + 40)
+    ours, theirs = clocked.dit.eval()(*args), source.dit.eval()(*args)
+    assert torch.equal(ours.velocity, theirs.velocity) and torch.allclose(ours.reward, theirs.reward, atol=1e-6)
+    with pytest.raises(ValueError, match="one-pass"):
+        train(tiny_config(dataset, tmp_path / "e", steps=1, outcome_clip_prob=0.5, commit_pass=False))
+
+
+def test_outcome_clips_are_presented_as_a_commit_pass_and_alone_teach_the_outcome_heads():
+    """`outcome_clip_prob`: some clips have every frame at a context level, and only their transitions count in the
+    reward and termination losses (the positions are the window's episode steps)."""
+    import torch.nn.functional as F
+
+    from generator.model import DiT, dit_config
+    from generator.train import flow_matching_loss
+
+    torch.manual_seed(0)
+    dit = DiT(dit_config("tiny", reward_values=(0.0, 1.0), action_space={"type": "Discrete", "n": 3, "start": 0}))
+    with torch.no_grad():
+        for p in dit.parameters():
+            p.normal_(0, 0.1)
+    b, t = 16, 4
+    batch = {"actions": torch.randint(0, 3, (b, t)), "rewards": (torch.rand(b, t) < 0.3).float(),
+             "valid": torch.ones(b, t, dtype=bool), "terminated": torch.zeros(b, t, dtype=bool),
+             "is_first": torch.zeros(b, t, dtype=bool), "step": torch.arange(t)[None] + torch.arange(b)[:, None] * 10}
+    seen = {}
+
+    def capture(noisy, levels, actions, positions, **kwargs):
+        seen.update(levels=levels, positions=positions, out=dit(noisy, levels, actions, positions, **kwargs))
+        return seen["out"]
+
+    capture.config, capture.reward_values = dit.config, dit.reward_values
+    config = TrainConfig(data="-", out="-", outcome_clip_prob=0.5, context_noise_max=0.2)
+    with torch.no_grad():
+        _, metrics = flow_matching_loss(capture, torch.randn(b, t, 3, 16, 16), batch, config, torch.Generator().manual_seed(3))
+    assert torch.equal(seen["positions"], batch["step"])
+    clean = (seen["levels"] <= 0.2).all(1)  # outcome clips (a drawn clip is this clean by chance with odds ~1e-8)
+    assert 0 < int(clean.sum()) < b
+    logits = seen["out"].reward_logits[clean]
+    expected = F.cross_entropy(logits.flatten(0, 1), batch["rewards"][clean].long().flatten())
+    assert metrics["reward"] == pytest.approx(float(expected), rel=1e-5)

@@ -111,7 +111,9 @@ class DreamCore:
     def reset_rows(self, rows: list[int], seeds: list[int], prompts: dict[str, torch.Tensor]) -> torch.Tensor:
         """Start new episodes in `rows` from real prompt clips; returns each row's last prompt frame (uint8).
 
-        prompts: frames `(R, P, H, W, 3)` uint8, actions `(R, P, ...)`, has_action `(R, P)` bool.
+        prompts: frames `(R, P, H, W, 3)` uint8, actions `(R, P, ...)`, has_action `(R, P)` bool, and optionally
+        first_step `(R,)`: the episode step of each clip's first frame (frame positions, the clock a model with a
+        day clock reads; default 0).
         """
         self.wait()
         with self._autocast():
@@ -126,16 +128,17 @@ class DreamCore:
         index = torch.tensor(rows, device=self.device)
         self.cache.reset_rows(index)
         p = prompts["frames"].shape[1]
-        for row, seed in zip(rows, seeds):
+        first = [int(q) for q in prompts["first_step"]] if "first_step" in prompts else [0] * len(rows)
+        for row, seed, start in zip(rows, seeds, first):
             self.row_seeds[row] = int(seed)
             self.queues[row] = []
             self.last_actions[row] = None
-            self.positions[row] = p - 1
+            self.positions[row] = start + p - 1
         latents = self.world.codec.encode(prompts["frames"].to(self.device))  # (R, P, C, h, w)
         self.previous[index] = prompt_rows(
             self.world.dit, self.world.codec, self.world.sampling, self.cache, index, latents,
             prompts["actions"].to(self.device), prompts["has_action"].to(self.device), list(seeds),
-            self.sampler_steps,
+            self.sampler_steps, first_positions=first,
         )
         return prompts["frames"][:, -1].to(self.device)
 

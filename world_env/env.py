@@ -206,6 +206,7 @@ class WorldModelVecEnv(VectorEnv):
             group = [j for j, clip in enumerate(clips) if clip.frames.shape[0] == length]
             batch = {key: torch.stack([getattr(clips[j], key) for j in group])
                      for key in ("frames", "actions", "has_action")}  # (R, P, ...)
+            batch["first_step"] = torch.tensor([clips[j].step - length + 1 for j in group])
             first[group] = self.core.reset_rows([rows[j] for j in group], [seeds[j] for j in group], batch)
         self.starts[rows] = [(clip.episode, clip.step) for clip in clips]
         return first
@@ -235,8 +236,13 @@ class WorldModelVecEnv(VectorEnv):
         has_action[:, 0] = False
         if frames.shape[0] not in (1, count):
             raise ValueError(f"prompt batch of {frames.shape[0]} clips for {count} envs being reset")
+        step = int(prompt.get("step", p - 1))
+        if step < p - 1:
+            raise ValueError(f"prompt step {step} is the episode step of the last prompt frame, so at least "
+                             f"{p - 1} for {p} frames")
         expand = lambda t: t.expand(count, *t.shape[1:]) if t.shape[0] == 1 else t  # noqa: E731
-        return {"frames": expand(frames), "actions": expand(actions), "has_action": expand(has_action)}
+        return {"frames": expand(frames), "actions": expand(actions), "has_action": expand(has_action),
+                "first_step": torch.full((count,), step - p + 1)}
 
     def _reset_rows(self, rows: list[int], row_seeds: list[int | None] | None, prompt: dict | None) -> None:
         """Start new episodes in `rows`; `row_seeds[j]` (if not None) reseeds row `rows[j]`."""

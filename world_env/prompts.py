@@ -30,7 +30,8 @@ START_STREAM = 0x57A27  # a row's replay start is drawn from a generator seeded 
 @dataclass
 class Clip:
     """One row's real prompt: frames `(P, H, W, 3)` uint8, actions `(P, ...)`, has_action `(P,)` bool (False on an
-    episode's reset frame); `episode` and `step` say where it was taken (the dream starts at `frames[-1]`)."""
+    episode's reset frame); `episode` and `step` say where it was taken (the dream starts at `frames[-1]`, step
+    `step` of its episode, which sets the dream's frame positions: its clock)."""
 
     frames: torch.Tensor
     actions: torch.Tensor
@@ -84,7 +85,9 @@ class PromptBank:
     def clips(self, seeds: Sequence[int], max_frames: int) -> list[Clip]:
         count, length = self.bank["frames"].shape[:2]
         picks = [mix_seed(seed, BANK_STREAM) % count for seed in seeds]
-        return [Clip(self.bank["frames"][k], self.bank["actions"][k], self.bank["has_action"][k], k, length - 1)
+        # A clip's step is the episode step of its last frame where the bank records it (`steps`), else its length - 1.
+        steps = self.bank["steps"].tolist() if "steps" in self.bank else [length - 1] * count
+        return [Clip(self.bank["frames"][k], self.bank["actions"][k], self.bank["has_action"][k], k, int(steps[k]))
                 for k in picks]
 
 

@@ -157,7 +157,8 @@ def compare_dream_real(
         seeds = [seed * 1_000_003 + i for i in picked]
         out = open_loop_rollout(world, frames[:, :context_frames], actions[:, :context_frames],
                                 actions[:, context_frames:], seeds, sampler_steps,
-                                prompt_has_action=~batch["is_first"][:, :context_frames])
+                                prompt_has_action=~batch["is_first"][:, :context_frames],
+                                prompt_steps=batch["step"][:, 0])
         real, dream = frames[:, context_frames:], out["frames"]  # (B, K, H, W, 3)
         last = frames[:, context_frames - 1 : context_frames]  # (B, 1, H, W, 3)
         copy_last = last.expand_as(real)

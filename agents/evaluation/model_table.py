@@ -107,9 +107,10 @@ def edge_energy(frames: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def drift_rollout(world: WorldModel, dataset: EpisodeDataset, context_frames: int, frames: int, rows: int,
-                  seed: int, sampler_steps: int | None) -> tuple[torch.Tensor, float]:
+                  seed: int, sampler_steps: int | None) -> tuple[torch.Tensor, float, torch.Tensor]:
     """``rows`` rollouts of ``frames`` generated frames from real context under sticky-random actions.
-    Returns the frames ``(rows, frames, H, W, 3)`` uint8 and the wall seconds the generation took."""
+    Returns the frames ``(rows, frames, H, W, 3)`` uint8, the wall seconds the generation took and the actions
+    ``(rows, frames, ...)`` into those frames."""
     picks = np.linspace(0, len(dataset) - 1, num=min(rows, len(dataset))).astype(int)
     items = [dataset[int(i)] for i in picks]
     prompt = torch.stack([item["frames"][:context_frames] for item in items])
@@ -121,8 +122,9 @@ def drift_rollout(world: WorldModel, dataset: EpisodeDataset, context_frames: in
     actions = torch.as_tensor(np.stack([policy.act(np.zeros(len(items))) for _ in range(frames)], axis=1))
     started = time.perf_counter()
     out = open_loop_rollout(world, prompt, prompt_actions, actions, [seed * 7919 + i for i in range(len(items))],
-                            sampler_steps, prompt_has_action=has_action)
-    return out["frames"], time.perf_counter() - started
+                            sampler_steps, prompt_has_action=has_action,
+                            prompt_steps=torch.stack([item["step"][0] for item in items]))
+    return out["frames"], time.perf_counter() - started, actions
 
 
 def strip_times(frames: int, count: int = 8) -> list[int]:
@@ -147,7 +149,7 @@ def evaluate_entry(world: WorldModel, dataset: EpisodeDataset, bank: torch.Tenso
     if metrics["idm"] is not None:
         row["idm_accuracy_dream"] = metrics["idm"]["mean_accuracy_dream"]
         row["idm_accuracy_real"] = metrics["idm"]["mean_accuracy_real"]
-    frames, seconds = drift_rollout(world, dataset, config.context_frames, config.drift_frames, config.drift_rows,
+    frames, seconds, _ = drift_rollout(world, dataset, config.context_frames, config.drift_frames, config.drift_rows,
                                     config.seed, sampler_steps)
     curve = nearest_real_psnr(frames.flatten(0, 1), bank).view(frames.shape[0], frames.shape[1]).mean(0)
     span = min(config.drift_span, config.drift_frames)
@@ -160,7 +162,7 @@ def evaluate_entry(world: WorldModel, dataset: EpisodeDataset, bank: torch.Tenso
     row["edge_first"], row["edge_last"] = float(edges[:span].mean()), float(edges[-span:].mean())
     row["fps_batch"] = frames.shape[0] * frames.shape[1] / seconds
     row["fps_batch_rows"] = int(frames.shape[0])
-    _, single = drift_rollout(world, dataset, config.context_frames, config.speed_frames, 1, config.seed, sampler_steps)
+    _, single, _ = drift_rollout(world, dataset, config.context_frames, config.speed_frames, 1, config.seed, sampler_steps)
     row["fps_single"] = config.speed_frames / single
     return row, frames[0, strip_times(frames.shape[1])]
 
