@@ -718,9 +718,10 @@ class EpisodeDataset(torch.utils.data.Dataset):
             raise ValueError(f"no windows to sample: the {self.split!r} split of {self.root} has no episodes")
         return sample_windows(self, batch_size, generator, weights)
 
-    def window_events(self) -> np.ndarray:
+    def window_events(self, terminations_only: bool = False) -> np.ndarray:
         """``(len(self),)`` bool: the window holds a transition with a non-zero reward or a termination (rare
-        events a world model must see often enough: achievements, damage, death). Reads only those arrays."""
+        events a world model must see often enough: achievements, damage, death), or with `terminations_only` a
+        termination. Reads only those arrays."""
         if self.window is None:
             raise ValueError("window_events() needs a fixed window; build the dataset with window=T")
         flags = []
@@ -732,7 +733,7 @@ class EpisodeDataset(torch.utils.data.Dataset):
                 shard = self.root / entry["name"]
                 rewards = _read_rows(shard, "rewards", self._specs["rewards"], 0, steps)
                 terminated = _read_rows(shard, "terminated", self._specs["terminated"], 0, steps)
-            event = (rewards != 0) | terminated.astype(bool)
+            event = terminated.astype(bool) if terminations_only else (rewards != 0) | terminated.astype(bool)
             event[0] = False  # the reset step is no transition
             cumulative = np.concatenate([[0], np.cumsum(event)])
             starts = np.arange(max(steps - self.window, 0) + 1)
@@ -864,8 +865,8 @@ class EpisodeDatasets(torch.utils.data.ConcatDataset):
             index -= dataset.num_episodes
         raise AssertionError("unreachable")
 
-    def window_events(self) -> np.ndarray:
-        return np.concatenate([d.window_events() for d in self.datasets])
+    def window_events(self, terminations_only: bool = False) -> np.ndarray:
+        return np.concatenate([d.window_events(terminations_only) for d in self.datasets])
 
     def whole_windows(self, exclude_terminal: bool = True) -> list[int]:
         """As `EpisodeDataset.whole_windows`, indexed over the windows of every folder."""

@@ -69,12 +69,19 @@ class TrainConfig:
     # windows uniformly. Events are a few percent of Crafter's windows; oversampling lets the reward and termination
     # classes be learned (DIAMOND likewise waits for rare reward classes before training on them).
     event_fraction: float = 0.0
+    # Probability that a sampled window is one holding a termination (taken out of `event_fraction`'s share when both
+    # are set). Deaths are ~1 rare event in 25 and ~1 step in 200, so even event-rich batches hold one every few
+    # batches and the termination head learns never to fire; a share of their own balances the class.
+    termination_fraction: float = 0.0
     # Probability that a clip is presented as a commit pass sees it: every frame at a context level (uniform in
     # [0, context_noise_max]). When > 0 the reward and termination losses count only these clips, because the
     # commit pass, which reads a transition's outcome at inference, sees the frame and its predecessors nearly
     # clean; learned on noised frames the outcome head hedges and misses most rewards. 0: every clip's levels
     # are drawn per frame and every transition teaches the outcome head.
     outcome_clip_prob: float = 0.0
+    # Train only the DiT modules whose names start with one of these (e.g. "outcome_head,outcome_pool": teach the
+    # reward and termination heads of a finished model without touching its frames); empty: train everything.
+    train_only: tuple[str, ...] = ()
     # Self-rollout (DIAMOND's autoregressive denoiser training, cheap form): with this probability per batch, the
     # frames before a clip's last one are replaced, from a random point on, by the model's own one-step predictions
     # (no gradient, snapped by the codec), and the last frame is learned from that self-made context.
@@ -282,6 +289,32 @@ def make_codec(spec: str, frame_size: tuple[int, int]):
     return load_codec(spec)
 
 
+def rare_window_weights(dataset, config: TrainConfig) -> torch.Tensor | None:
+    """Window sampling weights that give windows with a termination `termination_fraction` of the draws, windows with
+    another rare event (a non-zero reward) `event_fraction` less that, and the other windows the rest, each group
+    drawn uniformly; an empty group's share goes to the rest. None (uniform) when neither fraction is set."""
+    if not config.event_fraction and not config.termination_fraction:
+        return None
+    events = torch.from_numpy(dataset.window_events())
+    ends = torch.zeros_like(events)
+    if config.termination_fraction:
+        ends = torch.from_numpy(dataset.window_events(terminations_only=True))
+        events &= ~ends
+    weights = torch.zeros(len(ends), dtype=torch.float64)
+    rest = torch.ones(len(ends), dtype=torch.bool)
+    share = 1.0
+    for group, fraction in ((ends, config.termination_fraction),
+                            (events, max(config.event_fraction - config.termination_fraction, 0.0))):
+        if fraction and group.any():
+            weights[group] = fraction / int(group.sum())
+            rest &= ~group
+            share -= fraction
+    if not rest.any() or bool(rest.all()):
+        return None
+    weights[rest] = share / int(rest.sum())
+    return weights
+
+
 # DiT parts a fine-tune (`TrainConfig.init`) may add to a model without them: (config field, its value when absent,
 # module name). Each starts as a no-op, so the fine-tune starts from the source model's outputs.
 ADDABLE_PARTS = (("day_period", 0, "day_embed"), ("outcome_pool", False, "outcome_pool"))
@@ -295,9 +328,14 @@ def resolve_clip_frames(config: TrainConfig) -> TrainConfig:
     if not 1 <= clip_frames <= window:
         raise ValueError(f"clip_frames {clip_frames} must be in [1, {window}] for --model {config.model} (its window "
                          f"holds {window} frames); pass --clip-frames {window} or fewer, or leave it at 0")
-    for name in ("event_fraction", "outcome_clip_prob"):
-        if not 0 <= getattr(config, name) < 1:
-            raise ValueError(f"{name} {getattr(config, name)} must be in [0, 1)")
+    if not 0 <= config.event_fraction < 1 or not 0 <= config.termination_fraction < 1:
+        raise ValueError(f"event_fraction {config.event_fraction} and termination_fraction "
+                         f"{config.termination_fraction} must be in [0, 1)")
+    if config.termination_fraction > max(config.event_fraction, 0) and config.event_fraction:
+        raise ValueError(f"termination_fraction {config.termination_fraction} is part of event_fraction "
+                         f"{config.event_fraction}; keep it at most that (or leave event_fraction at 0)")
+    if not 0 <= config.outcome_clip_prob <= 1:
+        raise ValueError(f"outcome_clip_prob {config.outcome_clip_prob} must be in [0, 1]")
     if config.outcome_clip_prob and not config.commit_pass:
         raise ValueError(f"outcome_clip_prob {config.outcome_clip_prob} presents clips as a commit pass sees them, "
                          "and a one-pass model (--no-commit-pass) has none; leave it at 0 for one-pass models")
@@ -379,21 +417,23 @@ def train(config: TrainConfig) -> dict:
     torch.manual_seed(config.seed)  # identical initial weights on every rank
     dataset = open_datasets(config.data, window=config.clip_frames, split="train", verify=config.verify_data)
     world = build_world_model(config, dataset).to(device)
-    window_weights = None
-    if config.event_fraction:
-        events = torch.from_numpy(dataset.window_events())
-        rare = int(events.sum())
-        if rare and rare < len(events):
-            # Events get `event_fraction` of the draws, the other windows the rest, each group uniformly.
-            window_weights = torch.where(events, config.event_fraction / rare, (1 - config.event_fraction) / (len(events) - rare))
+    window_weights = rare_window_weights(dataset, config)
     world.prompts = build_prompts(config.data, verify=config.verify_data)
     if world.prompts is None and main:
         print(f"warning: {config.data} has no window of 4 steps without an episode end: the model will carry no "
               "prompt clips (reset the env with options={'prompt': ...})", flush=True)
     model, codec = world.dit, world.codec
     codec.requires_grad_(False)
+    if config.train_only:
+        names = [name for name, _ in model.named_parameters() if name.startswith(tuple(config.train_only))]
+        if not names:
+            raise ValueError(f"train_only {tuple(config.train_only)} names no parameter of the model; its modules: "
+                             f"{sorted({name.split('.')[0] for name, _ in model.named_parameters()})}")
+        for name, parameter in model.named_parameters():
+            parameter.requires_grad_(name in names)
     ema = copy.deepcopy(model).requires_grad_(False)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.99))
+    trained = [parameter for parameter in model.parameters() if parameter.requires_grad]
+    optimizer = torch.optim.AdamW(trained, lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.99))
     scheduler = lr_schedule(optimizer, config.steps, config.warmup_steps, config.min_lr_ratio)
     data_generator = torch.Generator().manual_seed(config.seed * 1000 + rank)
     noise_generator = torch.Generator().manual_seed(config.seed * 1000 + 500 + rank)
@@ -433,7 +473,7 @@ def train(config: TrainConfig) -> dict:
                                                    learn_mask)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            grad_norm = torch.nn.utils.clip_grad_norm_(trained, config.grad_clip)
             optimizer.step()
             scheduler.step()
             # EMA warm-up: early on the average would still be mostly the (zero-output) initial weights.

@@ -451,3 +451,22 @@ def test_the_move_rule_is_learned_from_real_frames_and_scores_broken_physics():
     assert ghost["blocked_rate"] == 0.0 and ghost["free_rate"] == 1.0 and ghost["other_rate"] == 1.0
     frozen = score(never_move=True)  # ignores its moves
     assert frozen["free_rate"] == 0.0 and frozen["blocked_rate"] in (None, 1.0) and frozen["other_rate"] == 1.0
+
+
+def test_termination_windows_get_their_own_share_of_the_draws(tmp_path):
+    from generator.data import EpisodeDataset
+    from generator.train import TrainConfig, rare_window_weights
+
+    root = scrolling_tile_game(tmp_path / "d", tile_textures(6), episodes=4, length=12)  # the last episode terminates
+    dataset = EpisodeDataset(root, window=3)
+    ends = dataset.window_events(terminations_only=True)
+    assert ends.sum() == 1 and ends[-1]  # the window that holds the last step of the last episode
+    events = dataset.window_events()
+    assert (events >= ends).all() and events.sum() > ends.sum()
+    both = rare_window_weights(dataset, TrainConfig(data="-", out="-", event_fraction=0.5, termination_fraction=0.2))
+    assert float(both[torch.from_numpy(ends)].sum()) == pytest.approx(0.2)
+    assert float(both[torch.from_numpy(events & ~ends)].sum()) == pytest.approx(0.3)
+    assert float(both.sum()) == pytest.approx(1.0)
+    old = rare_window_weights(dataset, TrainConfig(data="-", out="-", event_fraction=0.5))  # terminations are events
+    assert float(old[torch.from_numpy(events)].sum()) == pytest.approx(0.5)
+    assert rare_window_weights(dataset, TrainConfig(data="-", out="-")) is None

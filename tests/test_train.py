@@ -331,6 +331,15 @@ def test_init_starts_from_a_checkpoint_and_refuses_another_architecture(dataset,
     assert torch.equal(ours.velocity, theirs.velocity) and torch.allclose(ours.reward, theirs.reward, atol=1e-6)
     with pytest.raises(ValueError, match="one-pass"):
         train(tiny_config(dataset, tmp_path / "e", steps=1, outcome_clip_prob=0.5, commit_pass=False))
+    # train_only: a fine-tune of the outcome parts alone leaves every other weight as it was
+    train(tiny_config(dataset, tmp_path / "f", steps=3, lr=1e-2, warmup_steps=0, eval_windows=0,
+                      init=str(tmp_path / "d" / "model"), model_overrides=dict(TINY, day_period=7, outcome_pool=True),
+                      outcome_clip_prob=1.0, train_only=("outcome_head", "outcome_pool"), ema_decay=0.0))
+    heads = WorldModel.from_pretrained(tmp_path / "f" / "model").dit.state_dict()
+    changed = {name for name, value in clocked.dit.state_dict().items() if not torch.equal(value, heads[name])}
+    assert changed and all(name.startswith(("outcome_head", "outcome_pool")) for name in changed), changed
+    with pytest.raises(ValueError, match="names no parameter"):
+        train(tiny_config(dataset, tmp_path / "g", steps=1, train_only=("no_such_module",)))
 
 
 def test_outcome_clips_are_presented_as_a_commit_pass_and_alone_teach_the_outcome_heads():
