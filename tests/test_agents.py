@@ -406,3 +406,35 @@ def test_ppo_trains_in_a_dream_and_is_scored_in_real_crafter(tmp_path):
     assert list((run / "tb").rglob("events.out.tfevents.*")) and (run / "monitor.csv").is_file()
     assert json.loads((run / "train.json").read_text())["eval_real"]["episodes"][0]["length"] == 10
     assert load_agent(run / "model.zip").action_space == gymnasium.spaces.Discrete(17)
+
+
+def test_view_shift_agreement_is_also_reported_over_the_first_horizons(tmp_path, monkeypatch):
+    """A dream that follows the real walk for 4 frames and then freezes agrees on every moved step of horizons 1-4
+    (`view_shift_short`) and on none after."""
+    from test_metrics import view_at, world
+
+    grid = world(1)
+    writer = EpisodeWriter(tmp_path / "walk", game="crafter", frame_size=(64, 64),
+                           action_space=gymnasium.spaces.Discrete(17), fps=10, policy={"name": "walk"})
+    frames = torch.stack([view_at(grid, 5, 2 + i) for i in range(12)])  # the player walks right each step
+    actions = np.full(12, 2)
+    actions[0] = 0
+    writer.write({"frames": frames.numpy(), "actions": actions, "rewards": np.zeros(12, np.float32),
+                  "terminated": np.zeros(12, bool), "truncated": np.arange(12) == 11}, seed=0)
+    context, horizon = 2, 8
+    dataset = EpisodeDataset(tmp_path / "walk", window=context + horizon, split="all")
+
+    def follow_then_freeze(world, prompt_frames, prompt_actions, actions, seeds, sampler_steps, prompt_has_action,
+                           prompt_steps):
+        real = torch.stack([dataset[s]["frames"][context:] for s in seeds])
+        real[:, 4:] = real[:, 3:4]
+        zeros = torch.zeros(real.shape[:2])
+        return {"frames": real, "reward": zeros, "termination_logit": zeros - 10}
+
+    monkeypatch.setattr("agents.evaluation.compare.open_loop_rollout", follow_then_freeze)
+    info = SimpleNamespace(game="crafter", frame_size=(64, 64))
+    metrics, _ = compare_dream_real(SimpleNamespace(sampling=SimpleNamespace(sampler_steps=1), info=info), dataset,
+                                    context, horizon, windows=len(dataset))
+    short, full = metrics["view_shift_short"], metrics["view_shift"]
+    assert short["moved_steps"] == 4 * len(dataset) and short["moved_agreement"] == 1.0
+    assert full["moved_steps"] == 8 * len(dataset) and full["moved_agreement"] == 0.5

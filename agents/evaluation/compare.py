@@ -106,6 +106,11 @@ def precision_recall(predicted: torch.Tensor, real: torch.Tensor) -> dict:
     }
 
 
+# The first horizons of open-loop play, where the dream still shows the prompt's world: view-shift agreement there
+# measures the move rule, later also the world the dream invented where the view moved (`view_shift_short`).
+SHORT_HORIZON = 4
+
+
 def _evenly_spaced(total: int, windows: int) -> list[int]:
     count = min(windows, total)
     return [int(i * total / count) for i in range(count)]
@@ -144,7 +149,7 @@ def compare_dream_real(
     sums = {key: torch.zeros(horizon, dtype=torch.float64)
             for key in ("mse", "copy_mse", "ssim", "copy_ssim", "idm_dream", "idm_real", "count")}
     reward_pred, reward_real, end_pred, end_real, masks = [], [], [], [], []
-    shifts = []
+    shifts, short_shifts = [], []
     # The view-shift metric knows Crafter's 64x64 geometry (7-px tiles); other games get None.
     info = getattr(world, "info", None)
     reads_view_shift = info is not None and info.game == "crafter" and tuple(info.frame_size) == (64, 64)
@@ -172,6 +177,9 @@ def compare_dream_real(
         # View shifts from the last context frame on: step h is frame h-1 -> h of the real episode and the dream.
         if reads_view_shift:
             shifts.append(shift_agreement(torch.cat([last, real], 1), torch.cat([last, dream], 1), mask.bool()))
+            early = mask.bool().clone()
+            early[:, SHORT_HORIZON:] = False
+            short_shifts.append(shift_agreement(torch.cat([last, real], 1), torch.cat([last, dream], 1), early))
         if idm is not None:
             device = next(idm.parameters()).device
             labels = idm.labels(actions[:, context_frames:].reshape(-1, *actions.shape[2:]))  # (B*K, k)
@@ -208,6 +216,7 @@ def compare_dream_real(
         "copy_last_ssim": (sums["copy_ssim"] / count).tolist(),
         "frames_per_horizon": sums["count"].long().tolist(),
         "view_shift": summarize_shifts(*shifts) if shifts else None,
+        "view_shift_short": summarize_shifts(*short_shifts) if short_shifts else None,
         "reward": {"threshold": reward_threshold, **events(rp, rr)},
         "termination": {"threshold_logit": termination_threshold, **events(ep, er)},
         "windows": len(chosen),

@@ -5,7 +5,8 @@ episodes recorded with that policy, e.g. sticky-random and the movement-heavy ex
 
 - **open loop** (`agents.evaluation.compare.compare_dream_real`): PSNR and SSIM per horizon 1..``horizon`` beside copy-last-
   frame, and **action following**: agreement of the dream's view shift with the real game's on steps where the real
-  shift is unambiguous, where the real view moved and where it stayed (`generator.metrics.view_shift`);
+  shift is unambiguous, where the real view moved and where it stayed (`generator.metrics.view_shift`), over all
+  horizons and over horizons 1-4, where the dream still shows the prompt's world;
 - **outcomes on real transitions**: the reward and termination heads read on real frames (teacher forced), against
   the recorded rewards: precision/recall of positive rewards (any, and achievements: > 0.5) and termination recall;
 
@@ -350,17 +351,17 @@ def markdown(results: dict, reference: dict, config: FidelityConfig, rule_refere
     for stream in config.streams:
         name_s = stream.partition("=")[0]
         lines += [f"### {name_s} actions", "",
-                  "| model | steps | moved | stayed | " + " | ".join(f"PSNR h{h}" for h in horizons) + " | "
-                  + " | ".join(f"SSIM h{h}" for h in horizons) + " | PSNR > copy at | SSIM > copy at |",
-                  "|" + "---|" * (4 + 2 * len(horizons) + 2)]
+                  "| model | steps | moved | stayed | moved h1-4 | stayed h1-4 | " + " | ".join(f"PSNR h{h}" for h in horizons)
+                  + " | " + " | ".join(f"SSIM h{h}" for h in horizons) + " | PSNR > copy at | SSIM > copy at |",
+                  "|" + "---|" * (6 + 2 * len(horizons) + 2)]
         copy = None
         for name, r in results.items():
             m = r["streams"][name_s]["open_loop"]
             copy = m
-            vs = m["view_shift"] or {}
+            vs, short = m["view_shift"] or {}, m.get("view_shift_short") or {}
 
-            def rate(key):
-                value = vs.get(key)
+            def rate(key, counts=vs):
+                value = counts.get(key)
                 return f"{value:.3f}" if value is not None else "-"
 
             above_p = sum(a > b for a, b in zip(m["psnr"], m["copy_last_psnr"]))
@@ -368,10 +369,12 @@ def markdown(results: dict, reference: dict, config: FidelityConfig, rule_refere
             lines.append(
                 f"| {name} | {m['sampler_steps']} | {rate('moved_agreement')} ({vs.get('moved_steps', 0)}) | "
                 f"{rate('stayed_agreement')} ({vs.get('stayed_steps', 0)}) | "
+                f"{rate('moved_agreement', short)} ({short.get('moved_steps', 0)}) | "
+                f"{rate('stayed_agreement', short)} ({short.get('stayed_steps', 0)}) | "
                 + " | ".join(f"{m['psnr'][h - 1]:.2f}" for h in horizons) + " | "
                 + " | ".join(f"{m['ssim'][h - 1]:.3f}" for h in horizons)
                 + f" | {above_p}/{len(m['psnr'])} | {above_s}/{len(m['ssim'])} |")
-        lines.append("| copy last frame | - | - | - | " + " | ".join(f"{copy['copy_last_psnr'][h - 1]:.2f}" for h in horizons)
+        lines.append("| copy last frame | - | - | - | - | - | " + " | ".join(f"{copy['copy_last_psnr'][h - 1]:.2f}" for h in horizons)
                      + " | " + " | ".join(f"{copy['copy_last_ssim'][h - 1]:.3f}" for h in horizons) + " | - | - |")
         lines.append("")
     lines += ["### Outcomes on real transitions", "",
