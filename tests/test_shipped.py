@@ -17,7 +17,7 @@ def test_shipped_weights_fit_the_budget_and_match_their_config():
     world = WorldModel.from_pretrained(default_checkpoint())
     assert world.info.game == "crafter" and tuple(world.info.frame_size) == (64, 64)
     expected = dit_config("tiles", action_space=world.info.action_space, codebook_size=world.codec.config.codes,
-                          depth=4, copy_prior=0.0, reward_values=(-0.1, 0.0, 0.1, 1.0))
+                          depth=4, copy_prior=0.0, reward_values=(-0.1, 0.0, 0.1, 1.0), outcome_pool=True)
     assert world.dit.config == expected
     assert world.codec.config.kind == "tiles" and torch.equal(world.dit.codebook, world.codec.codebook)
     # tile places: the centre shows only player sprites, the bottom inventory row only its glyphs
@@ -26,6 +26,8 @@ def test_shipped_weights_fit_the_budget_and_match_their_config():
     assert allowed[3 * 9 + 4] < allowed[0] / 2 and allowed[72:].sum() < 9 * 2
     assert sum(t.numel() for t in world.dit.state_dict().values()) == sum(t.numel() for t in tensors["model"].values())
     assert world.prompts is not None and world.prompts["frames"].shape[2:] == (64, 64, 3)
+    # each prompt clip knows its episode step (the frame positions a dream starts from)
+    assert world.prompts["steps"].shape == (len(world.prompts["frames"]),) and world.prompts["steps"].max() > 150
     assert all(torch.isfinite(p).all() for p in world.dit.parameters())
 
 
