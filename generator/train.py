@@ -331,7 +331,7 @@ def resolve_clip_frames(config: TrainConfig) -> TrainConfig:
     if not 0 <= config.event_fraction < 1 or not 0 <= config.termination_fraction < 1:
         raise ValueError(f"event_fraction {config.event_fraction} and termination_fraction "
                          f"{config.termination_fraction} must be in [0, 1)")
-    if config.termination_fraction > max(config.event_fraction, 0) and config.event_fraction:
+    if config.event_fraction and config.termination_fraction > config.event_fraction:
         raise ValueError(f"termination_fraction {config.termination_fraction} is part of event_fraction "
                          f"{config.event_fraction}; keep it at most that (or leave event_fraction at 0)")
     if not 0 <= config.outcome_clip_prob <= 1:

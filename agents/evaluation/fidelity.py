@@ -43,7 +43,7 @@ import torch
 from agents.evaluation.compare import compare_dream_real, json_safe, precision_recall
 from generator.metrics import SHIFTS, distinct_tiles, view_shift
 from agents.evaluation.plots import save_strip
-from agents.evaluation.model_table import drift_rollout, edge_energy, parse_entry
+from agents.evaluation.model_table import drift_picks, drift_rollout, edge_energy, parse_entry
 from generator.codec import TileCodec, load_codec
 from generator.data import EpisodeDataset, open_datasets
 from generator.pretrained import WorldModel
@@ -153,10 +153,15 @@ class TilePlaces:
     player: torch.Tensor
 
 
+def _view_grid(codes: torch.Tensor, codec: TileCodec, config: FidelityConfig) -> torch.Tensor:
+    """The world view's codes `(N, rows, cols)` of frame codes `(N, gh * gw)`."""
+    rows, cols = config.view_tiles
+    return codes.view(len(codes), -1, codec.config.tile_grid[1])[:, :rows, :cols]
+
+
 def _view_codes(codes: torch.Tensor, codec: TileCodec, config: FidelityConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """The world view's codes `(N, rows * cols)` and the player's code `(N,)` of frame codes `(N, gh * gw)`."""
-    rows, cols = config.view_tiles
-    codes = codes.view(len(codes), -1, codec.config.tile_grid[1])[:, :rows, :cols]
+    codes = _view_grid(codes, codec, config)
     player_row, player_col = config.player_tile
     return codes.flatten(1), codes[:, player_row, player_col]
 
@@ -207,7 +212,7 @@ def _neighbour_codes(frames: torch.Tensor, codec: TileCodec, config: FidelityCon
     """The codes `(N, len(SHIFTS))` of the tiles a view shift would bring onto the player's tile: for shift
     `(dy, dx)` of the view content, the player moved by `(-dy, -dx)` and steps onto that tile (index 0: its own)."""
     rows, cols = config.view_tiles
-    codes = codec.frame_codes(frames)[0].view(len(frames), -1, codec.config.tile_grid[1])[:, :rows, :cols]
+    codes = _view_grid(codec.frame_codes(frames)[0], codec, config)
     row, col = config.player_tile
     picked = []
     for dy, dx in SHIFTS:
@@ -438,13 +443,12 @@ def evaluate_fidelity(config: FidelityConfig) -> dict:
     if codec is not None and not isinstance(codec, TileCodec):
         raise ValueError(f"--codebook {config.codebook} is not a tile codec")
 
-    # Real reference for the health figures: the held-out frames of every stream.
-    real_frames = []
+    # Real reference: the held-out episodes of every stream, read once (every 4th frame for the health figures).
+    episodes = []
     for path in streams.values():
         data = open_datasets(path)
-        for k in range(data.num_episodes):
-            real_frames.append(data.episode(k)["frames"][::4])
-    real_frames = torch.cat(real_frames)
+        episodes += [(e["frames"], e["actions"]) for e in map(data.episode, range(data.num_episodes))]
+    real_frames = torch.cat([frames[::4] for frames, _ in episodes])
     reference = {key: float(value.mean()) for key, value in health(real_frames, codec, config).items()}
     places = None
     if codec is not None:
@@ -455,10 +459,6 @@ def evaluate_fidelity(config: FidelityConfig) -> dict:
     rule = rule_reference = None
     if codec is not None:
         # The move rule, learned from every other held-out episode; the rest give the real level of its figures.
-        episodes = []
-        for path in streams.values():
-            data = open_datasets(path)
-            episodes += [(e["frames"], e["actions"]) for e in map(data.episode, range(data.num_episodes))]
         rule = learn_move_rule(episodes[0::2], codec, config)
         rule_reference = summarize_rules([move_rule_agreement(f[None], a[None, 1:], codec, rule, config)
                                           for f, a in episodes[1::2]])
@@ -486,8 +486,8 @@ def evaluate_fidelity(config: FidelityConfig) -> dict:
             "frames_per_s": frames.shape[0] * frames.shape[1] / seconds,
         }
         if rule is not None:
-            before = torch.stack([prompts[int(i)]["frames"][config.context_frames - 1] for i in
-                                  np.linspace(0, len(prompts) - 1, num=len(frames)).astype(int)])[:, None]
+            before = torch.stack([prompts[i]["frames"][config.context_frames - 1]
+                                  for i in drift_picks(prompts, config.rollout_rows)])[:, None]
             sequence = torch.cat([before, frames], 1)  # the last prompt frame, then the rollout
             tail = min(config.rule_span, config.rollout_frames)
             row["move_rule"] = {"all": move_rule_agreement(sequence, actions, codec, rule, config),

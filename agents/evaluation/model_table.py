@@ -105,14 +105,18 @@ def edge_energy(frames: torch.Tensor) -> torch.Tensor:
     return ((x[:, 1:] - x[:, :-1]).abs().flatten(1).mean(1) + (x[:, :, 1:] - x[:, :, :-1]).abs().flatten(1).mean(1)) / 2
 
 
+def drift_picks(dataset: EpisodeDataset, rows: int) -> list[int]:
+    """The windows of `dataset` that `drift_rollout` prompts its ``rows`` rollouts from, evenly spaced."""
+    return [int(i) for i in np.linspace(0, len(dataset) - 1, num=min(rows, len(dataset))).astype(int)]
+
+
 @torch.no_grad()
 def drift_rollout(world: WorldModel, dataset: EpisodeDataset, context_frames: int, frames: int, rows: int,
                   seed: int, sampler_steps: int | None) -> tuple[torch.Tensor, float, torch.Tensor]:
     """``rows`` rollouts of ``frames`` generated frames from real context under sticky-random actions.
     Returns the frames ``(rows, frames, H, W, 3)`` uint8, the wall seconds the generation took and the actions
     ``(rows, frames, ...)`` into those frames."""
-    picks = np.linspace(0, len(dataset) - 1, num=min(rows, len(dataset))).astype(int)
-    items = [dataset[int(i)] for i in picks]
+    items = [dataset[i] for i in drift_picks(dataset, rows)]
     prompt = torch.stack([item["frames"][:context_frames] for item in items])
     prompt_actions = torch.stack([item["actions"][:context_frames] for item in items])
     has_action = ~torch.stack([item["is_first"][:context_frames] for item in items])
