@@ -159,3 +159,17 @@ def distinct_tiles(frames: torch.Tensor, tile: int = 7, view: tuple[int, int] = 
                 seen |= close[i]
         counts.append(count)
     return torch.tensor(counts, dtype=torch.float32).reshape(lead)
+
+
+def precision_recall(predicted: torch.Tensor, real: torch.Tensor) -> dict:
+    """Counts and rates for boolean events; a rate is ``None`` when its denominator is 0."""
+    predicted, real = predicted.bool(), real.bool()
+    tp = int((predicted & real).sum())
+    fp = int((predicted & ~real).sum())
+    fn = int((~predicted & real).sum())
+    return {
+        "precision": tp / (tp + fp) if tp + fp else None,
+        "recall": tp / (tp + fn) if tp + fn else None,
+        "true_positives": tp, "false_positives": fp, "false_negatives": fn,
+        "positives": tp + fn, "predicted_positives": tp + fp, "count": int(real.numel()),
+    }

@@ -61,6 +61,8 @@ class WorldModel(nn.Module):
 
     `prompts` (optional) are short real clips from the training data's validation split that start dream episodes
     without the dataset at hand: `frames` `(M, P, H, W, 3)` uint8, `actions` `(M, P, ...)`, `has_action` `(M, P)`.
+    `outcome` (optional, tile models) is a `generator.outcome.OutcomeModel`: rewards and terminations read off the
+    frames the dream shows, in place of the DiT's own outcome head.
     """
 
     def __init__(
@@ -70,10 +72,12 @@ class WorldModel(nn.Module):
         sampling: SamplingConfig,
         info: WorldModelInfo,
         prompts: dict[str, torch.Tensor] | None = None,
+        outcome: nn.Module | None = None,
     ):
         super().__init__()
         self.dit, self.codec, self.sampling, self.info = dit, codec, sampling, info
         self.prompts = prompts
+        self.outcome = outcome
         if dit.config.codebook_size and getattr(codec, "places", None) is not None:
             dit.bind_places(codec.places)  # the codec's tile places bound the code head too
 
@@ -90,6 +94,7 @@ class WorldModel(nn.Module):
             "codec": self.codec.config.to_dict(),
             "sampling": asdict(self.sampling),
             "info": info,
+            **({"outcome": self.outcome.config.to_dict()} if self.outcome is not None else {}),
         }
 
     def save_pretrained(self, directory: str | Path) -> Path:
@@ -100,6 +105,7 @@ class WorldModel(nn.Module):
                 "model": self.dit.state_dict(),
                 "codec": self.codec.state_dict(),
                 **({"prompts": self.prompts} if self.prompts else {}),
+                **({"outcome": self.outcome.state_dict()} if self.outcome is not None else {}),
             },
         )
 
@@ -139,7 +145,15 @@ class WorldModel(nn.Module):
                     "trained on another tile codec (rebuild the checkpoint from one training run)"
                 )
         check_info(info, dit_config, codec_config, tensors.get("prompts"), where=str(directory))
-        return cls(dit, codec, sampling, info, tensors.get("prompts")).to(resolve_device(device)).eval()
+        world = cls(dit, codec, sampling, info, tensors.get("prompts"))
+        if "outcome" in config:
+            from generator.outcome import attach_outcome, outcome_from_state
+
+            if "outcome" not in tensors:
+                raise CheckpointError(f"{directory}: config.json names an outcome model but outcome.safetensors is missing")
+            where = f"{directory}/outcome.safetensors"
+            attach_outcome(world, outcome_from_state(config["outcome"], tensors["outcome"], where), where)
+        return world.to(resolve_device(device)).eval()
 
 
 def check_info(info: WorldModelInfo, dit_config: DiTConfig, codec_config: CodecConfig,
@@ -235,11 +249,14 @@ def prompts_from_dataset(world: WorldModel, data: str | Path | list, count: int 
 
 
 def export_model(source: str | Path, destination: str | Path, prompts_from: str | Path | None = None,
-                 prompt_count: int = 32, places_from: str | None = None, **sampling) -> WorldModel:
+                 prompt_count: int = 32, places_from: str | None = None, outcome: str | Path | None = None,
+                 **sampling) -> WorldModel:
     """Copy a world model to `destination` with new sampling defaults (`SamplingConfig` fields, e.g.
     `sampler_steps=1, context_noise=0.0`), recording the change in `info.training["export"]`. Weights are unchanged.
     `prompts_from`: rebuild the prompt bank (`prompt_count` clips) from that dataset (`prompts_from_dataset`).
-    `places_from`: tile models learn from that dataset which codes each tile position shows (`learn_tile_places`)."""
+    `places_from`: tile models learn from that dataset which codes each tile position shows (`learn_tile_places`).
+    `outcome`: attach this outcome model (`generator.outcome.train_outcome`'s run folder or its `model/`); it must
+    have been trained on this model's codec."""
     world = WorldModel.from_pretrained(source)
     known = set(SamplingConfig.__dataclass_fields__)
     unknown = set(sampling) - known
@@ -260,6 +277,12 @@ def export_model(source: str | Path, destination: str | Path, prompts_from: str 
     if prompts_from is not None:
         world.prompts = prompts_from_dataset(world, prompts_from, prompt_count)
         export["prompts_from"] = resolved_folders(prompts_from)
+    if outcome is not None:
+        from generator.outcome import attach_outcome, load_outcome
+
+        model = load_outcome(outcome)
+        attach_outcome(world, model, str(outcome))
+        export["outcome"] = {"source": str(Path(outcome).resolve()), "val": model.training_report.get("val")}
     world.info.training = {**world.info.training, "export": export}
     world.save_pretrained(destination)
     return world
@@ -282,6 +305,8 @@ class ExportConfig:
     # tile models: dataset(s) whose train split teaches the codec which codes each tile position shows
     # (`generator.codec.learn_tile_places`; every 2nd frame), so generated tiles keep to them
     places_from: str | None = None
+    # outcome model to attach (`nextframe train-outcome` run folder): rewards and terminations read off the frames
+    outcome: str | None = None
 
 
 def run_export(config: ExportConfig) -> str:
@@ -289,7 +314,7 @@ def run_export(config: ExportConfig) -> str:
     world = export_model(config.checkpoint, config.out, prompts_from=config.prompts_from,
                          prompt_count=config.prompt_count, sampler_steps=config.sampler_steps,
                          context_noise=config.context_noise, shift=config.shift, solver=config.solver,
-                         temperature=config.temperature, places_from=config.places_from)
+                         temperature=config.temperature, places_from=config.places_from, outcome=config.outcome)
     clips = "none" if world.prompts is None else tuple(world.prompts["frames"].shape)
     return f"wrote {config.out}: sampling {world.sampling}, prompt clips {clips}"
 

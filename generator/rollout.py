@@ -33,7 +33,7 @@ def open_loop_rollout(
         actions: `(B, K, ...)` actions driving the K generated frames.
         seeds: one noise seed per row.
     Returns: frames `(B, K, H, W, 3)` uint8, latents `(B, K, C, h, w)`, reward and termination_logit `(B, K)`,
-    reward_logits `(B, K, R)` (reward-class models; else None).
+    reward_logits `(B, K, R)` (reward-class models; else None), from the world's outcome model where it has one.
     """
     dit, codec, sampling = world.dit, world.codec, world.sampling
     device = world.device
@@ -49,10 +49,12 @@ def open_loop_rollout(
                            prompt_has_action.to(device), seeds, sampler_steps, first_positions=first)
     frames, out_latents, rewards, terminations, reward_logits = [], [], [], [], []
     actions = actions.to(device)
+    outcome = getattr(world, "outcome", None)
+    codes = codec.indices(latents[:, -1].float()) if outcome is not None else None  # the last prompt frame's tiles
     for i in range(k):
         out = advance_rows(dit, codec, sampling, cache, None, actions[:, i], [q + p + i for q in first], seeds,
-                           previous, sampler_steps)
-        previous = out["committed"]
+                           previous, sampler_steps, outcome=outcome, shown_codes=codes)
+        previous, codes = out["committed"], out["codes"]
         out_latents.append(out["latents"])
         frames.append(float_to_frames(codec.decode(out["latents"])))
         rewards.append(out["reward"])

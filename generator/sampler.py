@@ -368,12 +368,18 @@ def advance_rows(
     seeds: list[int],
     previous: torch.Tensor,
     sampler_steps: int | None = None,
+    outcome=None,
+    shown_codes: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Advance `rows` of the cache by one frame each: generate it under `actions` `(R, ...)` at `positions`, snap it
     to what the codec represents (`codec.snap`: real tiles for the tile codec), commit it re-noised to the context
     level. Noise comes from `frame_noise(seeds, positions)` only. One-pass models (`sampling.commit_pass=False`)
     skip the commit: the final sampling pass wrote the cache and predicted the outcome (`generate_and_cache_frames`);
     the snapped frame is what is shown and recycled as the next frame's previous frame.
+
+    With an `outcome` model (`generator.outcome.OutcomeModel`, tile codecs) and `shown_codes` `(R, N)`, the tile codes
+    of each row's previous frame as it was shown, the reward and termination are read off the shown transition
+    instead of the DiT's outcome head, and `codes` `(R, N)` (the new frame's) is returned for the next step.
 
     Returns `latents` `(R, C, h, w)` (the frame shown), `reward` and `termination_logit` `(R,)` (the outcome head's
     expected reward and termination logit), `reward_logits` `(R, K)` for reward-class models (else None),
@@ -389,23 +395,41 @@ def advance_rows(
                   temperature=sampling.temperature)
     if sampling.commit_pass:
         x = generate_frames(dit, cache, rows, actions, pos, noise[:, 0], steps, sampling.shift, **sample)
-        x = codec.snap(x.float())
+        x, codes = _snap(codec, x, outcome is not None)
         out = commit_frames(dit, cache, rows, x[:, None], actions[:, None], pos[:, None], noise[:, 1, None],
                             sampling.context_noise, previous=previous, full_output=True)
     else:
         x, out = generate_and_cache_frames(dit, cache, rows, actions, pos, noise[:, 0], steps, sampling.shift, **sample)
-        x = codec.snap(x.float())
-    reward_logits = None if out.reward_logits is None else out.reward_logits[:, 0].float()
+        x, codes = _snap(codec, x, outcome is not None)
+    if outcome is not None:
+        if shown_codes is None:
+            raise ValueError("an outcome model reads the transition as shown: pass shown_codes=, the tile codes of "
+                             "each row's previous frame")
+        logits = outcome(shown_codes, codes, actions)
+        reward, termination_logit = outcome.reward(logits), logits.termination_logit
+        reward_logits, reward_values = logits.reward_logits, outcome.reward_values
+    else:
+        reward, termination_logit = out.reward[:, 0].float(), out.termination_logit[:, 0].float()
+        reward_logits = None if out.reward_logits is None else out.reward_logits[:, 0].float()
+        reward_values = getattr(dit, "reward_values", None)
     sampled_reward, terminated = sample_outcomes(
-        seeds, [int(q) for q in positions], out.reward[:, 0], out.termination_logit[:, 0], reward_logits,
-        getattr(dit, "reward_values", None),
+        seeds, [int(q) for q in positions], reward, termination_logit, reward_logits, reward_values,
     )
     return {
         "latents": x,
-        "reward": out.reward[:, 0].float(),
-        "termination_logit": out.termination_logit[:, 0].float(),
+        "reward": reward,
+        "termination_logit": termination_logit,
         "reward_logits": reward_logits,
         "sampled_reward": sampled_reward,
         "terminated": terminated,
         "committed": context_latents(x, noise[:, 1], sampling.context_noise),
+        "codes": codes,
     }
+
+
+def _snap(codec, x: torch.Tensor, with_codes: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`codec.snap(x)`, and with `with_codes` the tile codes it snapped to (found once, for an outcome model)."""
+    if not with_codes:
+        return codec.snap(x.float()), None
+    codes = codec.indices(x.float())
+    return codec.from_indices(codes).float(), codes

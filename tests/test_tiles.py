@@ -313,6 +313,9 @@ def test_fidelity_evaluation_writes_every_figure(tmp_path):
     outcomes = row["streams"]["sticky"]["outcomes"]
     assert outcomes["reward_positive"]["count"] == 3 * 14  # every real transition read once
     assert summary["move_rule_reference"]["free_rate"] == 1.0  # real frames obey the rule learned from others
+    rates, real_rates = row["rollout"]["outcomes"], summary["outcome_reference"]
+    assert rates["steps"] == 2 * 20 and 0 <= rates["positive"] <= 100 and rates["termination"] < 1e-3  # bias -20
+    assert real_rates["steps"] == 3 * 14 and real_rates["termination"] == 100 / 42  # the last episode ends
     assert set(row["move_rule"]) == {"all", "last"} and "Move rule" in (tmp_path / "fid" / "fidelity.md").read_text()
     assert json.loads((tmp_path / "fid" / "fidelity.json").read_text())["config"]["horizon"] == 4
 

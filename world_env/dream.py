@@ -45,6 +45,7 @@ class Speculated:
     termination_logit: float
     terminated: bool  # sampled
     committed: torch.Tensor  # (C, h, w) the latent as cached: the next frame's previous frame
+    codes: torch.Tensor | None  # (N,) its tile codes as shown, for a world with an outcome model (else None)
 
 
 class DreamCore:
@@ -89,6 +90,10 @@ class DreamCore:
         self.last_actions: list[torch.Tensor | None] = [None] * num_envs
         # Each row's last accepted frame as cached, `(B, C, h, w)`: the previous-frame input of its next frame.
         self.previous = torch.zeros(num_envs, *self.latent_shape, device=self.device)
+        # A world with an outcome model reads each transition off the tiles shown: each row's last frame's codes.
+        self.outcome = getattr(world, "outcome", None)
+        self.codes = (torch.zeros(num_envs, world.codec.config.tile_grid[0] * world.codec.config.tile_grid[1],
+                                  dtype=torch.long, device=self.device) if self.outcome is not None else None)
         self.stats = {"accepted": 0, "rejected": 0, "generated": 0, "speculated": 0, "speculating_steps": 0}
         # Background speculation runs on one non-daemon worker thread: the interpreter joins it at exit, where a
         # daemon thread would be killed inside a torch call and abort the process.
@@ -140,6 +145,8 @@ class DreamCore:
             prompts["actions"].to(self.device), prompts["has_action"].to(self.device), list(seeds),
             self.sampler_steps, first_positions=first,
         )
+        if self.codes is not None:
+            self.codes[index] = self.world.codec.indices(latents[:, -1].float())
         return prompts["frames"][:, -1].to(self.device)
 
     # -- stepping --------------------------------------------------------------------------------------------
@@ -172,6 +179,8 @@ class DreamCore:
                 frames[i], rewards[i], logits[i], accepted[i] = spec.frame, spec.reward, spec.termination_logit, True
                 terminated[i] = spec.terminated
                 self.previous[row] = spec.committed
+                if self.codes is not None:
+                    self.codes[row] = spec.codes
                 self.stats["accepted"] += 1
             else:
                 if queue:
@@ -185,7 +194,7 @@ class DreamCore:
             t0 = time.perf_counter()
             out = self._advance(
                 fresh_rows, actions[fresh], [int(self.positions[row]) + 1 for row in fresh_rows],
-                self.previous[fresh_rows],
+                self.previous[fresh_rows], None if self.codes is None else self.codes[fresh_rows],
             )
             if self.controller is not None:
                 self.controller.fresh_pass(len(fresh), time.perf_counter() - t0)
@@ -193,6 +202,8 @@ class DreamCore:
                 frames[i], rewards[i], logits[i] = out["frames"][j], out["reward"][j], out["termination_logit"][j]
                 terminated[i] = out["terminated"][j]
                 self.previous[rows[i]] = out["committed"][j]
+                if self.codes is not None:
+                    self.codes[rows[i]] = out["codes"][j]
             self.stats["generated"] += len(fresh)
         for i, row in enumerate(rows):
             self.positions[row] += 1
@@ -212,16 +223,20 @@ class DreamCore:
         return {"frames": torch.stack(frames), "reward": rewards, "termination_logit": logits, "terminated": terminated,
                 "accepted": accepted}
 
-    def _advance(self, rows: list[int], actions: torch.Tensor, positions: list[int], previous: torch.Tensor) -> dict:
-        """Generate and commit one frame for each of `rows` at `positions` after `previous` latents, batched."""
+    def _advance(self, rows: list[int], actions: torch.Tensor, positions: list[int], previous: torch.Tensor,
+                 codes: torch.Tensor | None) -> dict:
+        """Generate and commit one frame for each of `rows` at `positions` after `previous` latents (as cached) and
+        `codes` (their tiles as shown, for an outcome model), batched."""
         with self._autocast():
-            return self._advance_rows(rows, actions, positions, previous)
+            return self._advance_rows(rows, actions, positions, previous, codes)
 
-    def _advance_rows(self, rows: list[int], actions: torch.Tensor, positions: list[int], previous: torch.Tensor) -> dict:
+    def _advance_rows(self, rows: list[int], actions: torch.Tensor, positions: list[int], previous: torch.Tensor,
+                      codes: torch.Tensor | None) -> dict:
         # All rows in order: attend to the cache in place instead of gathering copies of it.
         index = None if rows == list(range(self.num_envs)) else torch.tensor(rows, device=self.device)
         out = advance_rows(self.world.dit, self.world.codec, self.world.sampling, self.cache, index, actions, positions,
-                           [self.row_seeds[row] for row in rows], previous, self.sampler_steps)
+                           [self.row_seeds[row] for row in rows], previous, self.sampler_steps,
+                           outcome=self.outcome, shown_codes=codes)
         frames = float_to_frames(self.world.codec.decode(out["latents"]).float())  # (R, H, W, 3) uint8
         return {
             "frames": frames,
@@ -229,6 +244,7 @@ class DreamCore:
             "termination_logit": out["termination_logit"].cpu(),
             "terminated": out["terminated"],
             "committed": out["committed"],
+            "codes": out["codes"],
         }
 
     @torch.no_grad()
@@ -241,11 +257,14 @@ class DreamCore:
             actions = torch.stack([self.last_actions[row] for row in need])
             positions = [int(self.positions[row]) + len(self.queues[row]) + 1 for row in need]
             previous = torch.stack([self.queues[row][-1].committed if self.queues[row] else self.previous[row] for row in need])
-            out = self._advance(need, actions, positions, previous)
+            codes = None if self.codes is None else torch.stack(
+                [self.queues[row][-1].codes if self.queues[row] else self.codes[row] for row in need])
+            out = self._advance(need, actions, positions, previous, codes)
             for j, row in enumerate(need):
                 self.queues[row].append(
                     Speculated(actions[j], out["frames"][j], float(out["reward"][j]), float(out["termination_logit"][j]),
-                               bool(out["terminated"][j]), out["committed"][j])
+                               bool(out["terminated"][j]), out["committed"][j],
+                               None if out["codes"] is None else out["codes"][j])
                 )
             self.stats["speculated"] += len(need)
 

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from generator.metrics import shift_agreement, summarize_shifts
+from generator.metrics import precision_recall, shift_agreement, summarize_shifts
 from generator.data import EpisodeDataset
 from generator.pretrained import WorldModel
 from generator.metrics import mse, psnr_from_mse
@@ -90,20 +90,6 @@ def ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 255.0, window_siz
 
 # ---------------------------------------------------------------------------------------------------------------
 # Metrics
-
-
-def precision_recall(predicted: torch.Tensor, real: torch.Tensor) -> dict:
-    """Counts and rates for boolean events; a rate is ``None`` when its denominator is 0."""
-    predicted, real = predicted.bool(), real.bool()
-    tp = int((predicted & real).sum())
-    fp = int((predicted & ~real).sum())
-    fn = int((~predicted & real).sum())
-    return {
-        "precision": tp / (tp + fp) if tp + fp else None,
-        "recall": tp / (tp + fn) if tp + fn else None,
-        "true_positives": tp, "false_positives": fp, "false_negatives": fn,
-        "positives": tp + fn, "predicted_positives": tp + fp, "count": int(real.numel()),
-    }
 
 
 # The first horizons of open-loop play, where the dream still shows the prompt's world: view-shift agreement there

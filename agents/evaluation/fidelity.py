@@ -19,7 +19,9 @@ and once per model:
   static field loses them, a patchwork of unrelated tiles gains them), edge energy (noise raises it, blur lowers
   it), and for tile codecs the share of world-view tiles in their place (codes that real frames show in the world
   view: inventory glyphs leaking into the world are variety that is not a world) and how often the player is
-  visible on its tile; plus a strip image of one row at frames 0, 100, ..., 1000;
+  visible on its tile; the positive rewards, achievements and terminations the rollouts hand out per 100 steps
+  (expected, from the outcome head or model) beside the same rates in the held-out real episodes; plus a strip
+  image of one row at frames 0, 100, ..., 1000;
 - **the move rule in the long rollouts** (tile codecs): whether the dream obeys the game's physics in the world it
   itself shows, which open-loop agreement cannot tell from a world the dream invented differently (once the view
   moves, the tiles it reveals are not in the prompt): what a move into each tile does is learned from half the
@@ -40,13 +42,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from agents.evaluation.compare import compare_dream_real, json_safe, precision_recall
+from agents.evaluation.compare import compare_dream_real, json_safe
+from generator.metrics import precision_recall
 from generator.metrics import SHIFTS, distinct_tiles, view_shift
 from agents.evaluation.plots import save_strip
 from agents.evaluation.model_table import drift_picks, drift_rollout, edge_energy, parse_entry
 from generator.codec import TileCodec, load_codec
 from generator.data import EpisodeDataset, open_datasets
 from generator.pretrained import WorldModel
+from generator.outcome import read_outcomes
 from generator.sampler import commit_frames, frame_noise
 
 
@@ -90,9 +94,11 @@ class FidelityConfig:
 def outcomes_on_real(world: WorldModel, dataset: EpisodeDataset, max_windows: int | None = None) -> dict:
     """Reward and termination heads on real transitions: every episode is cut into windows of the model's window
     length overlapping by one frame, each window committed in one pass (real frames as context, as in training),
-    and the outcome of every transition after a window's first frame is read. Returns precision/recall of positive
+    and the outcome of every transition after a window's first frame is read; a world with an outcome model
+    (`generator.outcome`) reads each transition's two real frames with it instead. Returns precision/recall of positive
     rewards (``reward_positive``: any reward > 0; ``reward_achievement``: > 0.5) and of terminations."""
     dit, codec, sampling = world.dit, world.codec, world.sampling
+    outcome = getattr(world, "outcome", None)
     length = dit.config.window_frames
     predicted = {"positive": [], "achievement": [], "termination": []}
     real = {"positive": [], "achievement": [], "termination": []}
@@ -109,15 +115,22 @@ def outcomes_on_real(world: WorldModel, dataset: EpisodeDataset, max_windows: in
             has_action = ~episode["is_first"][start:stop][None].to(world.device)
             latents = codec.encode(frames)  # (1, T, C, h, w)
             t = latents.shape[1]
-            cache = dit.new_cache(1)
-            noise = torch.stack([frame_noise([k], [start + i], tuple(latents.shape[2:]), world.device)[:, 1]
-                                 for i in range(t)], dim=1)
-            positions = torch.arange(start, stop, device=world.device)[None]
-            out = commit_frames(dit, cache, None, latents, actions, positions, noise, sampling.context_noise,
-                                has_action, full_output=True)
-            if out.reward_logits is not None:
-                probs = out.reward_logits[0, 1:].softmax(-1).cpu()  # (T-1, K)
-                values = dit.reward_values.cpu()
+            if outcome is not None:  # the outcome model reads each transition's two frames
+                out = read_outcomes(outcome, codec, latents[0, :-1], latents[0, 1:], actions[0, 1:], has_action[0, 1:])
+                reward_logits, termination_logit = out.reward_logits, out.termination_logit
+                values = outcome.reward_values.cpu()
+            else:
+                cache = dit.new_cache(1)
+                noise = torch.stack([frame_noise([k], [start + i], tuple(latents.shape[2:]), world.device)[:, 1]
+                                     for i in range(t)], dim=1)
+                positions = torch.arange(start, stop, device=world.device)[None]
+                out = commit_frames(dit, cache, None, latents, actions, positions, noise, sampling.context_noise,
+                                    has_action, full_output=True)
+                reward_logits = None if out.reward_logits is None else out.reward_logits[0, 1:]
+                termination_logit = out.termination_logit[0, 1:]
+                values = None if out.reward_logits is None else dit.reward_values.cpu()
+            if reward_logits is not None:
+                probs = reward_logits.softmax(-1).cpu()  # (T-1, K)
                 positive = probs[:, values > 0].sum(-1) > 0.5
                 achievement = probs[:, values > 0.5].sum(-1) > 0.5
             else:
@@ -125,7 +138,7 @@ def outcomes_on_real(world: WorldModel, dataset: EpisodeDataset, max_windows: in
                 positive, achievement = reward > 0.05, reward > 0.5
             predicted["positive"].append(positive)
             predicted["achievement"].append(achievement)
-            predicted["termination"].append(out.termination_logit[0, 1:].cpu() > 0)
+            predicted["termination"].append(termination_logit.cpu() > 0)
             rewards = episode["rewards"][start + 1:stop]
             real["positive"].append(rewards > 0)
             real["achievement"].append(rewards > 0.5)
@@ -137,6 +150,35 @@ def outcomes_on_real(world: WorldModel, dataset: EpisodeDataset, max_windows: in
               precision_recall(torch.cat(predicted[key]), torch.cat(real[key])) for key in predicted}
     result["windows"] = windows
     return result
+
+
+def dream_outcome_rates(out: dict, world: WorldModel) -> dict:
+    """Expected positive rewards, achievements (> 0.5) and terminations per 100 steps of rollouts (`open_loop_rollout`
+    output): what an agent in these dreams is handed, from the outcome model where the world has one."""
+    outcome = getattr(world, "outcome", None)
+    values = outcome.reward_values.cpu() if outcome is not None else getattr(world.dit, "reward_values", None)
+    if out["reward_logits"] is not None and values is not None:
+        probs = out["reward_logits"].float().softmax(-1)
+        positive, achievement = probs[..., values > 0].sum(-1), probs[..., values > 0.5].sum(-1)
+    else:
+        positive, achievement = (out["reward"] > 0.05).float(), (out["reward"] > 0.5).float()
+    termination = torch.sigmoid(out["termination_logit"].float())
+    return {"positive": 100 * float(positive.mean()), "achievement": 100 * float(achievement.mean()),
+            "termination": 100 * float(termination.mean()), "steps": int(positive.numel())}
+
+
+def real_outcome_rates(dataset) -> dict:
+    """Positive rewards, achievements and terminations per 100 transitions of real episodes (`dream_outcome_rates`'s
+    reference)."""
+    rewards, ends = [], []
+    for k in range(dataset.num_episodes):
+        episode = dataset.read_steps(k, 0, dataset.episode_lengths[k] + 1)
+        rewards.append(episode["rewards"][1:].float())
+        ends.append(episode["terminated"][1:].float())
+    rewards, ends = torch.cat(rewards), torch.cat(ends)
+    steps = max(1, rewards.numel())
+    return {"positive": 100 * float((rewards > 0).sum()) / steps, "achievement": 100 * float((rewards > 0.5).sum()) / steps,
+            "termination": 100 * float(ends.sum()) / steps, "steps": int(rewards.numel())}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -350,7 +392,8 @@ def plot_health(results: dict, reference: dict, path: Path) -> Path:
     return path
 
 
-def markdown(results: dict, reference: dict, config: FidelityConfig, rule_reference: dict | None = None) -> str:
+def markdown(results: dict, reference: dict, config: FidelityConfig, rule_reference: dict | None = None,
+             outcome_reference: dict | None = None) -> str:
     lines = []
     horizons = [h for h in (1, 2, 4, 8, 16, 32) if h <= config.horizon]
     for stream in config.streams:
@@ -404,6 +447,15 @@ def markdown(results: dict, reference: dict, config: FidelityConfig, rule_refere
         lines.append(f"| {name} | " + " | ".join(f"{last[k]:.3f} ({100 * (last[k] / reference[k] - 1):+.1f} %)"
                                                  for k in reference) + " |")
     lines.append("| real frames | " + " | ".join(f"{reference[k]:.3f}" for k in reference) + " |")
+    if outcome_reference is not None:
+        lines += ["", "### Outcomes the long rollouts hand out, per 100 steps (expected), beside held-out real play", "",
+                  "| model | positive rewards | achievements | terminations |", "|---|---|---|---|"]
+        for name, r in results.items():
+            o = r["rollout"]["outcomes"]
+            lines.append(f"| {name} | {o['positive']:.2f} | {o['achievement']:.2f} | {o['termination']:.2f} |")
+        o = outcome_reference
+        lines.append(f"| real episodes ({o['steps']} steps) | {o['positive']:.2f} | {o['achievement']:.2f} | "
+                     f"{o['termination']:.2f} |")
     if rule_reference is not None:
         def rule(c):
             cells = []
@@ -456,6 +508,7 @@ def evaluate_fidelity(config: FidelityConfig) -> dict:
         places = tile_places(real_frames[0::2], codec, config)
         placed = health(real_frames[1::2], codec, config, places)
         reference.update({key: float(placed[key].mean()) for key in ("tiles_in_place", "player_visible")})
+    outcome_reference = real_outcome_rates(open_datasets(next(iter(streams.values()))))
     rule = rule_reference = None
     if codec is not None:
         # The move rule, learned from every other held-out episode; the rest give the real level of its figures.
@@ -474,8 +527,9 @@ def evaluate_fidelity(config: FidelityConfig) -> dict:
                                             sampler_steps=steps, seed=config.seed, progress=config.progress)
             row["streams"][stream] = {"open_loop": metrics, "outcomes": outcomes_on_real(world, open_datasets(folder))}
         prompts = EpisodeDataset(next(iter(streams.values())), window=config.context_frames)
-        frames, seconds, actions = drift_rollout(world, prompts, config.context_frames, config.rollout_frames,
-                                                 config.rollout_rows, config.seed, steps)  # (rows, frames, H, W, 3)
+        out, seconds, actions = drift_rollout(world, prompts, config.context_frames, config.rollout_frames,
+                                              config.rollout_rows, config.seed, steps)
+        frames = out["frames"]  # (rows, frames, H, W, 3)
         figures = health(frames.flatten(0, 1), codec, config, places)
         curves = {key: value.view(frames.shape[0], frames.shape[1]).mean(0) for key, value in figures.items()}
         span = min(config.health_span, config.rollout_frames)
@@ -484,6 +538,7 @@ def evaluate_fidelity(config: FidelityConfig) -> dict:
             "first": {key: float(curve[:span].mean()) for key, curve in curves.items()},
             "last": {key: float(curve[-span:].mean()) for key, curve in curves.items()},
             "frames_per_s": frames.shape[0] * frames.shape[1] / seconds,
+            "outcomes": dream_outcome_rates(out, world),
         }
         if rule is not None:
             before = torch.stack([prompts[i]["frames"][config.context_frames - 1]
@@ -498,17 +553,18 @@ def evaluate_fidelity(config: FidelityConfig) -> dict:
         results[name] = row
         strip_source = torch.cat([prompts[0]["frames"][config.context_frames - 1:config.context_frames], frames[0]])
         strips[name] = strip_source[[min(t, len(strip_source) - 1) for t in times]]
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
+    folder = Path(config.out)
+    folder.mkdir(parents=True, exist_ok=True)
     summary = {"models": results, "real_reference": reference, "move_rule_reference": rule_reference,
+               "outcome_reference": outcome_reference,
                "config": asdict(config),
                "torch_threads": torch.get_num_threads()}
-    (out / "fidelity.json").write_text(json.dumps(json_safe(summary), indent=1))
-    (out / "fidelity.md").write_text(markdown(results, reference, config, rule_reference))
+    (folder / "fidelity.json").write_text(json.dumps(json_safe(summary), indent=1))
+    (folder / "fidelity.md").write_text(markdown(results, reference, config, rule_reference, outcome_reference))
     for stream in streams:
-        plot_open_loop(results, stream, out / f"open_loop_{stream}.png")
-    plot_health(results, reference, out / "health.png")
-    save_strip(strips, times, out / "strip.png")
+        plot_open_loop(results, stream, folder / f"open_loop_{stream}.png")
+    plot_health(results, reference, folder / "health.png")
+    save_strip(strips, times, folder / "strip.png")
     return summary
 
 

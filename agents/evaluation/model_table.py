@@ -112,10 +112,10 @@ def drift_picks(dataset: EpisodeDataset, rows: int) -> list[int]:
 
 @torch.no_grad()
 def drift_rollout(world: WorldModel, dataset: EpisodeDataset, context_frames: int, frames: int, rows: int,
-                  seed: int, sampler_steps: int | None) -> tuple[torch.Tensor, float, torch.Tensor]:
+                  seed: int, sampler_steps: int | None) -> tuple[dict, float, torch.Tensor]:
     """``rows`` rollouts of ``frames`` generated frames from real context under sticky-random actions.
-    Returns the frames ``(rows, frames, H, W, 3)`` uint8, the wall seconds the generation took and the actions
-    ``(rows, frames, ...)`` into those frames."""
+    Returns `open_loop_rollout`'s output (``frames`` ``(rows, frames, H, W, 3)`` uint8 and the outcomes), the wall
+    seconds the generation took and the actions ``(rows, frames, ...)`` into those frames."""
     items = [dataset[i] for i in drift_picks(dataset, rows)]
     prompt = torch.stack([item["frames"][:context_frames] for item in items])
     prompt_actions = torch.stack([item["actions"][:context_frames] for item in items])
@@ -128,7 +128,7 @@ def drift_rollout(world: WorldModel, dataset: EpisodeDataset, context_frames: in
     out = open_loop_rollout(world, prompt, prompt_actions, actions, [seed * 7919 + i for i in range(len(items))],
                             sampler_steps, prompt_has_action=has_action,
                             prompt_steps=torch.stack([item["step"][0] for item in items]))
-    return out["frames"], time.perf_counter() - started, actions
+    return out, time.perf_counter() - started, actions
 
 
 def strip_times(frames: int, count: int = 8) -> list[int]:
@@ -153,8 +153,9 @@ def evaluate_entry(world: WorldModel, dataset: EpisodeDataset, bank: torch.Tenso
     if metrics["idm"] is not None:
         row["idm_accuracy_dream"] = metrics["idm"]["mean_accuracy_dream"]
         row["idm_accuracy_real"] = metrics["idm"]["mean_accuracy_real"]
-    frames, seconds, _ = drift_rollout(world, dataset, config.context_frames, config.drift_frames, config.drift_rows,
+    out, seconds, _ = drift_rollout(world, dataset, config.context_frames, config.drift_frames, config.drift_rows,
                                     config.seed, sampler_steps)
+    frames = out["frames"]
     curve = nearest_real_psnr(frames.flatten(0, 1), bank).view(frames.shape[0], frames.shape[1]).mean(0)
     span = min(config.drift_span, config.drift_frames)
     row["drift_curve"] = curve.tolist()

@@ -1,0 +1,373 @@
+"""Reward and termination read off the frames: a small network over the tile codes of one transition.
+
+In a grid game what an agent is paid for is drawn on the screen. In Crafter every +-0.1 reward is the health tile
+changing, an achievement (+1) is a new item in the inventory or a new tile in front of the player, and a death is
+the health tile going blank. The DiT's own outcome head reads features trained to predict the *next* frame; taught
+alone on a finished model it finds deaths but not which way health moved (docs/results.md, "Rewards and deaths"),
+and teaching it with the network costs the frames. `OutcomeModel` instead reads the transition the agent is shown:
+the codes of the previous frame and of the new one (as the dream shows them: snapped, `codec.indices`) and the
+action between them, and gives reward-class logits and a termination logit.
+
+- Each tile position is one token: embeddings of its code before and after, whether it changed, and its place.
+  An action token and a summary token join them; a small pre-norm transformer (`torch.nn.TransformerEncoder`)
+  mixes them and the summary token gives `1 + R` logits: R reward classes over `reward_values`, then termination.
+- In the dream (`generator.sampler.advance_rows` with `outcome=`) it replaces the DiT's outcome head, so the reward an
+  agent is handed is the one the frames it sees show, and rewards cost the frames nothing.
+- Trained on real transitions of episode datasets with `train_outcome` (the shared `generator.run.TrainingRun`).
+  Transitions with a nonzero reward or a termination are drawn with share `event_fraction` and weighted back by
+  their natural frequency, so the rare classes are seen often and the probabilities stay calibrated (the dream
+  samples from them).
+- A model is tied to its codec: it holds the codebook it was trained on, and `WorldModel.from_pretrained` refuses
+  an outcome model whose codebook differs from the world model's. Attached to a world model with
+  `nextframe export-model --outcome <run>/model` (saved as ``outcome.safetensors`` beside the DiT).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from generator.actions import ActionEmbedding
+from generator.checkpoint import CONFIG_NAME, CheckpointError, load_checkpoint, load_state_into, save_checkpoint
+from generator.metrics import precision_recall
+
+KIND = "nextframe-outcome"
+
+
+@dataclass
+class OutcomeConfig:
+    """The outcome network's shape; `codes` and `grid` come from the tile codec, `action_space` from the data."""
+
+    codes: int  # codebook size of the tile codec
+    grid: tuple[int, int]  # tile rows and columns of a frame
+    action_space: dict = field(default_factory=lambda: {"type": "Discrete", "n": 17, "start": 0})
+    reward_values: tuple[float, ...] = (-0.1, 0.0, 0.1, 1.0)  # reward classes (a reward's class: the nearest value)
+    dim: int = 64
+    depth: int = 2
+    heads: int = 4
+
+    def __post_init__(self):
+        self.grid = (int(self.grid[0]), int(self.grid[1]))
+        self.reward_values = tuple(float(v) for v in self.reward_values)
+        if self.codes < 1 or min(self.grid) < 1:
+            raise ValueError(f"an outcome model needs codes >= 1 and a grid of at least 1x1, got codes={self.codes}, "
+                             f"grid={self.grid}")
+        if len(self.reward_values) < 2 or list(self.reward_values) != sorted(set(self.reward_values)):
+            raise ValueError(f"reward_values must be at least two increasing values, got {self.reward_values}")
+        if self.dim % self.heads:
+            raise ValueError(f"dim {self.dim} must be a multiple of heads {self.heads}")
+
+    @property
+    def tokens(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["grid"], data["reward_values"] = list(self.grid), list(self.reward_values)
+        return data
+
+
+class OutcomeLogits(NamedTuple):
+    reward_logits: torch.Tensor  # (B, R)
+    termination_logit: torch.Tensor  # (B,)
+
+
+class OutcomeModel(nn.Module):
+    """`forward(before, after, actions, has_action)`: codes `(B, N)` of two consecutive frames, the action `(B, ...)`
+    that led from one to the other -> `OutcomeLogits`. `reward(logits)` is the expected reward."""
+
+    def __init__(self, config: OutcomeConfig, codebook: torch.Tensor):
+        super().__init__()
+        if codebook.shape[0] != config.codes:
+            raise ValueError(f"codebook has {codebook.shape[0]} codes, the config says {config.codes}")
+        self.config = config
+        d = config.dim
+        self.register_buffer("codebook", codebook.detach().clone().float())  # ties the model to its codec
+        self.register_buffer("reward_values", torch.tensor(config.reward_values, dtype=torch.float32))
+        self.code_embed = nn.Embedding(config.codes, d)
+        self.changed_embed = nn.Embedding(2, d)
+        self.pair = nn.Sequential(nn.Linear(2 * d, d), nn.SiLU(), nn.Linear(d, d))
+        self.place = nn.Parameter(torch.randn(config.tokens, d) * 0.02)
+        self.action_embed = ActionEmbedding(config.action_space, d)
+        self.summary = nn.Parameter(torch.randn(d) * 0.02)
+        layer = nn.TransformerEncoderLayer(d, config.heads, 4 * d, dropout=0.0, activation="gelu", batch_first=True,
+                                           norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, config.depth, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(d)
+        self.head = nn.Linear(d, len(config.reward_values) + 1)
+
+    def forward(self, before: torch.Tensor, after: torch.Tensor, actions: torch.Tensor,
+                has_action: torch.Tensor | None = None) -> OutcomeLogits:
+        n = self.config.tokens
+        if before.shape != after.shape or before.shape[-1] != n:
+            raise ValueError(f"codes before {tuple(before.shape)} and after {tuple(after.shape)} must both be "
+                             f"(B, {n}): one code per tile of the {self.config.grid} grid")
+        before, after = before.long(), after.long()
+        tiles = self.pair(torch.cat([self.code_embed(before), self.code_embed(after)], dim=-1))
+        tiles = tiles + self.changed_embed((before != after).long()) + self.place  # (B, N, D)
+        b = tiles.shape[0]
+        if has_action is None:
+            has_action = torch.ones(b, dtype=torch.bool, device=tiles.device)
+        action = self.action_embed(actions[:, None], has_action[:, None])  # (B, 1, D)
+        x = torch.cat([self.summary.expand(b, 1, -1), action.to(tiles.dtype), tiles], dim=1)
+        logits = self.head(self.norm(self.encoder(x)[:, 0])).float()  # (B, R + 1)
+        return OutcomeLogits(logits[:, :-1], logits[:, -1])
+
+    def reward(self, logits: OutcomeLogits) -> torch.Tensor:
+        """Expected reward `(B,)` of the class probabilities."""
+        return logits.reward_logits.softmax(-1) @ self.reward_values
+
+    def classes(self, rewards: torch.Tensor) -> torch.Tensor:
+        """Class of each reward: the index of the nearest of `reward_values` (ties to the lower value)."""
+        return (rewards.float()[..., None] - self.reward_values).abs().argmin(-1)
+
+    def config_dict(self) -> dict:
+        return {"kind": KIND, "outcome": self.config.to_dict()}
+
+
+def read_outcomes(outcome: OutcomeModel, codec, before: torch.Tensor, after: torch.Tensor, actions: torch.Tensor,
+                  has_action: torch.Tensor | None = None) -> OutcomeLogits:
+    """`outcome` on latents `(B, C, h, w)` of two consecutive frames as the dream shows them (`codec.indices`)."""
+    return outcome(codec.indices(before.float()), codec.indices(after.float()), actions, has_action)
+
+
+def save_outcome(model: OutcomeModel, directory: str | Path, training: dict | None = None) -> Path:
+    return save_checkpoint(directory, config={**model.config_dict(), "training": training or {}},
+                           tensors={"outcome": model.state_dict()})
+
+
+def outcome_from_state(config: dict, state: dict[str, torch.Tensor], where: str) -> OutcomeModel:
+    """An `OutcomeModel` from its config dict and state (what `save_outcome` and `WorldModel` store)."""
+    try:
+        model = OutcomeModel(OutcomeConfig(**config), state["codebook"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise CheckpointError(f"{where}: invalid outcome model config or state: {error}") from error
+    load_state_into(model, state, what=where)
+    return model.eval()
+
+
+def load_outcome(directory: str | Path, device: str | torch.device = "cpu") -> OutcomeModel:
+    """Load an outcome model saved by `train_outcome`: its run folder or the `model/` in it (checksums verified)."""
+    directory = Path(directory)
+    if not (directory / CONFIG_NAME).exists() and (directory / "model" / CONFIG_NAME).exists():
+        directory = directory / "model"
+    config, tensors = load_checkpoint(directory)
+    if config.get("kind") != KIND or "outcome" not in tensors:
+        raise CheckpointError(f"{directory}: not a nextframe outcome model (kind={config.get('kind')!r}); train one "
+                              "with `nextframe train-outcome`")
+    model = outcome_from_state(config["outcome"], tensors["outcome"], f"{directory}/outcome.safetensors")
+    model.training_report = config.get("training", {})
+    return model.to(device)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Data: every transition of an episode dataset as codes
+
+
+@dataclass
+class Transitions:
+    """Real transitions as codes: `before`/`after` `(M, N)` int16, `actions` `(M, ...)`, `rewards` `(M,)`,
+    `terminated` `(M,)` bool."""
+
+    before: torch.Tensor
+    after: torch.Tensor
+    actions: torch.Tensor
+    rewards: torch.Tensor
+    terminated: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.rewards)
+
+    def batch(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"before": self.before[index].long(), "after": self.after[index].long(), "actions": self.actions[index],
+                "rewards": self.rewards[index], "terminated": self.terminated[index]}
+
+    def events(self) -> torch.Tensor:
+        """`(M,)` bool: transitions with a nonzero reward or a termination."""
+        return (self.rewards != 0) | self.terminated
+
+
+@torch.no_grad()
+def dataset_transitions(codec, data: str | Path | list, split: str, val_fraction: float = 0.1,
+                        chunk: int = 512, progress: bool = False) -> Transitions:
+    """Every transition (not an episode's first step) of `data`'s `split`, its frames encoded as the dream would
+    show them (`codec.encode`, then `codec.indices`)."""
+    from tqdm.auto import tqdm
+
+    from generator.data import open_datasets
+
+    dataset = open_datasets(data, split=split, val_fraction=val_fraction)
+    parts = {key: [] for key in ("before", "after", "actions", "rewards", "terminated")}
+    lengths = dataset.episode_lengths
+    for k in tqdm(range(dataset.num_episodes), disable=not progress, desc=f"encoding {split} transitions"):
+        episode = dataset.read_steps(k, 0, lengths[k] + 1)
+        codes = torch.cat([codec.indices(codec.encode(episode["frames"][i:i + chunk].to(codec.device))).cpu()
+                           for i in range(0, len(episode["frames"]), chunk)])  # (L + 1, N)
+        keep = ~episode["is_first"][1:]
+        parts["before"].append(codes[:-1][keep].to(torch.int16))
+        parts["after"].append(codes[1:][keep].to(torch.int16))
+        parts["actions"].append(episode["actions"][1:][keep])
+        parts["rewards"].append(episode["rewards"][1:][keep].float())
+        parts["terminated"].append(episode["terminated"][1:][keep].bool())
+    if not parts["rewards"]:
+        raise ValueError(f"{data}: the {split} split has no episodes")
+    return Transitions(**{key: torch.cat(value) for key, value in parts.items()})
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Training
+
+
+@dataclass
+class OutcomeTrainConfig:
+    """`nextframe train-outcome`: an outcome model for a tile world model, trained on real transitions."""
+
+    world: str  # world-model folder whose tile codec the outcome model reads (e.g. world_env/assets/crafter)
+    data: str  # episode dataset folder(s), comma-separated; the train split teaches, the val split is reported
+    out: str = "runs/outcome"  # run folder: train_state/ (resumable), model/ (load_outcome / export-model --outcome)
+    steps: int = 3000
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    event_fraction: float = 0.25  # share of each batch drawn from transitions with a reward or a termination
+    dim: int = 64
+    depth: int = 2
+    heads: int = 4
+    val_fraction: float = 0.1
+    eval_every: int = 1000
+    device: str = "cpu"
+    seed: int = 0
+    log_every: int = 50
+    ckpt_every: int = 500
+    progress: bool = True
+    stop_at: int = 0  # end this process at this step (resumable chunks); 0: run to `steps`
+    max_minutes: float = 0.0  # end this process, saved, after this much wall time; 0: no limit
+
+    def __post_init__(self):
+        if not 0.0 <= self.event_fraction < 1.0:
+            raise ValueError(f"event_fraction must be in [0, 1), got {self.event_fraction}")
+        if self.steps < 1 or self.batch_size < 1:
+            raise ValueError(f"steps and batch_size must be >= 1, got {self.steps} and {self.batch_size}")
+
+
+def draw_transitions(events: torch.Tensor, batch_size: int, event_fraction: float,
+                     generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices `(B,)` with a share `event_fraction` of event transitions (all alike when there are none), and the
+    importance weights `(B,)` that give every transition its natural weight (mean 1 over the data)."""
+    m = len(events)
+    share = float(events.float().mean())
+    if share == 0 or event_fraction == 0:
+        return torch.randint(m, (batch_size,), generator=generator), torch.ones(batch_size)
+    probability = torch.where(events, event_fraction / share, (1 - event_fraction) / (1 - share)) / m
+    index = torch.multinomial(probability, batch_size, replacement=True, generator=generator)
+    return index, (1.0 / (m * probability[index])).float()
+
+
+def outcome_loss(model: OutcomeModel, batch: dict[str, torch.Tensor], weights: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    logits = model(batch["before"], batch["after"], batch["actions"])
+    reward = F.cross_entropy(logits.reward_logits, model.classes(batch["rewards"]), reduction="none")
+    termination = F.binary_cross_entropy_with_logits(logits.termination_logit, batch["terminated"].float(),
+                                                     reduction="none")
+    loss = ((reward + termination) * weights).sum() / weights.sum()
+    with torch.no_grad():
+        parts = {"reward": float((reward * weights).sum() / weights.sum()),
+                 "termination": float((termination * weights).sum() / weights.sum())}
+    return loss, parts
+
+
+@torch.no_grad()
+def evaluate_outcome(model: OutcomeModel, data: Transitions, batch_size: int = 2048) -> dict:
+    """Precision/recall on `data`: positive rewards (P(reward > 0) > 0.5), achievements (P(reward > 0.5) > 0.5) and
+    terminations (logit > 0); the same events `agents.evaluation.fidelity.outcomes_on_real` reports."""
+    model.eval()
+    device = model.codebook.device
+    predicted = {"positive": [], "achievement": [], "termination": []}
+    values = model.reward_values
+    for start in range(0, len(data), batch_size):
+        batch = {k: v.to(device) for k, v in data.batch(torch.arange(start, min(start + batch_size, len(data)))).items()}
+        logits = model(batch["before"], batch["after"], batch["actions"])
+        probs = logits.reward_logits.softmax(-1)
+        predicted["positive"].append((probs[:, values > 0].sum(-1) > 0.5).cpu())
+        predicted["achievement"].append((probs[:, values > 0.5].sum(-1) > 0.5).cpu())
+        predicted["termination"].append((logits.termination_logit > 0).cpu())
+    real = {"positive": data.rewards > 0, "achievement": data.rewards > 0.5, "termination": data.terminated}
+    return {("termination" if key == "termination" else f"reward_{key}"):
+            precision_recall(torch.cat(predicted[key]), real[key]) for key in predicted}
+
+
+def train_outcome(config: OutcomeTrainConfig) -> dict:
+    """Train (or resume) an outcome model for `config.world`'s tile codec; save `out/model/`. Returns the run's
+    summary with ``val`` (`evaluate_outcome` on the val split), also stored in the model's config.json."""
+    from generator.codec import TileCodec
+    from generator.pretrained import WorldModel, resolve_device
+    from generator.run import TrainingRun, lr_schedule
+
+    device = resolve_device(config.device)
+    world = WorldModel.from_pretrained(config.world, device=device)
+    if not isinstance(world.codec, TileCodec):
+        raise ValueError(f"{config.world} uses a {world.codec.config.kind!r} codec; the outcome model reads tile "
+                         "codes (a world model trained with the tiles codec)")
+    codec = world.codec
+    torch.manual_seed(config.seed)
+    train_set = dataset_transitions(codec, config.data, "train", config.val_fraction, progress=config.progress)
+    val_set = dataset_transitions(codec, config.data, "val", config.val_fraction, progress=config.progress)
+    outcome_config = OutcomeConfig(
+        codes=codec.config.codes, grid=tuple(codec.config.tile_grid), action_space=world.dit.config.action_space,
+        reward_values=tuple(world.dit.config.reward_values) or OutcomeConfig.reward_values, dim=config.dim,
+        depth=config.depth, heads=config.heads,
+    )
+    model = OutcomeModel(outcome_config, codec.codebook.cpu()).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = lr_schedule(optimizer, config.steps, max(1, min(100, config.steps // 20)), min_lr_ratio=0.0)
+    generator = torch.Generator().manual_seed(config.seed)
+    events = train_set.events()
+    run = TrainingRun(config.out, name="outcome", config=asdict(config), steps=config.steps, stop_at=config.stop_at,
+                      max_minutes=config.max_minutes, ckpt_every=config.ckpt_every, log_every=config.log_every,
+                      progress=config.progress, modules={"model": model}, optimizers={"optimizer": optimizer},
+                      schedulers={"scheduler": scheduler}, generators={"data_generator": generator},
+                      fixed=("dim", "depth", "heads", "world"))
+    history = []
+    with run:
+        while run.running:
+            model.train()
+            index, weights = draw_transitions(events, config.batch_size, config.event_fraction, generator)
+            batch = {k: v.to(device) for k, v in train_set.batch(index).items()}
+            loss, parts = outcome_loss(model, batch, weights.to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            run.end_step({"loss": float(loss.detach()), **parts, "lr": scheduler.get_last_lr()[0]})
+            if config.eval_every and run.step % config.eval_every == 0 and run.running:
+                val = evaluate_outcome(model, val_set)
+                scalars = {f"{key}_{rate}": val[key][rate] or 0.0 for key in val for rate in ("precision", "recall")}
+                run.log(scalars, "val")
+                history.append({"step": run.step, **scalars})
+        if not run.done:
+            return run.finish(history=history)
+    val = evaluate_outcome(model, val_set)
+    summary = {"transitions": {"train": len(train_set), "val": len(val_set)},
+               "train_events": int(events.sum())}
+    result = run.finish(val=val, history=history, **summary)
+    save_outcome(model.cpu(), Path(config.out) / "model", training={**result, "config": asdict(config)})
+    return result
+
+
+def attach_outcome(world, outcome: OutcomeModel, where: str = "outcome model") -> None:
+    """Give `world` (a `WorldModel`) this outcome model, after checking it reads the world's codec and actions."""
+    codebook = getattr(world.codec, "codebook", None)
+    if codebook is None:
+        raise CheckpointError(f"{where} reads tile codes; this world model has a {world.codec.config.kind!r} codec")
+    if tuple(outcome.codebook.shape) != tuple(codebook.shape) or not torch.equal(outcome.codebook.cpu(),
+                                                                                  codebook.float().cpu()):
+        raise CheckpointError(f"{where} was trained on another codebook ({tuple(outcome.codebook.shape)}) than this "
+                              f"world model's codec ({tuple(codebook.shape)}); train it with --world set to this model")
+    if outcome.config.action_space != world.dit.config.action_space:
+        raise CheckpointError(f"{where} takes actions in {outcome.config.action_space}, the world model in "
+                              f"{world.dit.config.action_space}")
+    world.outcome = outcome.to(world.device).eval()
+
