@@ -9,6 +9,8 @@ Each iteration runs three phases (DIAMOND, Alonso et al. 2024, Alg. 1; IRIS and 
 2. ``generator``: `generator.train.train` continues the world model (and its reward/termination heads) on the initial
    data plus every collected folder, resumed from ``out/generator/train_state`` and stopped after
    ``generator_steps_per_iteration`` more steps (its ``stop_at``): the model is corrected where the agent now goes.
+   With ``outcome_steps_per_iteration`` (tile generators) the outcome model that reads rewards and terminations off
+   the frames (`generator.outcome`) continues on the same data too (``out/outcome``), and the dream uses it.
 3. ``dream``: the agent trains with PPO in the updated model, episodes starting at recorded real steps
    (`world_env.prompts.ReplayStarts`, weighted toward recent episodes) and ending by truncation after ``horizon``
    imagined steps, for ``dream_steps_per_iteration`` steps.
@@ -89,6 +91,11 @@ class LoopConfig:
     recent_fraction: float = 0.25
     device: str = "auto"  # the world model's
     sampler_steps: int | None = None
+    # Rewards read off the frames (tile generators, `generator.outcome`): this many more outcome-model steps after
+    # every generator update, on the same data, resumed from out/outcome; the dream then hands out its rewards and
+    # terminations. 0: the generator's own outcome heads.
+    outcome_steps_per_iteration: int = 0
+    outcome_config: dict = field(default_factory=dict)  # `OutcomeTrainConfig` fields (dim, depth, lr, ...)
     # PPO (SB3 CnnPolicy on raw frames)
     n_steps: int = 64  # per env and update
     batch_size: int = 256
@@ -116,6 +123,15 @@ class LoopConfig:
                 f"{' x n_steps, as PPO updates on the real steps' if self.real_ppo else ''}) so every phase plays it "
                 "exactly"
             )
+        if self.outcome_steps_per_iteration < 0:
+            raise ValueError(f"outcome_steps_per_iteration must be >= 0, got {self.outcome_steps_per_iteration}")
+        from generator.outcome import OutcomeTrainConfig
+
+        unknown = sorted(set(self.outcome_config) - set(OutcomeTrainConfig.__dataclass_fields__))
+        owned = sorted({"world", "data", "out", "steps", "stop_at"} & set(self.outcome_config))
+        if unknown or owned:
+            raise ValueError(f"outcome_config: unknown fields {unknown}, fields the loop sets itself {owned}; give "
+                             "OutcomeTrainConfig fields such as dim, depth, lr, batch_size, event_fraction")
         if not self.generator and not self.initial_data and self.generator_config.get("data"):
             raise ValueError("give the initial data as initial_data, not generator_config['data']")
 
@@ -253,6 +269,7 @@ class LoopRun:
         self.out = Path(config.out)
         self.state_path = self.out / STATE_NAME
         self.generator_out = self.out / "generator"
+        self.outcome_out = self.out / "outcome"
         self.agent_path = self.out / "agent" / "model.zip"
         if self.state_path.exists():
             self.state = json.loads(self.state_path.read_text())
@@ -398,8 +415,28 @@ def generator_phase(run: LoopRun, iteration: int) -> dict:
     config = run.train_config(iteration)
     _seed_everything(phase_seed(run.config, iteration, "generator"))
     result = train(config)
-    return {"generator_step": int(result["step"]), "final_loss": (result["final"] or {}).get("loss"),
-            "data_folders": len(config.data.split(","))}
+    record = {"generator_step": int(result["step"]), "final_loss": (result["final"] or {}).get("loss"),
+              "data_folders": len(config.data.split(","))}
+    if run.config.outcome_steps_per_iteration:
+        record.update(outcome_update(run, iteration))
+    return record
+
+
+def outcome_update(run: LoopRun, iteration: int) -> dict:
+    """``outcome_steps_per_iteration`` more outcome-model steps (`generator.outcome.train_outcome`) on the data so
+    far, reading the updated generator's codec; its ``out/outcome/model`` is what the dream phase attaches."""
+    from generator.outcome import OutcomeTrainConfig, train_outcome
+
+    config = run.config
+    k = config.outcome_steps_per_iteration
+    settings = {"seed": config.seed, "device": config.device, **config.outcome_config}
+    result = train_outcome(OutcomeTrainConfig(
+        **settings, world=str(run.generator_out / "model"), data=run.data(iteration), out=str(run.outcome_out),
+        steps=config.iterations() * k, stop_at=(iteration + 1) * k, progress=False,
+    ))
+    positive = result["val"]["reward_positive"]
+    return {"outcome_step": int(result["step"]), "outcome_val_precision": positive["precision"],
+            "outcome_val_recall": positive["recall"]}
 
 
 def dream_phase(run: LoopRun, iteration: int) -> dict:
@@ -418,7 +455,14 @@ def dream_phase(run: LoopRun, iteration: int) -> dict:
     seed = phase_seed(config, iteration, "dream")
     starts = ReplayStarts(run.data(iteration), burn_in=config.burn_in, recent_weight=config.recent_weight,
                           recent_fraction=config.recent_fraction)
-    dream = SB3DreamVecEnv(run.generator_out / "model", num_envs=config.dream_envs, device=config.device,
+    world = run.generator_out / "model"
+    if config.outcome_steps_per_iteration:  # rewards and terminations from the outcome model, read off the frames
+        from generator.outcome import attach_outcome, load_outcome
+        from generator.pretrained import WorldModel
+
+        world = WorldModel.from_pretrained(world, device=config.device)
+        attach_outcome(world, load_outcome(run.outcome_out), str(run.outcome_out))
+    dream = SB3DreamVecEnv(world, num_envs=config.dream_envs, device=config.device,
                            sampler_steps=config.sampler_steps, max_episode_steps=config.horizon, prompt_source=starts)
     returns: list[float] = []
     try:
@@ -431,7 +475,8 @@ def dream_phase(run: LoopRun, iteration: int) -> dict:
     finally:
         dream.close()
     return {"dream_steps": int(agent.num_timesteps - before),
-            "mean_dream_return": float(np.mean(returns)) if returns else None}
+            "mean_dream_return": float(np.mean(returns)) if returns else None,
+            "outcome_model": bool(config.outcome_steps_per_iteration)}
 
 
 def _seed_everything(seed: int) -> None:

@@ -137,7 +137,7 @@ def read_outcomes(outcome: OutcomeModel, codec, before: torch.Tensor, after: tor
 
 def save_outcome(model: OutcomeModel, directory: str | Path, training: dict | None = None) -> Path:
     return save_checkpoint(directory, config={**model.config_dict(), "training": training or {}},
-                           tensors={"outcome": model.state_dict()})
+                           tensors={"outcome": {k: v.detach().cpu() for k, v in model.state_dict().items()}})
 
 
 def outcome_from_state(config: dict, state: dict[str, torch.Tensor], where: str) -> OutcomeModel:
@@ -300,8 +300,9 @@ def evaluate_outcome(model: OutcomeModel, data: Transitions, batch_size: int = 2
 
 
 def train_outcome(config: OutcomeTrainConfig) -> dict:
-    """Train (or resume) an outcome model for `config.world`'s tile codec; save `out/model/`. Returns the run's
-    summary with ``val`` (`evaluate_outcome` on the val split), also stored in the model's config.json."""
+    """Train (or resume) an outcome model for `config.world`'s tile codec; save `out/model/` (at the end of every
+    process, also one stopped early by `stop_at` or `max_minutes`). Returns the run's summary with ``val``
+    (`evaluate_outcome` on the val split), also stored in the model's config.json."""
     from generator.codec import TileCodec
     from generator.pretrained import WorldModel, resolve_device
     from generator.run import TrainingRun, lr_schedule
@@ -347,13 +348,13 @@ def train_outcome(config: OutcomeTrainConfig) -> dict:
                 scalars = {f"{key}_{rate}": val[key][rate] or 0.0 for key in val for rate in ("precision", "recall")}
                 run.log(scalars, "val")
                 history.append({"step": run.step, **scalars})
-        if not run.done:
-            return run.finish(history=history)
+    # Every process ends with the model as it stands (a chunk of a longer run, `stop_at`, saves one too: the RL loop
+    # uses it between chunks), evaluated on the val split.
     val = evaluate_outcome(model, val_set)
     summary = {"transitions": {"train": len(train_set), "val": len(val_set)},
                "train_events": int(events.sum())}
     result = run.finish(val=val, history=history, **summary)
-    save_outcome(model.cpu(), Path(config.out) / "model", training={**result, "config": asdict(config)})
+    save_outcome(model, Path(config.out) / "model", training={**result, "config": asdict(config)})
     return result
 
 

@@ -101,3 +101,45 @@ def test_the_loop_runs_end_to_end_and_resumes_after_a_kill_to_the_same_state(gen
 def test_budgets_that_do_not_divide_are_refused(tmp_path):
     with pytest.raises(ValueError, match="multiple of 16"):
         run_loop(loop_config(tmp_path / "x", "", real_ppo=True, real_steps_per_iteration=24))
+
+
+@pytest.fixture(scope="module")
+def tile_generator_run(tmp_path_factory):
+    """A two-step tile-model run (codebook built from two short random Crafter episodes) the loop continues."""
+    from generator.codec import CodebookConfig, build_codebook
+
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("tile_loop")
+    collect("crafter", root / "initial", episodes=2, policy="random", max_steps=10, progress=False)
+    build_codebook(CodebookConfig(data=str(root / "initial"), out=str(root / "codec"), frame_stride=1, places=False))
+    train(TrainConfig(data=str(root / "initial"), out=str(root / "generator"), model="tiles", codec=str(root / "codec"),
+                      steps=2, batch_size=2, clip_frames=4, warmup_steps=1, ckpt_every=1000, eval_windows=1,
+                      progress=False, sampler_steps=1,
+                      model_overrides={"dim": 32, "depth": 1, "heads": 2, "window_frames": 4,
+                                       "reward_values": [-0.1, 0.0, 0.1, 1.0]}))
+    return root / "generator"
+
+
+def test_the_loop_keeps_an_outcome_model_on_the_growing_data_and_the_dream_uses_it(tile_generator_run, tmp_path):
+    from generator.outcome import load_outcome
+
+    torch.set_num_threads(1)
+    outcome = dict(outcome_steps_per_iteration=3, outcome_config={"dim": 16, "depth": 1, "heads": 2,
+                                                                  "batch_size": 8, "eval_every": 0})
+    straight = run_loop(loop_config(tmp_path / "straight", tile_generator_run, **outcome))
+    assert straight["finished"] and straight["dream_steps"] == 32
+    state = json.loads((tmp_path / "straight" / "loop_state.json").read_text())
+    assert [r["outcome_step"] for r in state["history"] if r["phase"] == "generator"] == [3, 6]
+    assert all(r["outcome_model"] for r in state["history"] if r["phase"] == "dream")
+    model = load_outcome(tmp_path / "straight" / "outcome")
+    assert model.training_report["config"]["data"].count(",") == 2  # initial + two iterations, as the generator
+    # stopped after the first generator phase, then resumed: the same outcome model as the straight run
+    first = run_loop(loop_config(tmp_path / "resumed", tile_generator_run, stop_after=2, **outcome))
+    assert (first["iteration"], first["phase"]) == (0, "dream")
+    assert load_outcome(tmp_path / "resumed" / "outcome").training_report["step"] == 3
+    run_loop(loop_config(tmp_path / "resumed", tile_generator_run, **outcome))
+    again = load_outcome(tmp_path / "resumed" / "outcome")
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, again.state_dict()[name])
+    with pytest.raises(ValueError, match="fields the loop sets itself"):
+        loop_config(tmp_path / "bad", tile_generator_run, outcome_config={"steps": 5}).check()

@@ -29,6 +29,11 @@ def test_shipped_weights_fit_the_budget_and_match_their_config():
     # each prompt clip knows its episode step (the frame positions a dream starts from)
     assert world.prompts["steps"].shape == (len(world.prompts["frames"]),) and world.prompts["steps"].max() > 150
     assert all(torch.isfinite(p).all() for p in world.dit.parameters())
+    # rewards and terminations are read off the frames by an outcome model tied to this codec
+    assert world.outcome is not None and torch.equal(world.outcome.codebook, world.codec.codebook.float())
+    assert world.outcome.config.reward_values == world.dit.config.reward_values
+    val = world.info.training["export"]["outcome"]["val"]
+    assert val["reward_positive"]["recall"] > 0.5 and val["termination"]["recall"] > 0.5
 
 
 def rollout(seed: int, steps: int = 4) -> np.ndarray:
