@@ -122,8 +122,10 @@ class OutcomeModel(nn.Module):
         return logits.reward_logits.softmax(-1) @ self.reward_values
 
     def classes(self, rewards: torch.Tensor) -> torch.Tensor:
-        """Class of each reward: the index of the nearest of `reward_values` (ties to the lower value)."""
-        return (rewards.float()[..., None] - self.reward_values).abs().argmin(-1)
+        """Class of each reward (`generator.train.reward_classes`: the nearest of `reward_values`)."""
+        from generator.train import reward_classes
+
+        return reward_classes(rewards.float(), self.reward_values)
 
     def config_dict(self) -> dict:
         return {"kind": KIND, "outcome": self.config.to_dict()}
