@@ -34,6 +34,9 @@ def test_demo_writes_video_plot_and_figures(cartpole_world_dir, tmp_path):
     assert result["dream_env_steps_per_s"] > 0 and result["real_steps_per_s"] > 0
     assert json.loads((out / "demo.json").read_text())["sampler_steps"] == 2
     assert any("env-steps/s" in line for line in lines) and any("steps/s" in line for line in lines)
+    # CartPole pays +1 a step; the tiny random model's head pays something: both counted over the compared steps
+    assert result["rewards"]["real"] == result["compared_steps"] and any("rewards over" in line for line in lines)
+    assert 0.0 <= result["rewards"]["dream_positive_per_100_steps"] <= 100.0
 
 
 def test_demo_dream_env_zero_starts_from_the_real_prompt(cartpole_world_dir, tmp_path):

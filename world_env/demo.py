@@ -42,22 +42,25 @@ class DemoConfig:
     video_format: Literal["mp4", "gif"] = "mp4"
 
 
-def real_rollout(game, seed: int, actions: np.ndarray) -> tuple[np.ndarray, float, int]:
-    """Frames of the real game from `reset(seed)` under `actions`: `(1 + steps, H, W, 3)`, steps/s, steps taken.
+def real_rollout(game, seed: int, actions: np.ndarray) -> tuple[np.ndarray, float, int, np.ndarray]:
+    """Frames of the real game from `reset(seed)` under `actions`: `(1 + steps, H, W, 3)`, steps/s, steps taken and
+    the reward of each step `(steps,)`.
 
     Stops early if the episode ends. Only `step` is timed (a Crafter reset generates a world: seconds).
     """
     frames = [game.reset(seed=seed)]
+    rewards = []
     seconds = 0.0
     for action in actions:
         t0 = time.perf_counter()
-        frame, _, terminated, truncated, _ = game.step(action)
+        frame, reward, terminated, truncated, _ = game.step(action)
         seconds += time.perf_counter() - t0
         frames.append(frame)
+        rewards.append(float(reward))
         if terminated or truncated:
             break
     taken = len(frames) - 1
-    return np.stack(frames), taken / max(seconds, 1e-9), taken
+    return np.stack(frames), taken / max(seconds, 1e-9), taken, np.asarray(rewards, dtype=np.float64)
 
 
 def plot_demo(path: Path, psnr_per_step: list[float], copy_psnr: list[float], dream_fps: float, real_fps: float,
@@ -105,7 +108,7 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict:
     actions = sticky_actions(game.action_space, n, p - 1 + config.steps, config.mean_repeat, config.seed)
 
     # The real game under env 0's stream; its first p frames prompt every dream env.
-    real_frames, real_fps, taken = real_rollout(game, config.seed, actions[:, 0])
+    real_frames, real_fps, taken, real_rewards = real_rollout(game, config.seed, actions[:, 0])
     game.close()
     if taken < p:
         raise RuntimeError(f"the real episode ended after {taken} steps, before the {p}-frame prompt was complete")
@@ -116,16 +119,18 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict:
                            speculation_depth=config.speculation_depth, speculation=config.speculation)
     try:
         obs, _ = env.reset(seed=config.seed, options={"prompt": prompt})
-        dream0 = [obs[0]]
+        dream0, rewards0 = [obs[0]], []
         ended0 = False
-        step_seconds = []
+        step_seconds, all_rewards = [], []
         stream = actions[p - 1:]
         for i in range(config.steps):
             t0 = time.perf_counter()
-            obs, _, terminated, truncated, _ = env.step(stream[i])
+            obs, reward, terminated, truncated, _ = env.step(stream[i])
             step_seconds.append(time.perf_counter() - t0)
+            all_rewards.append(np.asarray(reward, dtype=np.float64))
             if not ended0:
                 dream0.append(obs[0])
+                rewards0.append(float(reward[0]))
                 ended0 = bool(terminated[0] or truncated[0])
         stats = env.speculation_stats
         sampler_steps = env.sampler_steps
@@ -138,6 +143,9 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict:
     length = min(len(dream), len(real))
     dream, real = dream[:length], real[:length]
     dream_t, real_t = torch.from_numpy(dream), torch.from_numpy(real)
+    # Rewards over the same compared steps, and the rate every dream env was paid at (what an agent is handed).
+    paid = {"dream_env0": float(np.sum(rewards0[:length - 1])), "real": float(np.sum(real_rewards[p - 1:][:length - 1])),
+            "dream_positive_per_100_steps": 100.0 * float((np.stack(all_rewards) > 0).mean())}
     psnr_per_step = psnr(dream_t[1:], real_t[1:]).tolist()
     copy_psnr = psnr(real_t[:1].expand_as(real_t[1:]), real_t[1:]).tolist()
     following = None
@@ -163,6 +171,7 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict:
         "psnr_copy_last_prompt_frame_vs_real": copy_psnr,
         "mean_psnr_first_16": float(np.mean(psnr_per_step[:16])) if psnr_per_step else float("nan"),
         "view_shift": following,
+        "rewards": paid,
         "video": str(video),
         "plot": str(plot),
         "seconds_total": time.perf_counter() - started,
@@ -179,5 +188,7 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict:
         log(f"dream env 0 follows the real view: moved with it on {following['moved_agreed']} of "
             f"{following['moved_steps']} steps where the real view moved, stayed on {following['stayed_agreed']} of "
             f"{following['stayed_steps']} where it stayed")
+    log(f"rewards over those steps: dream env 0 {paid['dream_env0']:+.1f}, real {paid['real']:+.1f}; the {n} dream envs "
+        f"were paid a positive reward on {paid['dream_positive_per_100_steps']:.1f} of every 100 steps")
     log(f"wrote {video}, {plot} and {out / 'demo.json'} in {result['seconds_total']:.1f} s")
     return result
