@@ -131,6 +131,14 @@ class OutcomeModel(nn.Module):
         return {"kind": KIND, "outcome": self.config.to_dict()}
 
 
+def event_probabilities(reward_logits: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """P(reward > 0) and P(reward > 0.5) (an achievement) `(...)` of reward-class logits `(..., K)` over `values`
+    `(K,)`: the events the evaluations count."""
+    probs = reward_logits.float().softmax(-1)
+    values = values.to(probs.device)
+    return probs[..., values > 0].sum(-1), probs[..., values > 0.5].sum(-1)
+
+
 def read_outcomes(outcome: OutcomeModel, codec, before: torch.Tensor, after: torch.Tensor, actions: torch.Tensor,
                   has_action: torch.Tensor | None = None) -> OutcomeLogits:
     """`outcome` on latents `(B, C, h, w)` of two consecutive frames as the dream shows them (`codec.indices`)."""
@@ -288,13 +296,12 @@ def evaluate_outcome(model: OutcomeModel, data: Transitions, batch_size: int = 2
     model.eval()
     device = model.codebook.device
     predicted = {"positive": [], "achievement": [], "termination": []}
-    values = model.reward_values
     for start in range(0, len(data), batch_size):
         batch = {k: v.to(device) for k, v in data.batch(torch.arange(start, min(start + batch_size, len(data)))).items()}
         logits = model(batch["before"], batch["after"], batch["actions"])
-        probs = logits.reward_logits.softmax(-1)
-        predicted["positive"].append((probs[:, values > 0].sum(-1) > 0.5).cpu())
-        predicted["achievement"].append((probs[:, values > 0.5].sum(-1) > 0.5).cpu())
+        positive, achievement = event_probabilities(logits.reward_logits, model.reward_values)
+        predicted["positive"].append((positive > 0.5).cpu())
+        predicted["achievement"].append((achievement > 0.5).cpu())
         predicted["termination"].append((logits.termination_logit > 0).cpu())
     real = {"positive": data.rewards > 0, "achievement": data.rewards > 0.5, "termination": data.terminated}
     return {("termination" if key == "termination" else f"reward_{key}"):

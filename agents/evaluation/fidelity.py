@@ -50,7 +50,7 @@ from agents.evaluation.model_table import drift_picks, drift_rollout, edge_energ
 from generator.codec import TileCodec, load_codec
 from generator.data import EpisodeDataset, open_datasets
 from generator.pretrained import WorldModel
-from generator.outcome import read_outcomes
+from generator.outcome import event_probabilities, read_outcomes
 from generator.sampler import commit_frames, frame_noise
 
 
@@ -98,7 +98,7 @@ def outcomes_on_real(world: WorldModel, dataset: EpisodeDataset, max_windows: in
     (`generator.outcome`) reads each transition's two real frames with it instead. Returns precision/recall of positive
     rewards (``reward_positive``: any reward > 0; ``reward_achievement``: > 0.5) and of terminations."""
     dit, codec, sampling = world.dit, world.codec, world.sampling
-    outcome = getattr(world, "outcome", None)
+    outcome = world.outcome
     length = dit.config.window_frames
     predicted = {"positive": [], "achievement": [], "termination": []}
     real = {"positive": [], "achievement": [], "termination": []}
@@ -130,9 +130,7 @@ def outcomes_on_real(world: WorldModel, dataset: EpisodeDataset, max_windows: in
                 termination_logit = out.termination_logit[0, 1:]
                 values = None if out.reward_logits is None else dit.reward_values.cpu()
             if reward_logits is not None:
-                probs = reward_logits.softmax(-1).cpu()  # (T-1, K)
-                positive = probs[:, values > 0].sum(-1) > 0.5
-                achievement = probs[:, values > 0.5].sum(-1) > 0.5
+                positive, achievement = (p.cpu() > 0.5 for p in event_probabilities(reward_logits, values))
             else:
                 reward = out.reward[0, 1:].cpu()
                 positive, achievement = reward > 0.05, reward > 0.5
@@ -155,11 +153,9 @@ def outcomes_on_real(world: WorldModel, dataset: EpisodeDataset, max_windows: in
 def dream_outcome_rates(out: dict, world: WorldModel) -> dict:
     """Expected positive rewards, achievements (> 0.5) and terminations per 100 steps of rollouts (`open_loop_rollout`
     output): what an agent in these dreams is handed, from the outcome model where the world has one."""
-    outcome = getattr(world, "outcome", None)
-    values = outcome.reward_values.cpu() if outcome is not None else getattr(world.dit, "reward_values", None)
+    values = world.outcome.reward_values if world.outcome is not None else getattr(world.dit, "reward_values", None)
     if out["reward_logits"] is not None and values is not None:
-        probs = out["reward_logits"].float().softmax(-1)
-        positive, achievement = probs[..., values > 0].sum(-1), probs[..., values > 0.5].sum(-1)
+        positive, achievement = event_probabilities(out["reward_logits"], values)
     else:
         positive, achievement = (out["reward"] > 0.05).float(), (out["reward"] > 0.5).float()
     termination = torch.sigmoid(out["termination_logit"].float())
@@ -167,15 +163,11 @@ def dream_outcome_rates(out: dict, world: WorldModel) -> dict:
             "termination": 100 * float(termination.mean()), "steps": int(positive.numel())}
 
 
-def real_outcome_rates(dataset) -> dict:
-    """Positive rewards, achievements and terminations per 100 transitions of real episodes (`dream_outcome_rates`'s
-    reference)."""
-    rewards, ends = [], []
-    for k in range(dataset.num_episodes):
-        episode = dataset.read_steps(k, 0, dataset.episode_lengths[k] + 1)
-        rewards.append(episode["rewards"][1:].float())
-        ends.append(episode["terminated"][1:].float())
-    rewards, ends = torch.cat(rewards), torch.cat(ends)
+def real_outcome_rates(episodes: list[dict]) -> dict:
+    """Positive rewards, achievements and terminations per 100 transitions of real episodes (whole episodes as
+    `EpisodeDataset.episode` gives them; `dream_outcome_rates`'s reference)."""
+    rewards = torch.cat([episode["rewards"][1:].float() for episode in episodes])
+    ends = torch.cat([episode["terminated"][1:].float() for episode in episodes])
     steps = max(1, rewards.numel())
     return {"positive": 100 * float((rewards > 0).sum()) / steps, "achievement": 100 * float((rewards > 0.5).sum()) / steps,
             "termination": 100 * float(ends.sum()) / steps, "steps": int(rewards.numel())}
@@ -496,10 +488,14 @@ def evaluate_fidelity(config: FidelityConfig) -> dict:
         raise ValueError(f"--codebook {config.codebook} is not a tile codec")
 
     # Real reference: the held-out episodes of every stream, read once (every 4th frame for the health figures).
-    episodes = []
-    for path in streams.values():
+    # The first stream's episodes (the long rollouts' prompts) also give the real rates of rewards and deaths.
+    episodes, prompt_stream = [], []
+    for index, path in enumerate(streams.values()):
         data = open_datasets(path)
-        episodes += [(e["frames"], e["actions"]) for e in map(data.episode, range(data.num_episodes))]
+        read = [data.episode(k) for k in range(data.num_episodes)]
+        episodes += [(e["frames"], e["actions"]) for e in read]
+        if index == 0:
+            prompt_stream = read
     real_frames = torch.cat([frames[::4] for frames, _ in episodes])
     reference = {key: float(value.mean()) for key, value in health(real_frames, codec, config).items()}
     places = None
@@ -508,7 +504,7 @@ def evaluate_fidelity(config: FidelityConfig) -> dict:
         places = tile_places(real_frames[0::2], codec, config)
         placed = health(real_frames[1::2], codec, config, places)
         reference.update({key: float(placed[key].mean()) for key in ("tiles_in_place", "player_visible")})
-    outcome_reference = real_outcome_rates(open_datasets(next(iter(streams.values()))))
+    outcome_reference = real_outcome_rates(prompt_stream)
     rule = rule_reference = None
     if codec is not None:
         # The move rule, learned from every other held-out episode; the rest give the real level of its figures.
