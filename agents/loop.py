@@ -204,7 +204,8 @@ def _episode_recorder_class():
         def _begin(self, i: int, frame: np.ndarray) -> None:
             shape, dtype = self.action_spec
             self.episodes[i] = {"seed": self.venv.reset_infos[i].get("seed"), "frames": [np.array(frame)],
-                                "actions": [np.zeros(shape, dtype)], "rewards": [0.0], "return": 0.0}
+                                "actions": [np.zeros(shape, dtype)], "rewards": [0.0], "return": 0.0,
+                                "counts": [np.zeros(len(self.writer.achievements), np.int32)]}
 
         def _write(self, i: int, terminated: bool) -> None:
             episode = self.episodes[i]
@@ -212,10 +213,12 @@ def _episode_recorder_class():
             if length < 1:
                 return
             ended = np.arange(length + 1) == length
-            self.writer.write({"frames": np.stack(episode["frames"]), "actions": np.stack(episode["actions"]),
-                               "rewards": np.asarray(episode["rewards"], np.float32),
-                               "terminated": ended & terminated, "truncated": ended & (not terminated)},
-                              seed=episode["seed"])
+            arrays = {"frames": np.stack(episode["frames"]), "actions": np.stack(episode["actions"]),
+                      "rewards": np.asarray(episode["rewards"], np.float32),
+                      "terminated": ended & terminated, "truncated": ended & (not terminated)}
+            if self.writer.achievements:
+                arrays["achievements"] = np.stack(episode["counts"])
+            self.writer.write(arrays, seed=episode["seed"])
 
         def reset(self):
             obs = self.venv.reset()
@@ -237,6 +240,8 @@ def _episode_recorder_class():
                 episode["frames"].append(np.array(infos[i]["terminal_observation"] if dones[i] else obs[i]))
                 episode["rewards"].append(float(rewards[i]))
                 episode["return"] += float(rewards[i])
+                if self.writer.achievements:
+                    episode["counts"].append(np.asarray(infos[i]["achievement_counts"], np.int32))
                 if dones[i]:
                     terminated = not infos[i].get("TimeLimit.truncated", False)
                     self._write(i, terminated)
@@ -380,7 +385,8 @@ def collect_phase(run: LoopRun, iteration: int) -> dict:
                            frame_size=(config.frame_size, config.frame_size), action_space=venv.action_space,
                            fps=int(venv.get_attr("metadata")[0].get("render_fps", 15)),
                            policy={"name": "sb3", "algorithm": "PPO", "loop_iteration": iteration},
-                           extra={"game_kwargs": config.game_kwargs, "loop_seed": seed})
+                           extra={"game_kwargs": config.game_kwargs, "loop_seed": seed},
+                           achievements=CRAFTER_ACHIEVEMENTS if config.game == "crafter" else None)
     recorder = _episode_recorder_class()(venv, writer)
     try:
         env = VecMonitor(recorder)

@@ -10,13 +10,9 @@ from __future__ import annotations
 import math
 from typing import Iterable, Mapping
 
-# crafter 1.8.3 `crafter.constants.achievements` (sorted names from its data.yaml); a test checks they agree.
-CRAFTER_ACHIEVEMENTS: tuple[str, ...] = (
-    "collect_coal", "collect_diamond", "collect_drink", "collect_iron", "collect_sapling", "collect_stone",
-    "collect_wood", "defeat_skeleton", "defeat_zombie", "eat_cow", "eat_plant", "make_iron_pickaxe",
-    "make_iron_sword", "make_stone_pickaxe", "make_stone_sword", "make_wood_pickaxe", "make_wood_sword",
-    "place_furnace", "place_plant", "place_stone", "place_table", "wake_up",
-)
+# crafter 1.8.3 `crafter.constants.achievements` (sorted names from its data.yaml; a test checks they agree), the
+# order datasets record their counters in
+from world_env.games.crafter_game import CRAFTER_ACHIEVEMENTS
 
 
 def unlocked(achievements: Mapping[str, float] | Iterable[str]) -> set[str]:

@@ -46,6 +46,9 @@ PREVIEW_DIR = "previews"
 EPISODE_PREFIX = "episode_"
 TMP_MARKER = ".tmp"
 ARRAY_KEYS = ("frames", "actions", "rewards", "terminated", "truncated", "is_first")
+# Arrays a dataset stores only where its meta.json declares them: ``achievements`` (L+1, E) int32, the game's
+# cumulative achievement counters after each step, E = len(meta["achievements"]) (their names, in order).
+OPTIONAL_KEYS = ("achievements",)
 FLAG_KEYS = ("terminated", "truncated", "is_first")
 VERIFY_LEVELS = ("none", "shape", "checksum")
 SPLITS = ("all", "train", "val")
@@ -60,10 +63,12 @@ class DatasetError(ValueError):
 ArraySpec = tuple[tuple[int, ...], np.dtype]  # per-step shape and dtype of one stored array
 
 
-def array_specs(frame_size: tuple[int, int], action_space: gymnasium.Space) -> dict[str, ArraySpec]:
-    """Per-step ``(shape, dtype)`` of every stored array (the leading ``L + 1`` step axis excluded)."""
+def array_specs(frame_size: tuple[int, int], action_space: gymnasium.Space,
+                achievements: int = 0) -> dict[str, ArraySpec]:
+    """Per-step ``(shape, dtype)`` of every stored array (the leading ``L + 1`` step axis excluded); with
+    ``achievements = E > 0`` also the optional ``achievements`` counters."""
     height, width = frame_size
-    return {
+    specs = {
         "frames": ((height, width, 3), np.dtype(np.uint8)),
         "actions": action_array_spec(action_space),
         "rewards": ((), np.dtype(np.float32)),
@@ -71,6 +76,17 @@ def array_specs(frame_size: tuple[int, int], action_space: gymnasium.Space) -> d
         "truncated": ((), np.dtype(np.bool_)),
         "is_first": ((), np.dtype(np.bool_)),
     }
+    if achievements:
+        specs["achievements"] = ((int(achievements),), np.dtype(np.int32))
+    return specs
+
+
+def achievement_names(meta: Mapping[str, Any]) -> list[str]:
+    """The achievement counters a dataset's ``meta.json`` declares (``[]``: the dataset stores none)."""
+    names = meta.get("achievements") or []
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names) or len(set(names)) != len(names):
+        raise DatasetError(f"meta.json 'achievements' must be a list of distinct names, got {names!r}")
+    return names
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -78,21 +94,25 @@ def array_specs(frame_size: tuple[int, int], action_space: gymnasium.Space) -> d
 
 
 def validate_episode(
-    episode: Mapping[str, Any], frame_size: tuple[int, int], action_space: gymnasium.Space
+    episode: Mapping[str, Any], frame_size: tuple[int, int], action_space: gymnasium.Space, achievements: int = 0
 ) -> dict[str, np.ndarray]:
     """Check one episode against the format and return it as contiguous arrays of the stored dtypes.
 
     ``is_first`` may be omitted (it is derived). Integer actions are widened to int64, real rewards to float32 and
-    Box actions to float32; frames must already be uint8 and flags bool. Raises ``ValueError`` naming the problem.
+    Box actions to float32; frames must already be uint8 and flags bool. A dataset with ``achievements = E``
+    counters needs an ``achievements`` array ``(L+1, E)`` of non-negative integers that never decrease (cumulative
+    counts). Raises ``ValueError`` naming the problem.
     """
-    specs = array_specs(frame_size, action_space)
-    required = [key for key in ARRAY_KEYS if key != "is_first"]
+    specs = array_specs(frame_size, action_space, achievements)
+    keys = list(specs)
+    required = [key for key in keys if key != "is_first"]
     missing = [key for key in required if key not in episode]
     if missing:
-        raise ValueError(f"episode is missing arrays {missing}; expected {list(ARRAY_KEYS)}")
-    unknown = sorted(set(episode) - set(ARRAY_KEYS))
+        raise ValueError(f"episode is missing arrays {missing}; expected {keys}")
+    unknown = sorted(set(episode) - set(keys))
     if unknown:
-        raise ValueError(f"episode has unknown arrays {unknown}; expected {list(ARRAY_KEYS)}")
+        raise ValueError(f"episode has unknown arrays {unknown}; expected {keys}"
+                         + (" (this dataset declares no achievement counters)" if "achievements" in unknown else ""))
     arrays = {key: np.asarray(value) for key, value in episode.items()}
     steps = arrays["frames"].shape[0] if arrays["frames"].ndim > 0 else 0
     if steps < 1:
@@ -104,13 +124,19 @@ def validate_episode(
         raise ValueError(f"episode arrays disagree on the number of steps (L + 1): {lengths}")
 
     out: dict[str, np.ndarray] = {}
-    for key in ARRAY_KEYS:
+    for key in keys:
         array = arrays[key]
         shape, dtype = specs[key]
         if array.shape[1:] != shape:
             raise ValueError(f"episode {key!r} has per-step shape {array.shape[1:]}, expected {shape}")
         if key == "frames" and array.dtype != np.uint8:
             raise ValueError(f"episode 'frames' must be uint8, got {array.dtype}")
+        if key == "achievements":
+            if not np.issubdtype(array.dtype, np.integer):
+                raise ValueError(f"episode 'achievements' must be integer counters, got {array.dtype}")
+            if array.size and (array.min() < 0 or np.any(np.diff(array.astype(np.int64), axis=0) < 0)):
+                raise ValueError("episode 'achievements' must be non-negative cumulative counters that never "
+                                 "decrease from one step to the next")
         if key in FLAG_KEYS and array.dtype != np.bool_:
             raise ValueError(f"episode {key!r} must be bool, got {array.dtype}")
         real = np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)
@@ -165,9 +191,10 @@ def _check_read_actions(shard: Path, actions: np.ndarray, first_step: int, space
 
 
 def episode_checksum(arrays: Mapping[str, np.ndarray]) -> str:
-    """``"blake2b:<hex>"`` over every stored array's key, dtype, shape and bytes (in `ARRAY_KEYS` order)."""
+    """``"blake2b:<hex>"`` over every stored array's key, dtype, shape and bytes (in `ARRAY_KEYS` order, then the
+    optional arrays present)."""
     digest = hashlib.blake2b(digest_size=20)
-    for key in ARRAY_KEYS:
+    for key in (*ARRAY_KEYS, *(k for k in OPTIONAL_KEYS if k in arrays)):
         array = arrays[key]
         digest.update(f"{key}:{array.dtype.str}:{tuple(array.shape)};".encode())
         digest.update(memoryview(np.ascontiguousarray(array).reshape(-1).view(np.uint8)))
@@ -307,7 +334,7 @@ def read_episode(shard: PathLike, *, verify: bool = True) -> dict[str, np.ndarra
         with open(shard / "meta.json") as handle:
             td_meta = json.load(handle)
         specs = {}
-        for key in ARRAY_KEYS:
+        for key in (*ARRAY_KEYS, *(k for k in OPTIONAL_KEYS if k in td_meta)):
             entry = td_meta[key]
             dtype = torch.empty(0, dtype=getattr(torch, entry["dtype"].removeprefix("torch."))).numpy().dtype
             specs[key] = (tuple(entry["shape"][1:]), dtype)
@@ -361,11 +388,13 @@ class EpisodeWriter:
         fps: int,
         policy: dict,
         extra: dict | None = None,
+        achievements: list[str] | tuple[str, ...] | None = None,
     ) -> None:
         self.root = Path(root)
         self.frame_size = (int(frame_size[0]), int(frame_size[1]))
         self.action_space = action_space
-        self._specs = array_specs(self.frame_size, action_space)
+        self.achievements = [str(name) for name in achievements or ()]
+        self._specs = array_specs(self.frame_size, action_space, len(self.achievements))
         wanted = {
             "game": str(game),
             "frame_size": list(self.frame_size),
@@ -374,6 +403,8 @@ class EpisodeWriter:
             "policy": json.loads(json.dumps(policy)),
             "extra": json.loads(json.dumps(extra or {})),
         }
+        if self.achievements:
+            wanted["achievements"] = list(self.achievements)
         meta_path = self.root / META_NAME
         if meta_path.exists():
             try:
@@ -390,6 +421,11 @@ class EpisodeWriter:
                         f"{self.root} holds a dataset with {key}={self.meta.get(key)!r}, not {value!r}; "
                         "write to a new folder"
                     )
+            if self.meta.get("achievements", []) != self.achievements:
+                raise ValueError(
+                    f"{self.root} holds a dataset with achievements={self.meta.get('achievements', [])!r}, not "
+                    f"{self.achievements!r}; write to a new folder"
+                )
             self._recover()
         else:
             self.root.mkdir(parents=True, exist_ok=True)
@@ -424,7 +460,7 @@ class EpisodeWriter:
         ``episode`` maps `ARRAY_KEYS` (``is_first`` optional) to arrays of ``L + 1`` steps. Invalid episodes raise
         ``ValueError`` before anything is written. ``preview`` also writes ``previews/<name>.mp4``.
         """
-        arrays = validate_episode(episode, self.frame_size, self.action_space)
+        arrays = validate_episode(episode, self.frame_size, self.action_space, len(self.achievements))
         from tensordict import TensorDict
 
         name = f"{EPISODE_PREFIX}{self._next_index():06d}"
@@ -508,7 +544,7 @@ class EpisodeWriter:
             try:
                 info = _read_shard_info(shard)
                 arrays = read_episode(shard, verify=True)
-                validate_episode(arrays, self.frame_size, self.action_space)
+                validate_episode(arrays, self.frame_size, self.action_space, len(self.achievements))
             except (DatasetError, ValueError):
                 shutil.rmtree(shard, ignore_errors=True)
                 continue
@@ -599,7 +635,8 @@ class EpisodeDataset(torch.utils.data.Dataset):
             self._frame_size = (int(self._meta["frame_size"][0]), int(self._meta["frame_size"][1]))
         except (ValueError, TypeError, IndexError) as error:
             raise DatasetError(f"{self.root / META_NAME}: {error}") from None
-        self._specs = array_specs(self._frame_size, self._action_space)
+        self._achievements = achievement_names(self._meta)
+        self._specs = array_specs(self._frame_size, self._action_space, len(self._achievements))
 
         entries = {e["name"]: e for e in self._meta["episodes"]}
         train, val = split_episodes(list(entries), val_fraction)
@@ -662,6 +699,12 @@ class EpisodeDataset(torch.utils.data.Dataset):
         """The seed each episode of this split was recorded with (``None`` where none was stored)."""
         return [None if e.get("seed") is None else int(e["seed"]) for e in self._entries]
 
+    @property
+    def achievements(self) -> list[str]:
+        """Names of the achievement counters every episode stores (``[]``: none); `episode` and `read_steps` then
+        also return ``achievements`` ``(T, E)`` int32. Windows (training) carry only `ARRAY_KEYS`."""
+        return list(self._achievements)
+
     # -- access ---------------------------------------------------------------------------------------------
 
     def __len__(self) -> int:
@@ -673,11 +716,11 @@ class EpisodeDataset(torch.utils.data.Dataset):
             raise IndexError(f"episode index {index} out of range for {self.num_episodes} episodes")
         k = index % self.num_episodes
         if k in self._in_memory:
-            return {key: torch.from_numpy(self._in_memory[k][key].copy()) for key in ARRAY_KEYS}
+            return {key: torch.from_numpy(self._in_memory[k][key].copy()) for key in self._specs}
         shard = self.root / self._entries[k]["name"]
         arrays = _read_shard(shard, int(self._steps[k]), self._specs)
         _check_read_actions(shard, arrays["actions"], 0, self._action_space)
-        return {key: torch.from_numpy(arrays[key]) for key in ARRAY_KEYS}
+        return {key: torch.from_numpy(arrays[key]) for key in self._specs}
 
     def read_steps(self, index: int, start: int, stop: int) -> dict[str, torch.Tensor]:
         """Steps ``start:stop`` of episode ``index`` of this split (every array, ``stop - start`` rows), reading only
@@ -689,9 +732,9 @@ class EpisodeDataset(torch.utils.data.Dataset):
         if not 0 <= start < stop <= steps:
             raise IndexError(f"steps {start}:{stop} out of range for episode {index} of {steps} steps")
         if k in self._in_memory:
-            return {key: torch.from_numpy(self._in_memory[k][key][start:stop].copy()) for key in ARRAY_KEYS}
+            return {key: torch.from_numpy(self._in_memory[k][key][start:stop].copy()) for key in self._specs}
         shard = self.root / self._entries[k]["name"]
-        return {key: torch.from_numpy(_read_rows(shard, key, self._specs[key], start, stop)) for key in ARRAY_KEYS}
+        return {key: torch.from_numpy(_read_rows(shard, key, self._specs[key], start, stop)) for key in self._specs}
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         index = int(index)
@@ -853,6 +896,12 @@ class EpisodeDatasets(torch.utils.data.ConcatDataset):
     @property
     def episode_seeds(self) -> list[int | None]:
         return [seed for d in self.datasets for seed in d.episode_seeds]
+
+    @property
+    def achievements(self) -> list[str]:
+        """The achievement counters of the folders when they all store the same ones, else ``[]``."""
+        names = self.datasets[0].achievements
+        return names if all(d.achievements == names for d in self.datasets) else []
 
     def read_steps(self, index: int, start: int, stop: int) -> dict[str, torch.Tensor]:
         """As `EpisodeDataset.read_steps`, episodes numbered over the folders in order."""

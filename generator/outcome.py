@@ -17,6 +17,12 @@ action between them, and gives reward-class logits and a termination logit.
   Transitions with a nonzero reward or a termination are drawn with share `event_fraction` and weighted back by
   their natural frequency, so the rare classes are seen often and the probabilities stay calibrated (the dream
   samples from them).
+- Achievements pay once per episode (Crafter: +1 the first time each of its 22 counters rises, whatever the frames
+  show later). That is not a function of two frames, so a model trained on recorded achievement counters
+  (`OutcomeConfig.events`: their names; the dataset's ``achievements`` array) also reads *which* counter the
+  transition raised (an event class: none, or one of them), and its reward classes learn the rest of the reward (the
+  health change). The dream keeps each row's unlocked set (`pay_once`): an event pays `unlock_reward` only where its
+  achievement is not unlocked yet in that row's episode, as the game does, so an agent cannot farm one achievement.
 - A model is tied to its codec: it holds the codebook it was trained on, and `WorldModel.from_pretrained` refuses
   an outcome model whose codebook differs from the world model's. Attached to a world model with
   `nextframe export-model --outcome <run>/model` (saved as ``outcome.safetensors`` beside the DiT).
@@ -49,10 +55,18 @@ class OutcomeConfig:
     dim: int = 64
     depth: int = 2
     heads: int = 4
+    # achievement counters whose rises the model reads (names, the dataset's order); () : no event head, every
+    # reward is read off the frames alone
+    events: tuple[str, ...] = ()
+    unlock_reward: float = 1.0  # what the game pays the first time an achievement is unlocked in an episode
 
     def __post_init__(self):
         self.grid = (int(self.grid[0]), int(self.grid[1]))
         self.reward_values = tuple(float(v) for v in self.reward_values)
+        self.events = tuple(str(e) for e in self.events)
+        self.unlock_reward = float(self.unlock_reward)
+        if len(set(self.events)) != len(self.events):
+            raise ValueError(f"events must be distinct achievement names, got {self.events}")
         if self.codes < 1 or min(self.grid) < 1:
             raise ValueError(f"an outcome model needs codes >= 1 and a grid of at least 1x1, got codes={self.codes}, "
                              f"grid={self.grid}")
@@ -68,12 +82,14 @@ class OutcomeConfig:
     def to_dict(self) -> dict:
         data = asdict(self)
         data["grid"], data["reward_values"] = list(self.grid), list(self.reward_values)
+        data["events"] = list(self.events)
         return data
 
 
 class OutcomeLogits(NamedTuple):
-    reward_logits: torch.Tensor  # (B, R)
+    reward_logits: torch.Tensor  # (B, R); with an event head: the reward besides achievements (health)
     termination_logit: torch.Tensor  # (B,)
+    event_logits: torch.Tensor | None = None  # (B, 1 + E): no counter rose, or counter e - 1 rose
 
 
 class OutcomeModel(nn.Module):
@@ -98,7 +114,7 @@ class OutcomeModel(nn.Module):
                                            norm_first=True)
         self.encoder = nn.TransformerEncoder(layer, config.depth, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(d)
-        self.head = nn.Linear(d, len(config.reward_values) + 1)
+        self.head = nn.Linear(d, len(config.reward_values) + 1 + (len(config.events) + 1 if config.events else 0))
 
     def forward(self, before: torch.Tensor, after: torch.Tensor, actions: torch.Tensor,
                 has_action: torch.Tensor | None = None) -> OutcomeLogits:
@@ -114,12 +130,25 @@ class OutcomeModel(nn.Module):
             has_action = torch.ones(b, dtype=torch.bool, device=tiles.device)
         action = self.action_embed(actions[:, None], has_action[:, None])  # (B, 1, D)
         x = torch.cat([self.summary.expand(b, 1, -1), action.to(tiles.dtype), tiles], dim=1)
-        logits = self.head(self.norm(self.encoder(x)[:, 0])).float()  # (B, R + 1)
-        return OutcomeLogits(logits[:, :-1], logits[:, -1])
+        logits = self.head(self.norm(self.encoder(x)[:, 0])).float()  # (B, R + 1 [+ 1 + E])
+        r = len(self.config.reward_values)
+        return OutcomeLogits(logits[:, :r], logits[:, r], logits[:, r + 1:] if self.config.events else None)
 
     def reward(self, logits: OutcomeLogits) -> torch.Tensor:
-        """Expected reward `(B,)` of the class probabilities."""
+        """Expected reward `(B,)` of the class probabilities (with an event head: of `pay_once`'s paid classes)."""
         return logits.reward_logits.softmax(-1) @ self.reward_values
+
+    def pay_once(self, logits: OutcomeLogits, unlocked: torch.Tensor | None) -> OutcomeLogits:
+        """What the game pays for this transition given each row's unlocked achievements `(B, E)` bool (None: none
+        unlocked yet): the reward classes with P(a new unlock) moved to the class of `unlock_reward`, so the expected
+        reward and the event figures of reward-class logits hold. Models without an event head pass through."""
+        if logits.event_logits is None:
+            return logits
+        new = unlock_probability(logits.event_logits, unlocked)  # (B,)
+        probs = logits.reward_logits.float().softmax(-1) * (1 - new)[:, None]
+        index = int((self.reward_values - self.config.unlock_reward).abs().argmin())
+        probs[:, index] += new
+        return logits._replace(reward_logits=probs.clamp_min(1e-12).log())
 
     def classes(self, rewards: torch.Tensor) -> torch.Tensor:
         """Class of each reward (`generator.train.reward_classes`: the nearest of `reward_values`)."""
@@ -129,6 +158,36 @@ class OutcomeModel(nn.Module):
 
     def config_dict(self) -> dict:
         return {"kind": KIND, "outcome": self.config.to_dict()}
+
+
+def unlock_probability(event_logits: torch.Tensor, unlocked: torch.Tensor | None) -> torch.Tensor:
+    """P(the transition unlocks an achievement not yet unlocked) `(B,)` of event logits `(B, 1 + E)` and the
+    unlocked set `(B, E)` bool (None: nothing unlocked)."""
+    probs = event_logits.float().softmax(-1)[:, 1:]
+    if unlocked is not None:
+        probs = probs * (~unlocked.bool()).float()
+    return probs.sum(-1)
+
+
+def draw_events(event_logits: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """Each row's event class `(B,)` (0: none, e: counter e - 1 rose) by the inverse CDF of one uniform per row."""
+    cumulative = event_logits.double().softmax(-1).cpu().cumsum(-1)
+    return torch.searchsorted(cumulative, uniforms.double().cpu()[:, None]).squeeze(-1).clamp_max(
+        cumulative.shape[-1] - 1)
+
+
+def event_labels(counts: torch.Tensor, rewards: torch.Tensor, unlock_reward: float) -> dict[str, torch.Tensor]:
+    """Labels of the `L` transitions of an episode from its cumulative achievement counters `(L + 1, E)` and rewards
+    `(L + 1,)`: ``event`` `(L,)` (0: no counter rose, else 1 + the first that did), ``unlocked`` `(L, E)` (unlocked
+    before the transition), ``new`` `(L,)` (it unlocked one) and ``rest`` `(L,)` (its reward less `unlock_reward`
+    for a new unlock: the health change, in Crafter)."""
+    counts = counts.long()
+    rose = counts[1:] > counts[:-1]  # (L, E)
+    event = torch.where(rose.any(-1), rose.float().argmax(-1) + 1, torch.zeros_like(rose[:, 0], dtype=torch.long))
+    unlocked = counts[:-1] > 0
+    new = ((counts[1:] > 0) & ~unlocked).any(-1)
+    return {"event": event, "unlocked": unlocked, "new": new,
+            "rest": rewards[1:].float() - unlock_reward * new.float()}
 
 
 def event_probabilities(reward_logits: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -181,37 +240,50 @@ def load_outcome(directory: str | Path, device: str | torch.device = "cpu") -> O
 @dataclass
 class Transitions:
     """Real transitions as codes: `before`/`after` `(M, N)` int16, `actions` `(M, ...)`, `rewards` `(M,)`,
-    `terminated` `(M,)` bool."""
+    `terminated` `(M,)` bool; from datasets that record achievement counters (`achievements`: their names) also
+    `event_labels`' ``event`` `(M,)`, ``unlocked`` `(M, E)` and ``rest`` `(M,)`."""
 
     before: torch.Tensor
     after: torch.Tensor
     actions: torch.Tensor
     rewards: torch.Tensor
     terminated: torch.Tensor
+    event: torch.Tensor | None = None
+    unlocked: torch.Tensor | None = None
+    rest: torch.Tensor | None = None
+    achievements: tuple[str, ...] = ()
 
     def __len__(self) -> int:
         return len(self.rewards)
 
     def batch(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"before": self.before[index].long(), "after": self.after[index].long(), "actions": self.actions[index],
-                "rewards": self.rewards[index], "terminated": self.terminated[index]}
+        out = {"before": self.before[index].long(), "after": self.after[index].long(), "actions": self.actions[index],
+               "rewards": self.rewards[index], "terminated": self.terminated[index]}
+        if self.event is not None:
+            out.update(event=self.event[index], unlocked=self.unlocked[index], rest=self.rest[index])
+        return out
 
     def events(self) -> torch.Tensor:
-        """`(M,)` bool: transitions with a nonzero reward or a termination."""
-        return (self.rewards != 0) | self.terminated
+        """`(M,)` bool: transitions with a nonzero reward, a termination or (where recorded) an achievement event."""
+        flags = (self.rewards != 0) | self.terminated
+        return flags if self.event is None else flags | (self.event > 0)
 
 
 @torch.no_grad()
 def dataset_transitions(codec, data: str | Path | list, split: str, val_fraction: float = 0.1,
-                        chunk: int = 512, progress: bool = False) -> Transitions:
+                        chunk: int = 512, progress: bool = False, events: bool = True,
+                        unlock_reward: float = 1.0) -> Transitions:
     """Every transition (not an episode's first step) of `data`'s `split`, its frames encoded as the dream would
-    show them (`codec.encode`, then `codec.indices`)."""
+    show them (`codec.encode`, then `codec.indices`). With `events` and datasets that all record the same
+    achievement counters, also their event labels (`event_labels`)."""
     from tqdm.auto import tqdm
 
     from generator.data import open_datasets
 
     dataset = open_datasets(data, split=split, val_fraction=val_fraction)
-    parts = {key: [] for key in ("before", "after", "actions", "rewards", "terminated")}
+    names = tuple(getattr(dataset, "achievements", [])) if events else ()
+    keys = ("before", "after", "actions", "rewards", "terminated") + (("event", "unlocked", "rest") if names else ())
+    parts = {key: [] for key in keys}
     lengths = dataset.episode_lengths
     for k in tqdm(range(dataset.num_episodes), disable=not progress, desc=f"encoding {split} transitions"):
         episode = dataset.read_steps(k, 0, lengths[k] + 1)
@@ -223,9 +295,13 @@ def dataset_transitions(codec, data: str | Path | list, split: str, val_fraction
         parts["actions"].append(episode["actions"][1:][keep])
         parts["rewards"].append(episode["rewards"][1:][keep].float())
         parts["terminated"].append(episode["terminated"][1:][keep].bool())
+        if names:
+            labels = event_labels(episode["achievements"], episode["rewards"], unlock_reward)
+            for key in ("event", "unlocked", "rest"):
+                parts[key].append(labels[key][keep])
     if not parts["rewards"]:
         raise ValueError(f"{data}: the {split} split has no episodes")
-    return Transitions(**{key: torch.cat(value) for key, value in parts.items()})
+    return Transitions(**{key: torch.cat(value) for key, value in parts.items()}, achievements=names)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -247,6 +323,9 @@ class OutcomeTrainConfig:
     dim: int = 64
     depth: int = 2
     heads: int = 4
+    # read which achievement counter each transition raised, where the data records them (docs/data-format.md):
+    # the dream then pays each achievement once per episode, as the game does (`OutcomeModel.pay_once`)
+    events: bool = True
     val_fraction: float = 0.1
     eval_every: int = 1000
     device: str = "cpu"
@@ -278,34 +357,55 @@ def draw_transitions(events: torch.Tensor, batch_size: int, event_fraction: floa
 
 
 def outcome_loss(model: OutcomeModel, batch: dict[str, torch.Tensor], weights: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """Weighted cross-entropies of the reward classes (with an event head: of the reward besides a new unlock),
+    the termination and the event class."""
     logits = model(batch["before"], batch["after"], batch["actions"])
-    reward = F.cross_entropy(logits.reward_logits, model.classes(batch["rewards"]), reduction="none")
-    termination = F.binary_cross_entropy_with_logits(logits.termination_logit, batch["terminated"].float(),
-                                                     reduction="none")
-    loss = ((reward + termination) * weights).sum() / weights.sum()
+    if logits.event_logits is not None and "event" not in batch:
+        raise ValueError("an outcome model with an event head trains on data with achievement counters")
+    target = batch["rewards"] if logits.event_logits is None else batch["rest"]
+    terms = {"reward": F.cross_entropy(logits.reward_logits, model.classes(target), reduction="none"),
+             "termination": F.binary_cross_entropy_with_logits(logits.termination_logit, batch["terminated"].float(),
+                                                               reduction="none")}
+    if logits.event_logits is not None:
+        terms["event"] = F.cross_entropy(logits.event_logits, batch["event"].long(), reduction="none")
+    loss = (sum(terms.values()) * weights).sum() / weights.sum()
     with torch.no_grad():
-        parts = {"reward": float((reward * weights).sum() / weights.sum()),
-                 "termination": float((termination * weights).sum() / weights.sum())}
+        parts = {key: float((term * weights).sum() / weights.sum()) for key, term in terms.items()}
     return loss, parts
 
 
 @torch.no_grad()
 def evaluate_outcome(model: OutcomeModel, data: Transitions, batch_size: int = 2048) -> dict:
     """Precision/recall on `data`: positive rewards (P(reward > 0) > 0.5), achievements (P(reward > 0.5) > 0.5) and
-    terminations (logit > 0); the same events `agents.evaluation.fidelity.outcomes_on_real` reports."""
+    terminations (logit > 0); the same events `agents.evaluation.fidelity.outcomes_on_real` reports. A model with
+    an event head is scored on what it pays given the episode's real unlocked set (`OutcomeModel.pay_once`), and
+    also on the events themselves (``event``: a counter rose; ``event_class``: the share of real events whose
+    counter it names)."""
     model.eval()
     device = model.codebook.device
-    predicted = {"positive": [], "achievement": [], "termination": []}
+    with_events = model.config.events and data.event is not None
+    predicted = {"positive": [], "achievement": [], "termination": [], **({"event": []} if with_events else {})}
+    named = []
     for start in range(0, len(data), batch_size):
         batch = {k: v.to(device) for k, v in data.batch(torch.arange(start, min(start + batch_size, len(data)))).items()}
         logits = model(batch["before"], batch["after"], batch["actions"])
+        if with_events:
+            event = logits.event_logits.argmax(-1)
+            predicted["event"].append((event > 0).cpu())
+            named.append((event == batch["event"])[batch["event"] > 0].cpu())
+        logits = model.pay_once(logits, batch.get("unlocked"))
         positive, achievement = event_probabilities(logits.reward_logits, model.reward_values)
         predicted["positive"].append((positive > 0.5).cpu())
         predicted["achievement"].append((achievement > 0.5).cpu())
         predicted["termination"].append((logits.termination_logit > 0).cpu())
-    real = {"positive": data.rewards > 0, "achievement": data.rewards > 0.5, "termination": data.terminated}
-    return {("termination" if key == "termination" else f"reward_{key}"):
-            precision_recall(torch.cat(predicted[key]), real[key]) for key in predicted}
+    real = {"positive": data.rewards > 0, "achievement": data.rewards > 0.5, "termination": data.terminated,
+            **({"event": data.event > 0} if with_events else {})}
+    report = {(key if key in ("termination", "event") else f"reward_{key}"):
+              precision_recall(torch.cat(predicted[key]), real[key]) for key in predicted}
+    if with_events:
+        hits = torch.cat(named)
+        report["event_class"] = float(hits.float().mean()) if len(hits) else None
+    return report
 
 
 def train_outcome(config: OutcomeTrainConfig) -> dict:
@@ -323,12 +423,16 @@ def train_outcome(config: OutcomeTrainConfig) -> dict:
                          "codes (a world model trained with the tiles codec)")
     codec = world.codec
     torch.manual_seed(config.seed)
-    train_set = dataset_transitions(codec, config.data, "train", config.val_fraction, progress=config.progress)
-    val_set = dataset_transitions(codec, config.data, "val", config.val_fraction, progress=config.progress)
+    train_set = dataset_transitions(codec, config.data, "train", config.val_fraction, progress=config.progress,
+                                    events=config.events)
+    val_set = dataset_transitions(codec, config.data, "val", config.val_fraction, progress=config.progress,
+                                  events=config.events)
+    if train_set.achievements != val_set.achievements:
+        raise ValueError(f"{config.data}: the train and val splits record different achievement counters")
     outcome_config = OutcomeConfig(
         codes=codec.config.codes, grid=tuple(codec.config.tile_grid), action_space=world.dit.config.action_space,
         reward_values=tuple(world.dit.config.reward_values) or OutcomeConfig.reward_values, dim=config.dim,
-        depth=config.depth, heads=config.heads,
+        depth=config.depth, heads=config.heads, events=train_set.achievements,
     )
     model = OutcomeModel(outcome_config, codec.codebook.cpu()).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -339,7 +443,7 @@ def train_outcome(config: OutcomeTrainConfig) -> dict:
                       max_minutes=config.max_minutes, ckpt_every=config.ckpt_every, log_every=config.log_every,
                       progress=config.progress, modules={"model": model}, optimizers={"optimizer": optimizer},
                       schedulers={"scheduler": scheduler}, generators={"data_generator": generator},
-                      fixed=("dim", "depth", "heads", "world"))
+                      fixed=("dim", "depth", "heads", "world", "events"))
     history = []
     with run:
         while run.running:
@@ -354,7 +458,8 @@ def train_outcome(config: OutcomeTrainConfig) -> dict:
             run.end_step({"loss": float(loss.detach()), **parts, "lr": scheduler.get_last_lr()[0]})
             if config.eval_every and run.step % config.eval_every == 0 and run.running:
                 val = evaluate_outcome(model, val_set)
-                scalars = {f"{key}_{rate}": val[key][rate] or 0.0 for key in val for rate in ("precision", "recall")}
+                scalars = {f"{key}_{rate}": val[key][rate] or 0.0 for key in val if isinstance(val[key], dict)
+                           for rate in ("precision", "recall")}
                 run.log(scalars, "val")
                 history.append({"step": run.step, **scalars})
     # Every process ends with the model as it stands (a chunk of a longer run, `stop_at`, saves one too: the RL loop

@@ -22,9 +22,11 @@ def open_loop_rollout(
     sampler_steps: int | None = None,
     prompt_has_action: torch.Tensor | None = None,
     prompt_steps: torch.Tensor | None = None,
+    prompt_unlocked: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Generate K frames per row after a real prompt; `prompt_steps` `(B,)` is the episode step of each row's first
-    prompt frame (the frame positions, which a model with a day clock reads; default 0).
+    prompt frame (the frame positions, which a model with a day clock reads; default 0); `prompt_unlocked` `(B, E)`
+    the achievements unlocked by the last prompt frame (outcome models with an event head; None: none).
 
     Args:
         world: a `generator.pretrained.WorldModel`.
@@ -51,10 +53,11 @@ def open_loop_rollout(
     actions = actions.to(device)
     outcome = getattr(world, "outcome", None)
     codes = codec.indices(latents[:, -1].float()) if outcome is not None else None  # the last prompt frame's tiles
+    unlocked = prompt_unlocked
     for i in range(k):
         out = advance_rows(dit, codec, sampling, cache, None, actions[:, i], [q + p + i for q in first], seeds,
-                           previous, sampler_steps, outcome=outcome, shown_codes=codes)
-        previous, codes = out["committed"], out["codes"]
+                           previous, sampler_steps, outcome=outcome, shown_codes=codes, unlocked=unlocked)
+        previous, codes, unlocked = out["committed"], out["codes"], out.get("unlocked")
         out_latents.append(out["latents"])
         frames.append(float_to_frames(codec.decode(out["latents"])))
         rewards.append(out["reward"])

@@ -293,6 +293,17 @@ def cache_context_frames(
 
 
 OUTCOME_STREAM = 0x0C7C0E  # outcome draws are seeded apart from the frame noise of the same (seed, position)
+EVENT_STREAM = 0x0E7E27  # and the achievement-event draw of an outcome model with an event head apart from both
+
+
+def row_uniforms(seeds: list[int], positions: list[int], stream: int, count: int) -> torch.Tensor:
+    """`count` uniforms per row `(R, count)` float64, from a generator seeded by `(seed, position, stream)` alone."""
+    generator = torch.Generator()
+    uniforms = []
+    for seed, position in zip(seeds, positions):
+        generator.manual_seed(mix_seed(seed, position, stream))
+        uniforms.append(torch.rand(count, generator=generator, dtype=torch.float64))
+    return torch.stack(uniforms) if uniforms else torch.zeros(0, count, dtype=torch.float64)
 
 
 def sample_outcomes(
@@ -304,12 +315,7 @@ def sample_outcomes(
 
     Reward-class models (`reward_logits` `(R, K)` over `reward_values` `(K,)`) sample a class and return its value;
     older models return their regressed `reward`. Termination is `Bernoulli(sigmoid(termination_logit))`."""
-    generator = torch.Generator()
-    uniforms = []
-    for seed, position in zip(seeds, positions):
-        generator.manual_seed(mix_seed(seed, position, OUTCOME_STREAM))
-        uniforms.append(torch.rand(2, generator=generator, dtype=torch.float64))
-    u = torch.stack(uniforms) if uniforms else torch.zeros(0, 2, dtype=torch.float64)  # (R, 2)
+    u = row_uniforms(seeds, positions, OUTCOME_STREAM, 2)  # (R, 2)
     if reward_logits is not None:
         cumulative = reward_logits.double().softmax(-1).cpu().cumsum(-1)  # (R, K)
         index = torch.searchsorted(cumulative, u[:, :1].contiguous()).squeeze(-1).clamp_max(cumulative.shape[-1] - 1)
@@ -370,6 +376,7 @@ def advance_rows(
     sampler_steps: int | None = None,
     outcome=None,
     shown_codes: torch.Tensor | None = None,
+    unlocked: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Advance `rows` of the cache by one frame each: generate it under `actions` `(R, ...)` at `positions`, snap it
     to what the codec represents (`codec.snap`: real tiles for the tile codec), commit it re-noised to the context
@@ -379,7 +386,11 @@ def advance_rows(
 
     With an `outcome` model (`generator.outcome.OutcomeModel`, tile codecs) and `shown_codes` `(R, N)`, the tile codes
     of each row's previous frame as it was shown, the reward and termination are read off the shown transition
-    instead of the DiT's outcome head, and `codes` `(R, N)` (the new frame's) is returned for the next step.
+    instead of the DiT's outcome head, and `codes` `(R, N)` (the new frame's) is returned for the next step. An outcome
+    model with an event head also draws which achievement counter the transition raised (`event` `(R,)`, from the
+    row's own `(seed, position)` stream) and pays `unlock_reward` only where that achievement is not in the row's
+    `unlocked` set `(R, E)` bool (None: nothing unlocked yet); the updated set is returned as `unlocked` (Crafter's
+    once-per-episode rule), and `reward` / `reward_logits` are those of what is paid (`OutcomeModel.pay_once`).
 
     Returns `latents` `(R, C, h, w)` (the frame shown), `reward` and `termination_logit` `(R,)` (the outcome head's
     expected reward and termination logit), `reward_logits` `(R, K)` for reward-class models (else None),
@@ -406,7 +417,8 @@ def advance_rows(
             raise ValueError("an outcome model reads the transition as shown: pass shown_codes=, the tile codes of "
                              "each row's previous frame")
         logits = outcome(shown_codes, codes, actions)
-        reward, termination_logit = outcome.reward(logits), logits.termination_logit
+        paid = outcome.pay_once(logits, unlocked)
+        reward, termination_logit = outcome.reward(paid), logits.termination_logit
         reward_logits, reward_values = logits.reward_logits, outcome.reward_values
     else:
         reward, termination_logit = out.reward[:, 0].float(), out.termination_logit[:, 0].float()
@@ -415,6 +427,20 @@ def advance_rows(
     sampled_reward, terminated = sample_outcomes(
         seeds, [int(q) for q in positions], reward, termination_logit, reward_logits, reward_values,
     )
+    extra = {}
+    if outcome is not None and logits.event_logits is not None:
+        from generator.outcome import draw_events
+
+        event = draw_events(logits.event_logits, row_uniforms(seeds, [int(q) for q in positions], EVENT_STREAM, 1)[:, 0])
+        held = torch.zeros(len(event), len(outcome.config.events), dtype=torch.bool) if unlocked is None \
+            else unlocked.bool().cpu().clone()
+        rows_with = torch.nonzero(event > 0).squeeze(-1)
+        new = torch.zeros(len(event), dtype=torch.bool)
+        new[rows_with] = ~held[rows_with, event[rows_with] - 1]
+        held[rows_with, event[rows_with] - 1] = True
+        sampled_reward = sampled_reward + outcome.config.unlock_reward * new.float()
+        reward_logits = paid.reward_logits
+        extra = {"event": event, "unlocked": held.to(device)}
     return {
         "latents": x,
         "reward": reward,
@@ -424,6 +450,7 @@ def advance_rows(
         "terminated": terminated,
         "committed": context_latents(x, noise[:, 1], sampling.context_noise),
         "codes": codes,
+        **extra,
     }
 
 

@@ -181,32 +181,46 @@ def test_rollout_outcomes_repeat_with_the_seed():
     assert {float(v) for r, _ in first for v in r} <= {-1.0, 0.0, 1.0}
 
 
-def scrolling_tile_game(root, textures, episodes=6, length=20, seed=0, policy="random"):
+def scrolling_tile_game(root, textures, episodes=6, length=20, seed=0, policy="random", achievements=False):
     """A 16x16 grid game: a 3x3 view of 5-px tiles over a random tile map; action 1 scrolls right, 2 down, 0 stays;
-    a reward of +1 when the view's centre tile is tile 0, and the last episode ends by termination."""
+    a reward of +1 when the view's centre tile is tile 0, and the last episode ends by termination.
+
+    With `achievements`, the game counts how often the centre became tile 0 and tile 1 (counters "saw_0", "saw_1",
+    recorded in the dataset) and pays +1 only the first time each counter rises in an episode, as Crafter does."""
     import gymnasium
 
     from generator.data import EpisodeWriter
 
     rng = np.random.default_rng(seed)
+    names = ["saw_0", "saw_1"] if achievements else None
     writer = EpisodeWriter(root, game="synthetic-tiles", frame_size=(16, 16), action_space=gymnasium.spaces.Discrete(3),
-                           fps=10, policy={"name": policy})
+                           fps=10, policy={"name": policy}, achievements=names)
     for e in range(episodes):
         world = torch.from_numpy(rng.integers(0, len(textures), size=(40, 40)))
         y, x = 0, 0
         ids, actions, rewards = [], [0], [0.0]
+        counts = [np.zeros(2, np.int32)]
         for i in range(length + 1):
             ids.append(world[y:y + 3, x:x + 3])
             if i < length:
                 a = int(rng.integers(0, 3))
                 x, y = x + (a == 1), y + (a == 2)
                 actions.append(a)
-                rewards.append(float(world[y + 1, x + 1] == 0))
+                centre = int(world[y + 1, x + 1])
+                count = counts[-1].copy()
+                if a and centre < 2:
+                    count[centre] += 1
+                new = bool(((count > 0) & (counts[-1] == 0)).any())
+                counts.append(count)
+                rewards.append(float(new) if achievements else float(centre == 0))
         terminated = np.zeros(length + 1, bool)
         terminated[-1] = e == episodes - 1
-        writer.write({"frames": tile_frames(torch.stack(ids), textures).numpy(), "actions": np.array(actions),
-                      "rewards": np.array(rewards, np.float32), "terminated": terminated,
-                      "truncated": ~terminated & (np.arange(length + 1) == length)}, seed=e)
+        episode = {"frames": tile_frames(torch.stack(ids), textures).numpy(), "actions": np.array(actions),
+                   "rewards": np.array(rewards, np.float32), "terminated": terminated,
+                   "truncated": ~terminated & (np.arange(length + 1) == length)}
+        if achievements:
+            episode["achievements"] = np.stack(counts)
+        writer.write(episode, seed=e)
     return root
 
 

@@ -49,32 +49,43 @@ def check_resume(writer: EpisodeWriter, seed: int, max_steps: int | None) -> Non
 class EpisodeBuffer:
     """Step-aligned arrays of one episode under construction (reset frame first, padding action/reward 0)."""
 
-    def __init__(self, frame: np.ndarray, action_shape: tuple[int, ...], action_dtype: np.dtype) -> None:
+    def __init__(self, frame: np.ndarray, action_shape: tuple[int, ...], action_dtype: np.dtype,
+                 achievements: int = 0) -> None:
         self.frames = [np.array(frame, copy=True)]
         self.actions = [np.zeros(action_shape, action_dtype)]
         self.rewards = [0.0]
         self.terminated = [False]
         self.truncated = [False]
+        # the game's cumulative achievement counters after each step (zero at reset), when it reports them
+        self.achievements = [np.zeros(achievements, np.int32)] if achievements else None
 
     @property
     def transitions(self) -> int:
         return len(self.frames) - 1
 
-    def add(self, action: Any, frame: np.ndarray, reward: float, terminated: bool, truncated: bool) -> None:
+    def add(self, action: Any, frame: np.ndarray, reward: float, terminated: bool, truncated: bool,
+            achievements: np.ndarray | None = None) -> None:
         self.actions.append(np.asarray(action))
         self.frames.append(np.array(frame, copy=True))
         self.rewards.append(float(reward))
         self.terminated.append(bool(terminated))
         self.truncated.append(bool(truncated))
+        if self.achievements is not None:
+            if achievements is None:
+                raise ValueError("the game reported no achievement counters for this step")
+            self.achievements.append(np.asarray(achievements, np.int32))
 
     def arrays(self, action_dtype: np.dtype) -> dict[str, np.ndarray]:
-        return {
+        arrays = {
             "frames": np.stack(self.frames),
             "actions": np.stack(self.actions).astype(action_dtype),
             "rewards": np.asarray(self.rewards, dtype=np.float32),
             "terminated": np.asarray(self.terminated, dtype=bool),
             "truncated": np.asarray(self.truncated, dtype=bool),
         }
+        if self.achievements is not None:
+            arrays["achievements"] = np.stack(self.achievements)
+        return arrays
 
 
 class ParkingEnv(gymnasium.Wrapper):
@@ -156,11 +167,13 @@ def collect(
     game_kwargs = dict(game_kwargs or {})
     probe = GameEnv(game, frame_size=frame_size, **game_kwargs)
     action_space, fps, game_name = probe.action_space, int(probe.metadata["render_fps"]), probe.game.name
+    achievements = list(getattr(probe.game, "achievement_names", ()))  # recorded where the game reports them
     probe.close()
     actor = make_policy(policy, action_space, num_workers, mean_repeat=mean_repeat, sb3_policy_path=sb3_policy_path)
     writer = EpisodeWriter(out, game=game_name, frame_size=frame_size, action_space=action_space, fps=fps,
                            policy=actor.describe(),
-                           extra={"game_kwargs": game_kwargs, "seed": seed, "max_steps": max_steps})
+                           extra={"game_kwargs": game_kwargs, "seed": seed, "max_steps": max_steps},
+                           achievements=achievements)
     check_resume(writer, seed, max_steps)
     first = writer.num_episodes
     todo = max(0, episodes - first)
@@ -185,11 +198,12 @@ def collect(
             actor.reset(i, seed + next_episode)
             next_episode += 1
         obs, _ = envs.reset(seed=seeds)
-        buffers = [EpisodeBuffer(obs[i], action_shape, action_dtype) for i in range(num_envs)]
+        buffers = [EpisodeBuffer(obs[i], action_shape, action_dtype, len(achievements)) for i in range(num_envs)]
 
         while any(j is not None for j in slot_episode):
             actions = actor.act(obs)
-            obs, rewards, terminated, truncated, _ = envs.step(actions)
+            obs, rewards, terminated, truncated, infos = envs.step(actions)
+            counts = infos.get("achievement_counts") if achievements else None
             stats["env_steps"] += num_envs
             reset_mask = np.zeros(num_envs, dtype=bool)
             reset_seeds: list[int | None] = [None] * num_envs
@@ -199,7 +213,8 @@ def collect(
                 if j is not None:
                     buffer = buffers[i]
                     capped = max_steps is not None and buffer.transitions + 1 >= max_steps
-                    buffer.add(actions[i], obs[i], rewards[i], terminated[i], truncated[i] or (capped and not done))
+                    buffer.add(actions[i], obs[i], rewards[i], terminated[i], truncated[i] or (capped and not done),
+                               None if counts is None else counts[i])
                     bar.update(1)
                     if done or capped:
                         finished[j] = buffer.arrays(action_dtype)
@@ -224,7 +239,7 @@ def collect(
                 reset_obs, _ = envs.reset(seed=reset_seeds, options={"reset_mask": reset_mask})
                 obs = np.where(reset_mask[:, None, None, None], reset_obs, obs)
                 for i in np.flatnonzero(reset_mask):
-                    buffers[i] = EpisodeBuffer(obs[i], action_shape, action_dtype)
+                    buffers[i] = EpisodeBuffer(obs[i], action_shape, action_dtype, len(achievements))
     finally:
         bar.close()
         envs.close()

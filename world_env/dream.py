@@ -46,6 +46,7 @@ class Speculated:
     terminated: bool  # sampled
     committed: torch.Tensor  # (C, h, w) the latent as cached: the next frame's previous frame
     codes: torch.Tensor | None  # (N,) its tile codes as shown, for a world with an outcome model (else None)
+    unlocked: torch.Tensor | None = None  # (E,) achievements unlocked after it (outcome models with an event head)
 
 
 class DreamCore:
@@ -94,6 +95,9 @@ class DreamCore:
         self.outcome = getattr(world, "outcome", None)
         self.codes = (torch.zeros(num_envs, world.codec.config.tile_grid[0] * world.codec.config.tile_grid[1],
                                   dtype=torch.long, device=self.device) if self.outcome is not None else None)
+        # An outcome model with an event head pays each achievement once per episode: each row's unlocked set.
+        events = len(self.outcome.config.events) if self.outcome is not None else 0
+        self.unlocked = torch.zeros(num_envs, events, dtype=torch.bool, device=self.device) if events else None
         self.stats = {"accepted": 0, "rejected": 0, "generated": 0, "speculated": 0, "speculating_steps": 0}
         # Background speculation runs on one non-daemon worker thread: the interpreter joins it at exit, where a
         # daemon thread would be killed inside a torch call and abort the process.
@@ -118,7 +122,8 @@ class DreamCore:
 
         prompts: frames `(R, P, H, W, 3)` uint8, actions `(R, P, ...)`, has_action `(R, P)` bool, and optionally
         first_step `(R,)`: the episode step of each clip's first frame (frame positions, the clock a model with a
-        day clock reads; default 0).
+        day clock reads; default 0) and unlocked `(R, E)` bool: the achievements its episode had unlocked by the
+        last prompt frame (outcome models with an event head pay only the others; default none).
         """
         self.wait()
         with self._autocast():
@@ -147,6 +152,12 @@ class DreamCore:
         )
         if self.codes is not None:
             self.codes[index] = self.world.codec.indices(latents[:, -1].float())
+        if self.unlocked is not None:
+            given = prompts.get("unlocked")
+            if given is not None and tuple(given.shape) != (len(rows), self.unlocked.shape[1]):
+                raise ValueError(f"prompt unlocked has shape {tuple(given.shape)}, expected ({len(rows)}, "
+                                 f"{self.unlocked.shape[1]}): one flag per achievement of the outcome model")
+            self.unlocked[index] = False if given is None else given.bool().to(self.device)
         return prompts["frames"][:, -1].to(self.device)
 
     # -- stepping --------------------------------------------------------------------------------------------
@@ -181,6 +192,8 @@ class DreamCore:
                 self.previous[row] = spec.committed
                 if self.codes is not None:
                     self.codes[row] = spec.codes
+                if self.unlocked is not None:
+                    self.unlocked[row] = spec.unlocked
                 self.stats["accepted"] += 1
             else:
                 if queue:
@@ -195,6 +208,7 @@ class DreamCore:
             out = self._advance(
                 fresh_rows, actions[fresh], [int(self.positions[row]) + 1 for row in fresh_rows],
                 self.previous[fresh_rows], None if self.codes is None else self.codes[fresh_rows],
+                None if self.unlocked is None else self.unlocked[fresh_rows],
             )
             if self.controller is not None:
                 self.controller.fresh_pass(len(fresh), time.perf_counter() - t0)
@@ -204,6 +218,8 @@ class DreamCore:
                 self.previous[rows[i]] = out["committed"][j]
                 if self.codes is not None:
                     self.codes[rows[i]] = out["codes"][j]
+                if self.unlocked is not None:
+                    self.unlocked[rows[i]] = out["unlocked"][j]
             self.stats["generated"] += len(fresh)
         for i, row in enumerate(rows):
             self.positions[row] += 1
@@ -224,19 +240,20 @@ class DreamCore:
                 "accepted": accepted}
 
     def _advance(self, rows: list[int], actions: torch.Tensor, positions: list[int], previous: torch.Tensor,
-                 codes: torch.Tensor | None) -> dict:
-        """Generate and commit one frame for each of `rows` at `positions` after `previous` latents (as cached) and
-        `codes` (their tiles as shown, for an outcome model), batched."""
+                 codes: torch.Tensor | None, unlocked: torch.Tensor | None = None) -> dict:
+        """Generate and commit one frame for each of `rows` at `positions` after `previous` latents (as cached),
+        `codes` (their tiles as shown, for an outcome model) and `unlocked` (their achievements, for an outcome
+        model with an event head), batched."""
         with self._autocast():
-            return self._advance_rows(rows, actions, positions, previous, codes)
+            return self._advance_rows(rows, actions, positions, previous, codes, unlocked)
 
     def _advance_rows(self, rows: list[int], actions: torch.Tensor, positions: list[int], previous: torch.Tensor,
-                      codes: torch.Tensor | None) -> dict:
+                      codes: torch.Tensor | None, unlocked: torch.Tensor | None = None) -> dict:
         # All rows in order: attend to the cache in place instead of gathering copies of it.
         index = None if rows == list(range(self.num_envs)) else torch.tensor(rows, device=self.device)
         out = advance_rows(self.world.dit, self.world.codec, self.world.sampling, self.cache, index, actions, positions,
                            [self.row_seeds[row] for row in rows], previous, self.sampler_steps,
-                           outcome=self.outcome, shown_codes=codes)
+                           outcome=self.outcome, shown_codes=codes, unlocked=unlocked)
         frames = float_to_frames(self.world.codec.decode(out["latents"]).float())  # (R, H, W, 3) uint8
         return {
             "frames": frames,
@@ -245,6 +262,7 @@ class DreamCore:
             "terminated": out["terminated"],
             "committed": out["committed"],
             "codes": out["codes"],
+            "unlocked": out.get("unlocked"),
         }
 
     @torch.no_grad()
@@ -259,12 +277,15 @@ class DreamCore:
             previous = torch.stack([self.queues[row][-1].committed if self.queues[row] else self.previous[row] for row in need])
             codes = None if self.codes is None else torch.stack(
                 [self.queues[row][-1].codes if self.queues[row] else self.codes[row] for row in need])
-            out = self._advance(need, actions, positions, previous, codes)
+            unlocked = None if self.unlocked is None else torch.stack(
+                [self.queues[row][-1].unlocked if self.queues[row] else self.unlocked[row] for row in need])
+            out = self._advance(need, actions, positions, previous, codes, unlocked)
             for j, row in enumerate(need):
                 self.queues[row].append(
                     Speculated(actions[j], out["frames"][j], float(out["reward"][j]), float(out["termination_logit"][j]),
                                bool(out["terminated"][j]), out["committed"][j],
-                               None if out["codes"] is None else out["codes"][j])
+                               None if out["codes"] is None else out["codes"][j],
+                               None if out["unlocked"] is None else out["unlocked"][j])
                 )
             self.stats["speculated"] += len(need)
 

@@ -207,6 +207,8 @@ class WorldModelVecEnv(VectorEnv):
             batch = {key: torch.stack([getattr(clips[j], key) for j in group])
                      for key in ("frames", "actions", "has_action")}  # (R, P, ...)
             batch["first_step"] = torch.tensor([clips[j].step - length + 1 for j in group])
+            if self.core.unlocked is not None and all(clips[j].unlocked is not None for j in group):
+                batch["unlocked"] = torch.stack([clips[j].unlocked for j in group])
             first[group] = self.core.reset_rows([rows[j] for j in group], [seeds[j] for j in group], batch)
         self.starts[rows] = [(clip.episode, clip.step) for clip in clips]
         return first

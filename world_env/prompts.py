@@ -38,6 +38,7 @@ class Clip:
     has_action: torch.Tensor
     episode: int
     step: int
+    unlocked: torch.Tensor | None = None  # (E,) bool: achievements the episode had unlocked by `step`, where recorded
 
 
 @runtime_checkable
@@ -113,7 +114,13 @@ class EpisodeList:
             raise ValueError(f"episode has {frames.shape[0]} frames but {actions.shape[0]} actions (both L + 1)")
         is_first = torch.zeros(frames.shape[0], dtype=torch.bool)
         is_first[0] = True
-        self._episodes.append({"frames": frames, "actions": actions, "is_first": is_first})
+        stored = {"frames": frames, "actions": actions, "is_first": is_first}
+        if episode.get("achievements") is not None:  # cumulative counters (L + 1, E): replay starts know what is unlocked
+            stored["achievements"] = torch.as_tensor(np.asarray(episode["achievements"]))
+            if stored["achievements"].shape[0] != frames.shape[0]:
+                raise ValueError(f"episode has {frames.shape[0]} frames but {stored['achievements'].shape[0]} rows "
+                                 "of achievement counters (both L + 1)")
+        self._episodes.append(stored)
         self._seeds.append(None if episode.get("seed") is None else int(episode["seed"]))
 
     @property
@@ -199,8 +206,9 @@ class ReplayStarts:
         """The real steps `step - P + 1 .. step` of `episode`, `P = min(burn_in, max_frames, step + 1)`."""
         frames = min(self.burn_in or max_frames, max_frames, step + 1)
         rows = self.episodes.read_steps(episode, step - frames + 1, step + 1)
+        unlocked = torch.as_tensor(rows["achievements"][-1]) > 0 if "achievements" in rows else None
         return Clip(torch.as_tensor(rows["frames"]), torch.as_tensor(rows["actions"]),
-                    ~torch.as_tensor(rows["is_first"]).bool(), episode, step)
+                    ~torch.as_tensor(rows["is_first"]).bool(), episode, step, unlocked)
 
     def clips(self, seeds: Sequence[int], max_frames: int) -> list[Clip]:
         return [self.clip(*self.start(seed), max_frames) for seed in seeds]

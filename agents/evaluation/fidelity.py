@@ -117,6 +117,9 @@ def outcomes_on_real(world: WorldModel, dataset: EpisodeDataset, max_windows: in
             t = latents.shape[1]
             if outcome is not None:  # the outcome model reads each transition's two frames
                 out = read_outcomes(outcome, codec, latents[0, :-1], latents[0, 1:], actions[0, 1:], has_action[0, 1:])
+                # what it pays given the episode's real unlocked set (event heads; `OutcomeModel.pay_once`)
+                unlocked = episode["achievements"][start:stop - 1] > 0 if "achievements" in episode else None
+                out = outcome.pay_once(out, None if unlocked is None else unlocked.to(world.device))
                 reward_logits, termination_logit = out.reward_logits, out.termination_logit
                 values = outcome.reward_values.cpu()
             else:

@@ -9,6 +9,17 @@ import numpy as np
 
 from world_env.games.base import check_frame_size
 
+# crafter's achievements in the order of `crafter.constants.achievements` (sorted by name); a dataset's
+# ``achievements`` counters follow it (docs/data-format.md).
+CRAFTER_ACHIEVEMENTS = (
+    "collect_coal", "collect_diamond", "collect_drink", "collect_iron", "collect_sapling", "collect_stone",
+    "collect_wood", "defeat_skeleton", "defeat_zombie", "eat_cow", "eat_plant", "make_iron_pickaxe",
+    "make_iron_sword", "make_stone_pickaxe", "make_stone_sword", "make_wood_pickaxe", "make_wood_sword",
+    "place_furnace", "place_plant", "place_stone", "place_table", "wake_up",
+)
+# crafter pays this once per episode for each achievement unlocked (and (health change) / 10 every step).
+CRAFTER_UNLOCK_REWARD = 1.0
+
 # crafter's own data.yaml order; index i is action i.
 CRAFTER_ACTIONS = (
     "noop", "move_left", "move_right", "move_up", "move_down", "do", "sleep", "place_stone", "place_table",
@@ -59,7 +70,8 @@ class CrafterGame:
     ``hash((seed, episode))``; we restart the episode counter); ``reset(None)`` continues to fresh worlds.
     ``step`` maps crafter's single ``done`` to ``terminated`` (the player died, ``info["discount"] == 0``)
     or ``truncated`` (``length`` steps reached). ``info`` is crafter's: ``achievements`` (22 counters),
-    ``inventory``, ``discount``, ``semantic``, ``player_pos``, ``reward``.
+    ``inventory``, ``discount``, ``semantic``, ``player_pos``, ``reward``, and ``achievement_counts``: the counters
+    as an int32 array in `achievement_names` order (what the collector records).
 
     ``fps`` defaults to 5, the rate crafter's own human-play GUI uses (``crafter/run_gui.py --fps``).
     """
@@ -80,6 +92,7 @@ class CrafterGame:
         self.fps = int(fps)
         self.action_space = gymnasium.spaces.Discrete(len(CRAFTER_ACTIONS))
         self.action_names = CRAFTER_ACTIONS
+        self.achievement_names = CRAFTER_ACHIEVEMENTS
         height, width = self.frame_size
         # crafter's `size` is (width, height): it draws a (size[0], size[1]) canvas and transposes it.
         self._env = _ordered_crafter_env()(
@@ -113,7 +126,8 @@ class CrafterGame:
         truncated = bool(done and not terminated)
         self._episode_over = terminated or truncated
         # crafter hands out the player's live position array; the caller keeps infos, so copy it.
-        info = {**info, "player_pos": np.array(info["player_pos"])}
+        info = {**info, "player_pos": np.array(info["player_pos"]),
+                "achievement_counts": np.array([info["achievements"][n] for n in CRAFTER_ACHIEVEMENTS], np.int32)}
         return frame, float(reward), terminated, truncated, info
 
     def close(self) -> None:
