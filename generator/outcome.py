@@ -59,6 +59,10 @@ class OutcomeConfig:
     # reward is read off the frames alone
     events: tuple[str, ...] = ()
     unlock_reward: float = 1.0  # what the game pays the first time an achievement is unlocked in an episode
+    # what the event class reads: "transition" (the frame before, the action and the frame after) or "action" (the
+    # frame before and the action only: what the game would do in the state the agent acted in, so a dream frame
+    # that draws an item from nowhere pays nothing; docs/results.md, "Achievements that pay once")
+    event_input: str = "transition"
 
     def __post_init__(self):
         self.grid = (int(self.grid[0]), int(self.grid[1]))
@@ -67,6 +71,8 @@ class OutcomeConfig:
         self.unlock_reward = float(self.unlock_reward)
         if len(set(self.events)) != len(self.events):
             raise ValueError(f"events must be distinct achievement names, got {self.events}")
+        if self.event_input not in ("transition", "action"):
+            raise ValueError(f"event_input must be 'transition' or 'action', got {self.event_input!r}")
         if self.codes < 1 or min(self.grid) < 1:
             raise ValueError(f"an outcome model needs codes >= 1 and a grid of at least 1x1, got codes={self.codes}, "
                              f"grid={self.grid}")
@@ -123,6 +129,17 @@ class OutcomeModel(nn.Module):
             raise ValueError(f"codes before {tuple(before.shape)} and after {tuple(after.shape)} must both be "
                              f"(B, {n}): one code per tile of the {self.config.grid} grid")
         before, after = before.long(), after.long()
+        logits = self._logits(before, after, actions, has_action)  # (B, R + 1 [+ 1 + E])
+        r = len(self.config.reward_values)
+        if not self.config.events:
+            return OutcomeLogits(logits[:, :r], logits[:, r])
+        if self.config.event_input == "action":  # the same network shown no change: what the action would do
+            events = self._logits(before, before, actions, has_action)[:, r + 1:]
+        else:
+            events = logits[:, r + 1:]
+        return OutcomeLogits(logits[:, :r], logits[:, r], events)
+
+    def _logits(self, before, after, actions, has_action):
         tiles = self.pair(torch.cat([self.code_embed(before), self.code_embed(after)], dim=-1))
         tiles = tiles + self.changed_embed((before != after).long()) + self.place  # (B, N, D)
         b = tiles.shape[0]
@@ -130,9 +147,7 @@ class OutcomeModel(nn.Module):
             has_action = torch.ones(b, dtype=torch.bool, device=tiles.device)
         action = self.action_embed(actions[:, None], has_action[:, None])  # (B, 1, D)
         x = torch.cat([self.summary.expand(b, 1, -1), action.to(tiles.dtype), tiles], dim=1)
-        logits = self.head(self.norm(self.encoder(x)[:, 0])).float()  # (B, R + 1 [+ 1 + E])
-        r = len(self.config.reward_values)
-        return OutcomeLogits(logits[:, :r], logits[:, r], logits[:, r + 1:] if self.config.events else None)
+        return self.head(self.norm(self.encoder(x)[:, 0])).float()
 
     def reward(self, logits: OutcomeLogits) -> torch.Tensor:
         """Expected reward `(B,)` of the class probabilities (with an event head: of `pay_once`'s paid classes)."""
@@ -326,6 +341,7 @@ class OutcomeTrainConfig:
     # read which achievement counter each transition raised, where the data records them (docs/data-format.md):
     # the dream then pays each achievement once per episode, as the game does (`OutcomeModel.pay_once`)
     events: bool = True
+    event_input: str = "transition"  # OutcomeConfig.event_input: "transition" or "action"
     val_fraction: float = 0.1
     eval_every: int = 1000
     device: str = "cpu"
@@ -432,7 +448,7 @@ def train_outcome(config: OutcomeTrainConfig) -> dict:
     outcome_config = OutcomeConfig(
         codes=codec.config.codes, grid=tuple(codec.config.tile_grid), action_space=world.dit.config.action_space,
         reward_values=tuple(world.dit.config.reward_values) or OutcomeConfig.reward_values, dim=config.dim,
-        depth=config.depth, heads=config.heads, events=train_set.achievements,
+        depth=config.depth, heads=config.heads, events=train_set.achievements, event_input=config.event_input,
     )
     model = OutcomeModel(outcome_config, codec.codebook.cpu()).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -443,7 +459,7 @@ def train_outcome(config: OutcomeTrainConfig) -> dict:
                       max_minutes=config.max_minutes, ckpt_every=config.ckpt_every, log_every=config.log_every,
                       progress=config.progress, modules={"model": model}, optimizers={"optimizer": optimizer},
                       schedulers={"scheduler": scheduler}, generators={"data_generator": generator},
-                      fixed=("dim", "depth", "heads", "world", "events"))
+                      fixed=("dim", "depth", "heads", "world", "events", "event_input"))
     history = []
     with run:
         while run.running:
