@@ -129,14 +129,16 @@ class OutcomeModel(nn.Module):
             raise ValueError(f"codes before {tuple(before.shape)} and after {tuple(after.shape)} must both be "
                              f"(B, {n}): one code per tile of the {self.config.grid} grid")
         before, after = before.long(), after.long()
-        logits = self._logits(before, after, actions, has_action)  # (B, R + 1 [+ 1 + E])
-        r = len(self.config.reward_values)
-        if not self.config.events:
-            return OutcomeLogits(logits[:, :r], logits[:, r])
-        if self.config.event_input == "action":  # the same network shown no change: what the action would do
-            events = self._logits(before, before, actions, has_action)[:, r + 1:]
+        r, b = len(self.config.reward_values), before.shape[0]
+        if self.config.events and self.config.event_input == "action":
+            # the same network shown no change reads what the action would do; both readings in one batched pass
+            twice = None if has_action is None else torch.cat([has_action, has_action])
+            both = self._logits(torch.cat([before, before]), torch.cat([after, before]), torch.cat([actions, actions]),
+                                twice)
+            logits, events = both[:b], both[b:, r + 1:]
         else:
-            events = logits[:, r + 1:]
+            logits = self._logits(before, after, actions, has_action)  # (B, R + 1 [+ 1 + E])
+            events = logits[:, r + 1:] if self.config.events else None
         return OutcomeLogits(logits[:, :r], logits[:, r], events)
 
     def _logits(self, before, after, actions, has_action):

@@ -37,6 +37,12 @@ def test_shipped_weights_fit_the_budget_and_match_their_config():
         export = export["previous"]
     val = export["outcome"]["val"]
     assert val["reward_positive"]["recall"] > 0.5 and val["termination"]["recall"] > 0.5
+    # Crafter's achievements pay once per episode: the outcome model reads which one a step unlocks, off the state
+    # and the action, and the env keeps each row's unlocked set
+    from world_env.games.crafter_game import CRAFTER_ACHIEVEMENTS
+
+    assert world.outcome.config.events == CRAFTER_ACHIEVEMENTS and world.outcome.config.event_input == "action"
+    assert val["event"]["precision"] > 0.5 and val["event"]["recall"] > 0.5
 
 
 def rollout(seed: int, steps: int = 4) -> np.ndarray:
