@@ -187,6 +187,8 @@ def make_seeded_real_env(game: str, num_envs: int, base_seed: int, episode_steps
 def _episode_recorder_class():
     from stable_baselines3.common.vec_env import VecEnvWrapper
 
+    from world_env.collect import EpisodeBuffer  # the collector's episode under construction
+
     class EpisodeRecorder(VecEnvWrapper):
         """Records every transition of an SB3 ``VecEnv`` of `SeededEpisodes` games into an `EpisodeWriter`:
         finished episodes as they end, unfinished ones (marked truncated) at `finish`. Keeps each finished
@@ -196,29 +198,20 @@ def _episode_recorder_class():
             super().__init__(venv)
             self.writer = writer
             self.action_spec = action_array_spec(venv.action_space)
-            self.episodes: list[dict | None] = [None] * venv.num_envs
+            self.episodes: list[EpisodeBuffer | None] = [None] * venv.num_envs
+            self.seeds: list[int | None] = [None] * venv.num_envs
+            self.returns = [0.0] * venv.num_envs
             self.finished: list[dict] = []
             self.steps = 0
             self._actions = None
 
         def _begin(self, i: int, frame: np.ndarray) -> None:
-            shape, dtype = self.action_spec
-            self.episodes[i] = {"seed": self.venv.reset_infos[i].get("seed"), "frames": [np.array(frame)],
-                                "actions": [np.zeros(shape, dtype)], "rewards": [0.0], "return": 0.0,
-                                "counts": [np.zeros(len(self.writer.achievements), np.int32)]}
+            self.episodes[i] = EpisodeBuffer(frame, *self.action_spec, len(self.writer.achievements))
+            self.seeds[i], self.returns[i] = self.venv.reset_infos[i].get("seed"), 0.0
 
-        def _write(self, i: int, terminated: bool) -> None:
-            episode = self.episodes[i]
-            length = len(episode["frames"]) - 1
-            if length < 1:
-                return
-            ended = np.arange(length + 1) == length
-            arrays = {"frames": np.stack(episode["frames"]), "actions": np.stack(episode["actions"]),
-                      "rewards": np.asarray(episode["rewards"], np.float32),
-                      "terminated": ended & terminated, "truncated": ended & (not terminated)}
-            if self.writer.achievements:
-                arrays["achievements"] = np.stack(episode["counts"])
-            self.writer.write(arrays, seed=episode["seed"])
+        def _write(self, i: int) -> None:
+            if self.episodes[i].transitions >= 1:
+                self.writer.write(self.episodes[i].arrays(self.action_spec[1]), seed=self.seeds[i])
 
         def reset(self):
             obs = self.venv.reset()
@@ -236,17 +229,15 @@ def _episode_recorder_class():
             for i in range(self.num_envs):
                 episode = self.episodes[i]
                 action = self._actions[i].reshape(self.action_spec[0]).astype(self.action_spec[1])
-                episode["actions"].append(action)
-                episode["frames"].append(np.array(infos[i]["terminal_observation"] if dones[i] else obs[i]))
-                episode["rewards"].append(float(rewards[i]))
-                episode["return"] += float(rewards[i])
-                if self.writer.achievements:
-                    episode["counts"].append(np.asarray(infos[i]["achievement_counts"], np.int32))
+                terminated = bool(dones[i]) and not infos[i].get("TimeLimit.truncated", False)
+                episode.add(action, infos[i]["terminal_observation"] if dones[i] else obs[i], float(rewards[i]),
+                            terminated, bool(dones[i]) and not terminated,
+                            infos[i]["achievement_counts"] if self.writer.achievements else None)
+                self.returns[i] += float(rewards[i])
                 if dones[i]:
-                    terminated = not infos[i].get("TimeLimit.truncated", False)
-                    self._write(i, terminated)
-                    self.finished.append({"seed": episode["seed"], "return": episode["return"],
-                                          "length": len(episode["frames"]) - 1, "terminated": terminated,
+                    self._write(i)
+                    self.finished.append({"seed": self.seeds[i], "return": self.returns[i],
+                                          "length": episode.transitions, "terminated": terminated,
                                           "achievements": dict(infos[i].get("achievements", {}))})
                     self._begin(i, obs[i])
             return obs, rewards, dones, infos
@@ -255,7 +246,8 @@ def _episode_recorder_class():
             """Write every unfinished episode, cut (truncated) at its last step."""
             for i in range(self.num_envs):
                 if self.episodes[i] is not None:
-                    self._write(i, terminated=False)
+                    self.episodes[i].truncated[-1] = self.episodes[i].transitions >= 1
+                    self._write(i)
                     self.episodes[i] = None
 
     return EpisodeRecorder
@@ -386,7 +378,7 @@ def collect_phase(run: LoopRun, iteration: int) -> dict:
                            fps=int(venv.get_attr("metadata")[0].get("render_fps", 15)),
                            policy={"name": "sb3", "algorithm": "PPO", "loop_iteration": iteration},
                            extra={"game_kwargs": config.game_kwargs, "loop_seed": seed},
-                           achievements=CRAFTER_ACHIEVEMENTS if config.game == "crafter" else None)
+                           achievements=venv.get_attr("achievement_names")[0])
     recorder = _episode_recorder_class()(venv, writer)
     try:
         env = VecMonitor(recorder)

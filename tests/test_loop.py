@@ -74,9 +74,11 @@ def test_the_loop_runs_end_to_end_and_resumes_after_a_kill_to_the_same_state(gen
     episode = data.read_steps(0, 0, data.episode_lengths[0] + 1)
     frame = game.reset(data.episode_seeds[0])
     assert np.array_equal(frame, episode["frames"][0].numpy())
-    for action, recorded in zip(episode["actions"][1:], episode["frames"][1:]):
-        frame, *_ = game.step(int(action))
+    assert data.achievements == list(game.achievement_names)  # the loop records the game's achievement counters
+    for action, recorded, counts in zip(episode["actions"][1:], episode["frames"][1:], episode["achievements"][1:]):
+        frame, _, _, _, info = game.step(int(action))
         assert np.array_equal(frame, recorded.numpy())
+        assert np.array_equal(info["achievement_counts"], counts.numpy())
     saved = json.loads((tmp_path / "straight" / "generator" / "model" / "config.json").read_text())
     assert saved["info"]["training"]["train_config"]["data"].count(",") == 2  # initial + two iterations
 

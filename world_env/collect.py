@@ -167,7 +167,7 @@ def collect(
     game_kwargs = dict(game_kwargs or {})
     probe = GameEnv(game, frame_size=frame_size, **game_kwargs)
     action_space, fps, game_name = probe.action_space, int(probe.metadata["render_fps"]), probe.game.name
-    achievements = list(getattr(probe.game, "achievement_names", ()))  # recorded where the game reports them
+    achievements = list(probe.achievement_names)  # recorded where the game reports them
     probe.close()
     actor = make_policy(policy, action_space, num_workers, mean_repeat=mean_repeat, sb3_policy_path=sb3_policy_path)
     writer = EpisodeWriter(out, game=game_name, frame_size=frame_size, action_space=action_space, fps=fps,

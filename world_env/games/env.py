@@ -47,6 +47,12 @@ class GameEnv(gymnasium.Env):
         self.action_space = game.action_space
         self._last_frame: np.ndarray | None = None
 
+    @property
+    def achievement_names(self) -> tuple[str, ...]:
+        """The achievement counters the game reports in ``info["achievement_counts"]`` (``()``: none); datasets
+        record them (docs/data-format.md)."""
+        return tuple(getattr(self.game, "achievement_names", ()))
+
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
         """Start an episode; returns ``(frame, info)``. The same ``seed`` gives the same first frame and,
         under the same actions, the same trajectory; ``seed=None`` continues to a new episode."""
