@@ -35,14 +35,17 @@ def count_flops(fn: Callable[[], object]) -> tuple[object, int]:
     return result, int(counter.get_total_flops())
 
 
-def dit_pass_flops(config: DiTConfig, rows: int, frames: int = 1, key_frames: int | None = None) -> int:
+def dit_pass_flops(config: DiTConfig, rows: int, frames: int = 1, key_frames: int | None = None,
+                   outputs: bool = True) -> int:
     """FLOPs of one `DiT.forward` over `rows` x `frames` query frames attending to `key_frames` frames each.
 
     Counts multiply-adds as 2 FLOPs, in every linear layer and both attention matmuls (`QK^T` and `PV` over all
     `key_frames * tokens` keys: the kernels are dense, masked keys cost as much as visible ones). With a KV cache
     `key_frames` is the cache's slots plus `frames` (the cache is attended to in place, masked slots included);
     without one it is `frames`. Embedding lookups, norms, RoPE and elementwise ops are not counted (nor by torch).
-    Covers every head of `DiTConfig` (codebook logits, reward classes, action tokens).
+    Covers every head of `DiTConfig` (codebook logits, reward classes, action tokens). `outputs=False` is a pass
+    that only writes keys/values (`DiT.forward(outputs=False)`): its last layer stops after the key/value projection
+    and no head runs.
     """
     key_frames = frames if key_frames is None else key_frames
     d, n, p, c = config.dim, config.tokens_per_frame, config.patch_size, config.latent_channels
@@ -64,23 +67,34 @@ def dit_pass_flops(config: DiTConfig, rows: int, frames: int = 1, key_frames: in
     else:
         output = tokens * 2 * d * patch  # output projection
     outcomes = 1 + (len(config.reward_values) or 1)
-    return (
+    pool = tokens * 2 * d if config.outcome_pool else 0  # the outcome head's attention-pool logits
+    inputs_and_conditioning = (
         tokens * 2 * inputs * d  # patch embedding
         + frame_count * (2 * 256 * d + 2 * d * d)  # noise-level embedding MLP
         + action
+    )
+    if not outputs:  # the last block: its modulation and key/value projection only (qkv, q included, then dropped)
+        return (inputs_and_conditioning + (config.depth - 1) * per_block
+                + tokens * 2 * d * (3 * d) + frame_count * 2 * d * (6 * d))
+    return (
+        inputs_and_conditioning
         + config.depth * per_block
         + frame_count * 2 * d * (2 * d)  # final modulation
         + output
+        + pool
         + frame_count * (2 * d * d + 2 * d * outcomes)  # outcome head
     )  # (reward classes' expected reward is a matrix-vector product: torch's counter leaves it out, and so do we)
 
 
 def dream_step_flops(config: DiTConfig, rows: int, sampler_steps: int, cache_slots: int,
-                     commit_pass: bool = True) -> int:
+                     commit_pass: bool = True, commit_outputs: bool = True) -> int:
     """FLOPs of one plain dream step of `rows` rows: `sampler_steps` generation passes and, with `commit_pass`, the
-    pass that commits the frame to a cache of `cache_slots` slots (one scratch slot: each pass sees slots + 1)."""
-    passes = sampler_steps + (1 if commit_pass else 0)
-    return passes * dit_pass_flops(config, rows, 1, cache_slots + 1)
+    pass that commits the frame to a cache of `cache_slots` slots (one scratch slot: each pass sees slots + 1).
+    `commit_outputs=False`: the commit pass only writes keys/values (a world model whose outcome model reads the
+    rewards, `generator.sampler.advance_rows`)."""
+    generate = sampler_steps * dit_pass_flops(config, rows, 1, cache_slots + 1)
+    commit = dit_pass_flops(config, rows, 1, cache_slots + 1, outputs=commit_outputs) if commit_pass else 0
+    return generate + commit
 
 
 def measure_matmul_peak(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, size: int = 1024,

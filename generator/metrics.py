@@ -124,6 +124,55 @@ def shift_agreement(real: torch.Tensor, dream: torch.Tensor, mask: torch.Tensor 
     })
 
 
+# Crafter's move actions (move_left, move_right, move_up, move_down) and the `SHIFTS` index of the view content when
+# the player moves: moving left carries the world one tile to the right on screen.
+CRAFTER_MOVE_SHIFTS: dict[int, int] = {1: 1, 2: 2, 3: 3, 4: 4}
+
+
+def shown_targets(
+    real_shift: torch.Tensor,
+    real_clear: torch.Tensor,
+    actions: torch.Tensor,
+    move_shifts: dict[int, int] | None = None,
+    view: tuple[int, int] = (7, 9),
+    player: tuple[int, int] = (3, 4),
+) -> torch.Tensor:
+    """Which open-loop steps a world model could get right from its prompt alone, ``(B, K)`` bool.
+
+    ``real_shift`` / ``real_clear`` ``(B, K)``: the real game's view shift at each step after the prompt's last frame
+    and whether it was unambiguous (`view_shift`); ``actions`` ``(B, K)`` the action of each step. The player's place
+    is followed through the real shifts of the moves (lost at the first move whose shift is ambiguous). A move counts as shown when the tile it
+    steps towards lay inside the world view of the prompt's last frame: whether the real player walked or was
+    stopped there is in the prompt. A move towards a tile the prompt never showed is decided by terrain no model
+    conditioned on the prompt can know (the dream must invent it). Every other action counts as shown (it moves
+    nothing, whatever the terrain), as long as the player's place is known.
+    """
+    move_shifts = CRAFTER_MOVE_SHIFTS if move_shifts is None else move_shifts
+    rows, cols = view
+    up, left = player  # tiles of the view above and to the left of the player
+    down, right = rows - 1 - up, cols - 1 - left
+    batch, steps = real_shift.shape
+    shown = torch.zeros(batch, steps, dtype=torch.bool)
+    actions = actions.reshape(batch, steps, -1)[..., 0].long()
+    for b in range(batch):
+        y = x = 0  # the player's tile relative to its tile in the prompt's last frame
+        for t in range(steps):
+            action = int(actions[b, t])
+            if action in move_shifts:
+                dy, dx = SHIFTS[move_shifts[action]]
+                ty, tx = y - dy, x - dx  # the view content moves by (dy, dx) when the player moves by (-dy, -dx)
+                shown[b, t] = -up <= ty <= down and -left <= tx <= right
+            else:
+                shown[b, t] = True
+            if action not in move_shifts:
+                continue  # nothing else moves the player
+            if not bool(real_clear[b, t]):
+                break  # a move whose outcome cannot be read: the place is lost, every later step stays unshown
+            dy, dx = SHIFTS[int(real_shift[b, t])]
+            y, x = y - dy, x - dx
+    return shown
+
+
 def summarize_shifts(counts: dict, *more: dict) -> dict:
     """Sum the counts of several `shift_agreement` results and recompute the agreement rates."""
     keys = ("moved_steps", "moved_agreed", "stayed_steps", "stayed_agreed", "ambiguous_steps")

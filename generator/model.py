@@ -260,6 +260,16 @@ class Attention(nn.Module):
         self.k_norm = nn.RMSNorm(hd, eps=1e-6) if config.qk_norm else nn.Identity()
         self.use_math = False  # set by DiT.math_attention(); fused SDPA otherwise
 
+    def write_keys_values(self, x, cos, sin, cache, layer_index=0, rows=None, positions=None):
+        """Only this layer's keys and values of `x` into the cache (no attention): what `forward` with
+        `write_cache=True` writes, for a pass whose output nobody reads (the last layer of a commit pass)."""
+        t = x.shape[1]
+        _, k, v = rearrange(self.qkv(x), "b t n (three h d) -> three b h (t n) d", three=3, h=self.heads)
+        k = apply_rope(self.k_norm(at_least_float32(k)), cos, sin)
+        cache.write(layer_index, rows, positions,
+                    rearrange(k, "b h (t n) d -> b h t n d", t=t).to(cache.keys[0].dtype),
+                    rearrange(v, "b h (t n) d -> b h t n d", t=t).to(cache.values[0].dtype))
+
     def forward(self, x, cos, sin, mask, cache=None, layer_index=0, rows=None, positions=None, write_cache=False):
         b, t, n, _ = x.shape
         q, k, v = rearrange(self.qkv(x), "b t n (three h d) -> three b h (t n) d", three=3, h=self.heads)
@@ -297,6 +307,22 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
     return x * (1 + scale) + shift
 
 
+class TanhGELU(nn.GELU):
+    """`nn.GELU(approximate="tanh")`, computed without autograd as `x * sigmoid(2 * sqrt(2 / pi) * (x + 0.044715 x^3))`
+    in place: the same function (to float rounding), several times faster than torch's tanh-GELU kernel on CPU
+    (docs/benchmarks.md). With gradients it is torch's kernel."""
+
+    def __init__(self):
+        super().__init__(approximate="tanh")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and x.requires_grad:
+            return super().forward(x)
+        y = x * x
+        y.mul_(0.044715).add_(1.0).mul_(x).mul_(2.0 * math.sqrt(2.0 / math.pi))
+        return y.sigmoid_().mul_(x)
+
+
 class DiTBlock(nn.Module):
     """Pre-norm transformer block with per-frame adaLN-Zero modulation (DiT, Peebles & Xie 2023)."""
 
@@ -307,12 +333,16 @@ class DiTBlock(nn.Module):
         self.attn = Attention(config)
         self.norm2 = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
         hidden = int(d * config.mlp_ratio)
-        self.mlp = nn.Sequential(nn.Linear(d, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, d))
+        self.mlp = nn.Sequential(nn.Linear(d, hidden), TanhGELU(), nn.Linear(hidden, d))
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(d, 6 * d))
 
-    def forward(self, x, cond, cos, sin, mask, **cache_args):
+    def forward(self, x, cond, cos, sin, mask, keys_values_only=False, **cache_args):
         # x: (B, T, N, D); cond: (B, T, D) -> six (B, T, 1, D) modulations, one set per frame
         shift1, scale1, gate1, shift2, scale2, gate2 = self.adaLN_modulation(cond)[:, :, None].chunk(6, dim=-1)
+        if keys_values_only:  # write this layer's keys/values, compute nothing else (`DiT.forward(outputs=False)`)
+            args = {k: cache_args[k] for k in ("cache", "layer_index", "rows", "positions")}
+            self.attn.write_keys_values(modulate(self.norm1(x), shift1, scale1), cos, sin, **args)
+            return None
         x = x + gate1 * self.attn(modulate(self.norm1(x), shift1, scale1), cos, sin, mask, **cache_args)
         return x + gate2 * self.mlp(modulate(self.norm2(x), shift2, scale2))
 
@@ -430,7 +460,8 @@ class DiT(nn.Module):
         rows: torch.Tensor | None = None,
         write_cache: bool = False,
         previous: torch.Tensor | None = None,
-    ) -> DiTOutput:
+        outputs: bool = True,
+    ) -> DiTOutput | None:
         """Predict the flow velocity of every frame, and each transition's reward and termination.
 
         Args:
@@ -444,7 +475,12 @@ class DiT(nn.Module):
             rows: which cache rows these B rows are (None: all rows, in order).
             write_cache: store these frames' keys/values into the cache (call `cache.commit` afterwards).
             previous: `(B, T, C, h, w)` the previous frame of each frame (required with `previous_frame_input`).
+            outputs: False (with `write_cache`) only writes the frames' keys/values and returns None: the last
+                layer stops after its key/value projection and no head runs (a commit pass whose predictions
+                nobody reads; the cache is written exactly as with `outputs=True`).
         """
+        if not outputs and (cache is None or not write_cache):
+            raise ValueError("outputs=False only writes keys/values: it needs a cache and write_cache=True")
         cfg = self.config
         b, t = latents.shape[:2]
         gh, gw = cfg.grid
@@ -482,8 +518,12 @@ class DiT(nn.Module):
         mask = attention_bias(frame_mask, cfg.tokens_per_frame, x.dtype)  # (B, 1, T*N, K*N) or None
 
         cache_args = dict(cache=cache, rows=rows, positions=positions, write_cache=write_cache)
+        last = len(self.blocks) - 1
         for index, block in enumerate(self.blocks):
-            x = block(x, cond, cos, sin, mask, layer_index=index, **cache_args)
+            x = block(x, cond, cos, sin, mask, keys_values_only=not outputs and index == last, layer_index=index,
+                      **cache_args)
+        if not outputs:
+            return None
 
         shift, scale = self.final_modulation(cond)[:, :, None].chunk(2, dim=-1)
         h = modulate(self.final_norm(x), shift, scale)  # (B, T, N, D)

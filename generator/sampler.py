@@ -241,6 +241,7 @@ def commit_frames(
     has_action: torch.Tensor | None = None,
     previous: torch.Tensor | None = None,
     full_output: bool = False,
+    outputs: bool = True,
 ):
     """Write T frames per row `(R, T, C, h, w)` into the cache at `positions` `(R, T)`.
 
@@ -248,11 +249,12 @@ def commit_frames(
     the committed latent just before the first of them (models with `previous_frame_input`; None at an
     episode's first frame). Returns the predicted reward and termination logit of each transition, `(R, T)` each
     (with `full_output`, the whole `DiTOutput` of the pass). The committed latents themselves are
-    `context_latents(latents, noise, context_noise)`.
+    `context_latents(latents, noise, context_noise)`. `outputs=False` writes the keys/values only and returns None
+    (`DiT.forward(outputs=False)`: for a caller that reads the outcome elsewhere).
     """
     out = cache_context_frames(model, cache, rows, latents, actions, positions, noise, context_noise, None, has_action,
-                               previous, full_output=True)
-    return out if full_output else (out.reward, out.termination_logit)
+                               previous, full_output=True, outputs=outputs)
+    return out if full_output or out is None else (out.reward, out.termination_logit)
 
 
 @torch.no_grad()
@@ -269,6 +271,7 @@ def cache_context_frames(
     has_action: torch.Tensor | None = None,
     previous: torch.Tensor | None = None,
     full_output: bool = False,
+    outputs: bool = True,
 ):
     """Write T known frames per row `(R, T, C, h, w)` (a real prompt) into the cache of a one-pass model
     (`SamplingConfig.commit_pass=False`) as their final sampling pass would have written them: each frame at flow
@@ -282,9 +285,9 @@ def cache_context_frames(
     recycled = noisy if recycled is None else recycled
     before = previous_frames(recycled, previous) if model.config.previous_frame_input else None
     out = model(noisy, levels, actions, positions, has_action=has_action, cache=cache, rows=rows, write_cache=True,
-                previous=before)
+                previous=before, outputs=outputs)
     cache.commit(rows, positions)
-    return out if full_output else (out.reward, out.termination_logit)
+    return out if full_output or out is None else (out.reward, out.termination_logit)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -354,7 +357,8 @@ def prompt_rows(
                         dim=1)  # (R, P, 2, C, h, w)
     noise = draws[:, :, 1]
     if sampling.commit_pass:
-        commit_frames(dit, cache, rows, latents, actions, positions, noise, sampling.context_noise, has_action)
+        commit_frames(dit, cache, rows, latents, actions, positions, noise, sampling.context_noise, has_action,
+                      outputs=False)
     else:
         level = cache_level(int(sampler_steps or sampling.sampler_steps), sampling.shift)
         cache_context_frames(dit, cache, rows, latents, actions, positions, draws[:, :, 0], level,
@@ -407,8 +411,9 @@ def advance_rows(
     if sampling.commit_pass:
         x = generate_frames(dit, cache, rows, actions, pos, noise[:, 0], steps, sampling.shift, **sample)
         x, codes = _snap(codec, x, outcome is not None)
+        # With an outcome model the commit pass's own heads are not read: it only writes keys/values.
         out = commit_frames(dit, cache, rows, x[:, None], actions[:, None], pos[:, None], noise[:, 1, None],
-                            sampling.context_noise, previous=previous, full_output=True)
+                            sampling.context_noise, previous=previous, full_output=True, outputs=outcome is None)
     else:
         x, out = generate_and_cache_frames(dit, cache, rows, actions, pos, noise[:, 0], steps, sampling.shift, **sample)
         x, codes = _snap(codec, x, outcome is not None)

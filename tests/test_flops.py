@@ -54,7 +54,8 @@ def test_pass_formula_counts_every_layer():
     assert counted == dit_pass_flops(dit.config, b, frames=t)
 
 
-@pytest.mark.parametrize("heads", [dict(), dict(codebook_size=7, reward_values=(-1.0, 0.0, 1.0), action_tokens=True)])
+@pytest.mark.parametrize("heads", [dict(), dict(codebook_size=7, reward_values=(-1.0, 0.0, 1.0), action_tokens=True,
+                                                 outcome_pool=True)])
 def test_pass_formula_covers_the_tile_model_heads(heads):
     torch.manual_seed(0)
     config = dit_config("tiny", previous_frame_input=True, prediction="x", **heads)
@@ -70,3 +71,24 @@ def test_pass_formula_covers_the_tile_model_heads(heads):
 def test_matmul_peak_is_measured():
     peak = measure_matmul_peak("cpu", size=128, seconds=0.01)
     assert peak["repeats"] >= 3 and peak["tflops"] >= peak["median_tflops"] > 0
+
+
+def test_a_keys_values_only_commit_pass_counts_its_last_layer_projection_only():
+    """A commit pass whose heads nobody reads (`outputs=False`, an env with an outcome model) does the passes before
+    it in full and, in the last layer, only the key/value projection: the hand formula says how much that saves."""
+    torch.manual_seed(0)
+    config = dit_config("tiny", previous_frame_input=True, prediction="x", codebook_size=7,
+                        reward_values=(-1.0, 0.0, 1.0), action_tokens=True, outcome_pool=True)
+    dit = DiT(config).eval()
+    rows = 3
+    cache = dit.new_cache(rows)
+    latents = torch.randn(rows, 1, config.latent_channels, *config.latent_size)
+    args = (latents, torch.full((rows, 1), 0.1), torch.randint(0, 17, (rows, 1)), torch.zeros(rows, 1, dtype=torch.long))
+    with torch.no_grad():
+        result, counted = count_flops(lambda: dit(*args, cache=cache, write_cache=True, previous=latents,
+                                                  outputs=False))
+    assert result is None
+    slots = cache.slots + 1
+    full = dit_pass_flops(config, rows, 1, slots)
+    assert counted == dit_pass_flops(config, rows, 1, slots, outputs=False) < 0.9 * full
+    assert dream_step_flops(config, rows, 2, cache.slots, commit_outputs=False) == 2 * full + counted

@@ -71,3 +71,26 @@ def test_psnr_per_frame_with_identical_frames_at_the_cap():
     value = psnr(frames, noisy)
     assert value.shape == (2,) and value[0].item() == pytest.approx(10 * torch.log10(torch.tensor(255.0**2 * 768)).item())
     assert psnr(torch.zeros(1, 4, 4, 3, dtype=torch.uint8), torch.full((1, 4, 4, 3), 255, dtype=torch.uint8)).item() == 0
+
+
+def test_shown_targets_follow_the_player_out_of_the_prompt_view():
+    """A move counts as shown while the tile it steps towards lay in the prompt's last view (9 wide, the player in
+    column 4; 7 high, row 3); other actions are shown; an ambiguous move loses the player's place for good."""
+    from generator.metrics import shown_targets
+
+    left, up, noop = 1, 3, 0  # Crafter's move_left (view content shifts right, SHIFTS[1]) and move_up (SHIFTS[3])
+    actions = torch.tensor([[left] * 5 + [noop] + [up] * 4])
+    shift = torch.tensor([[1] * 5 + [0] + [3] * 4])
+    clear = torch.ones(1, 10, dtype=torch.bool)
+    shown = shown_targets(shift, clear, actions)
+    # left moves target columns -1..-5 (the view reaches -4); the noop is shown; up moves target rows -1..-4
+    # (the view reaches -3) from column -5, outside the view whatever the row
+    assert shown[0].tolist() == [True, True, True, True, False, True, False, False, False, False]
+    # a blocked move (the view stayed) keeps the player where it is
+    blocked = shown_targets(torch.tensor([[0, 0, 0, 0, 0]]), torch.ones(1, 5, dtype=torch.bool),
+                            torch.tensor([[left] * 5]))
+    assert blocked.all()
+    # a move whose shift cannot be read: that step and all later ones are unshown
+    unclear = clear.clone()
+    unclear[0, 1] = False
+    assert shown_targets(shift, unclear, actions)[0].tolist() == [True, True] + [False] * 8

@@ -446,3 +446,33 @@ def test_attention_pooled_outcomes_start_as_the_mean_and_can_single_out_a_token(
     with torch.no_grad():
         pooled.outcome_pool.weight.normal_(0, 5.0)
     assert not torch.allclose(pooled(*inputs).reward_logits, plain(*inputs).reward_logits, atol=1e-3)
+
+
+def test_a_keys_values_only_pass_writes_the_cache_a_full_pass_writes():
+    """`DiT.forward(outputs=False)` (the commit pass of an env whose outcome model reads the rewards) stops after the
+    last layer's key/value projection: the cache it leaves is bit for bit the one a full pass leaves, and the next
+    frame generated from it is the same."""
+    torch.manual_seed(0)
+    config = dit_config("tiny", previous_frame_input=True, prediction="x", window_frames=4)
+    model = DiT(config).eval()
+    rows, shape = 2, (config.latent_channels, *config.latent_size)
+    caches = [model.new_cache(rows), model.new_cache(rows)]
+    frames = torch.randn(3, rows, 1, *shape)
+    with torch.no_grad():
+        for cache, outputs in zip(caches, (True, False)):
+            previous = frames[0]
+            for i, frame in enumerate(frames):
+                out = model(frame, torch.full((rows, 1), 0.1), torch.full((rows, 1), i % 5),
+                            torch.full((rows, 1), i), cache=cache, write_cache=True, previous=previous,
+                            outputs=outputs)
+                assert (out is None) == (not outputs)
+                cache.commit(None, torch.full((rows, 1), i))
+                previous = frame
+    held = caches[0].slots  # the scratch slot after them is a pass's working space, not cache
+    for layer in range(config.depth):
+        assert torch.equal(caches[0].keys[layer][:, :, :held], caches[1].keys[layer][:, :, :held])
+        assert torch.equal(caches[0].values[layer][:, :, :held], caches[1].values[layer][:, :, :held])
+    assert torch.equal(caches[0].valid, caches[1].valid) and caches[0].valid.any()
+    with pytest.raises(ValueError, match="outputs=False"):
+        model(frames[0], torch.full((rows, 1), 0.1), torch.zeros(rows, 1, dtype=torch.long),
+              torch.zeros(rows, 1, dtype=torch.long), previous=frames[0], outputs=False)

@@ -13,7 +13,10 @@ them) and generates ``horizon`` frames driven by the next real actions. Per hori
   (``dream[0]`` is the last real context frame). A dream that ignores its actions falls to the IDM's majority rate;
 - ``view_shift``: on steps where the real view shift (`generator.metrics.view_shift`) is unambiguous, how often the
   dream's view shifted the same way, where the real view moved and where it stayed: action following read from
-  the frames themselves, with no learned model in the loop;
+  the frames themselves, with no learned model in the loop; also over horizons 1-4 (``view_shift_short``) and split
+  by whether the prompt showed the tile each move stepped towards (``view_shift_shown`` / ``view_shift_unshown``,
+  `generator.metrics.shown_targets`): a move towards terrain the prompt never showed is decided by what the dream
+  had to invent;
 - ``reward`` and ``termination``: precision and recall of the model's outcome head against the real episode.
   A predicted reward counts as positive above ``reward_threshold`` (0.5), a real one likewise: Crafter pays +1 for
   an achievement unlocked and +-0.1 per health point, so 0.5 separates achievements from health changes. A
@@ -34,7 +37,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from generator.metrics import precision_recall, shift_agreement, summarize_shifts
+from generator.metrics import precision_recall, shift_agreement, shown_targets, summarize_shifts, view_shift
 from generator.data import EpisodeDataset
 from generator.pretrained import WorldModel
 from generator.metrics import mse, psnr_from_mse
@@ -135,7 +138,7 @@ def compare_dream_real(
     sums = {key: torch.zeros(horizon, dtype=torch.float64)
             for key in ("mse", "copy_mse", "ssim", "copy_ssim", "idm_dream", "idm_real", "count")}
     reward_pred, reward_real, end_pred, end_real, masks = [], [], [], [], []
-    shifts, short_shifts = [], []
+    shifts, short_shifts, shown_shifts, unshown_shifts = [], [], [], []
     # The view-shift metric knows Crafter's 64x64 geometry (7-px tiles); other games get None.
     info = getattr(world, "info", None)
     reads_view_shift = info is not None and info.game == "crafter" and tuple(info.frame_size) == (64, 64)
@@ -166,6 +169,12 @@ def compare_dream_real(
             early = mask.bool().clone()
             early[:, SHORT_HORIZON:] = False
             short_shifts.append(shift_agreement(torch.cat([last, real], 1), torch.cat([last, dream], 1), early))
+            # Split by whether the prompt showed the terrain that decided each step (`shown_targets`).
+            real_shift, real_clear = view_shift(torch.cat([last, real[:, :-1]], 1), real)
+            shown = shown_targets(real_shift, real_clear, actions[:, context_frames:])
+            for kept, into in ((shown, shown_shifts), (~shown, unshown_shifts)):
+                into.append(shift_agreement(torch.cat([last, real], 1), torch.cat([last, dream], 1),
+                                            mask.bool() & kept))
         if idm is not None:
             device = next(idm.parameters()).device
             labels = idm.labels(actions[:, context_frames:].reshape(-1, *actions.shape[2:]))  # (B*K, k)
@@ -203,6 +212,8 @@ def compare_dream_real(
         "frames_per_horizon": sums["count"].long().tolist(),
         "view_shift": summarize_shifts(*shifts) if shifts else None,
         "view_shift_short": summarize_shifts(*short_shifts) if short_shifts else None,
+        "view_shift_shown": summarize_shifts(*shown_shifts) if shown_shifts else None,
+        "view_shift_unshown": summarize_shifts(*unshown_shifts) if unshown_shifts else None,
         "reward": {"threshold": reward_threshold, **events(rp, rr)},
         "termination": {"threshold_logit": termination_threshold, **events(ep, er)},
         "windows": len(chosen),

@@ -394,14 +394,15 @@ def markdown(results: dict, reference: dict, config: FidelityConfig, rule_refere
     for stream in config.streams:
         name_s = stream.partition("=")[0]
         lines += [f"### {name_s} actions", "",
-                  "| model | steps | moved | stayed | moved h1-4 | stayed h1-4 | " + " | ".join(f"PSNR h{h}" for h in horizons)
+                  "| model | steps | moved | stayed | moved h1-4 | stayed h1-4 | moved, shown terrain | "
+                  "stayed, shown terrain | " + " | ".join(f"PSNR h{h}" for h in horizons)
                   + " | " + " | ".join(f"SSIM h{h}" for h in horizons) + " | PSNR > copy at | SSIM > copy at |",
-                  "|" + "---|" * (6 + 2 * len(horizons) + 2)]
+                  "|" + "---|" * (8 + 2 * len(horizons) + 2)]
         copy = None
         for name, r in results.items():
             m = r["streams"][name_s]["open_loop"]
             copy = m
-            vs, short = m["view_shift"] or {}, m.get("view_shift_short") or {}
+            vs, short, shown = m["view_shift"] or {}, m.get("view_shift_short") or {}, m.get("view_shift_shown") or {}
 
             def rate(key, counts=vs):
                 value = counts.get(key)
@@ -414,10 +415,12 @@ def markdown(results: dict, reference: dict, config: FidelityConfig, rule_refere
                 f"{rate('stayed_agreement')} ({vs.get('stayed_steps', 0)}) | "
                 f"{rate('moved_agreement', short)} ({short.get('moved_steps', 0)}) | "
                 f"{rate('stayed_agreement', short)} ({short.get('stayed_steps', 0)}) | "
+                f"{rate('moved_agreement', shown)} ({shown.get('moved_steps', 0)}) | "
+                f"{rate('stayed_agreement', shown)} ({shown.get('stayed_steps', 0)}) | "
                 + " | ".join(f"{m['psnr'][h - 1]:.2f}" for h in horizons) + " | "
                 + " | ".join(f"{m['ssim'][h - 1]:.3f}" for h in horizons)
                 + f" | {above_p}/{len(m['psnr'])} | {above_s}/{len(m['ssim'])} |")
-        lines.append("| copy last frame | - | - | - | - | - | " + " | ".join(f"{copy['copy_last_psnr'][h - 1]:.2f}" for h in horizons)
+        lines.append("| copy last frame | - | - | - | - | - | - | - | " + " | ".join(f"{copy['copy_last_psnr'][h - 1]:.2f}" for h in horizons)
                      + " | " + " | ".join(f"{copy['copy_last_ssim'][h - 1]:.3f}" for h in horizons) + " | - | - |")
         lines.append("")
     lines += ["### Outcomes on real transitions", "",
