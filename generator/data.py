@@ -761,22 +761,29 @@ class EpisodeDataset(torch.utils.data.Dataset):
             raise ValueError(f"no windows to sample: the {self.split!r} split of {self.root} has no episodes")
         return sample_windows(self, batch_size, generator, weights)
 
-    def window_events(self, terminations_only: bool = False) -> np.ndarray:
+    def window_events(self, terminations_only: bool = False, actions: tuple[int, ...] = ()) -> np.ndarray:
         """``(len(self),)`` bool: the window holds a transition with a non-zero reward or a termination (rare
-        events a world model must see often enough: achievements, damage, death), or with `terminations_only` a
-        termination. Reads only those arrays."""
+        events a world model must see often enough: achievements, damage, death), or under one of the discrete
+        `actions` (e.g. Crafter's sleep), or with `terminations_only` a termination. Reads only those arrays."""
         if self.window is None:
             raise ValueError("window_events() needs a fixed window; build the dataset with window=T")
+        if actions and not isinstance(self._action_space, gymnasium.spaces.Discrete):
+            raise ValueError(f"event actions {tuple(actions)} need a Discrete action space, {self.root} has "
+                             f"{self._action_space}")
         flags = []
         for k, entry in enumerate(self._entries):
             steps = int(self._steps[k])
+            shard = self.root / entry["name"]
             if k in self._in_memory:
                 rewards, terminated = self._in_memory[k]["rewards"], self._in_memory[k]["terminated"]
             else:
-                shard = self.root / entry["name"]
                 rewards = _read_rows(shard, "rewards", self._specs["rewards"], 0, steps)
                 terminated = _read_rows(shard, "terminated", self._specs["terminated"], 0, steps)
             event = terminated.astype(bool) if terminations_only else (rewards != 0) | terminated.astype(bool)
+            if actions and not terminations_only:
+                taken = (self._in_memory[k]["actions"] if k in self._in_memory
+                         else _read_rows(shard, "actions", self._specs["actions"], 0, steps))
+                event |= np.isin(np.asarray(taken).reshape(steps, -1)[:, 0], actions)
             event[0] = False  # the reset step is no transition
             cumulative = np.concatenate([[0], np.cumsum(event)])
             starts = np.arange(max(steps - self.window, 0) + 1)
@@ -914,8 +921,8 @@ class EpisodeDatasets(torch.utils.data.ConcatDataset):
             index -= dataset.num_episodes
         raise AssertionError("unreachable")
 
-    def window_events(self, terminations_only: bool = False) -> np.ndarray:
-        return np.concatenate([d.window_events(terminations_only) for d in self.datasets])
+    def window_events(self, terminations_only: bool = False, actions: tuple[int, ...] = ()) -> np.ndarray:
+        return np.concatenate([d.window_events(terminations_only, actions) for d in self.datasets])
 
     def whole_windows(self, exclude_terminal: bool = True) -> list[int]:
         """As `EpisodeDataset.whole_windows`, indexed over the windows of every folder."""

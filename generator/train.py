@@ -73,6 +73,9 @@ class TrainConfig:
     # are set). Deaths are ~1 rare event in 25 and ~1 step in 200, so even event-rich batches hold one every few
     # batches and the termination head learns never to fire; a share of their own balances the class.
     termination_fraction: float = 0.0
+    # Discrete actions whose transitions also count as rare events for `event_fraction` (Crafter: 6, sleep: the dream
+    # must learn when a sleep starts and ends, which pays only at the wake-up, many frames later).
+    event_actions: tuple[int, ...] = ()
     # Probability that a clip is presented as a commit pass sees it: every frame at a context level (uniform in
     # [0, context_noise_max]). When > 0 the reward and termination losses count only these clips, because the
     # commit pass, which reads a transition's outcome at inference, sees the frame and its predecessors nearly
@@ -292,10 +295,11 @@ def make_codec(spec: str, frame_size: tuple[int, int]):
 def rare_window_weights(dataset, config: TrainConfig) -> torch.Tensor | None:
     """Window sampling weights that give windows with a termination `termination_fraction` of the draws, windows with
     another rare event (a non-zero reward) `event_fraction` less that, and the other windows the rest, each group
-    drawn uniformly; an empty group's share goes to the rest. None (uniform) when neither fraction is set."""
+    drawn uniformly; an empty group's share goes to the rest. None (uniform) when neither fraction is set. With
+    `event_actions`, a transition under one of those actions counts as an event too."""
     if not config.event_fraction and not config.termination_fraction:
         return None
-    events = torch.from_numpy(dataset.window_events())
+    events = torch.from_numpy(dataset.window_events(actions=tuple(config.event_actions)))
     ends = torch.zeros_like(events)
     if config.termination_fraction:
         ends = torch.from_numpy(dataset.window_events(terminations_only=True))
@@ -328,6 +332,9 @@ def resolve_clip_frames(config: TrainConfig) -> TrainConfig:
     if not 1 <= clip_frames <= window:
         raise ValueError(f"clip_frames {clip_frames} must be in [1, {window}] for --model {config.model} (its window "
                          f"holds {window} frames); pass --clip-frames {window} or fewer, or leave it at 0")
+    if config.event_actions and not config.event_fraction:
+        raise ValueError(f"event_actions {tuple(config.event_actions)} only weight windows through event_fraction; "
+                         "give --event-fraction > 0 too")
     if not 0 <= config.event_fraction < 1 or not 0 <= config.termination_fraction < 1:
         raise ValueError(f"event_fraction {config.event_fraction} and termination_fraction "
                          f"{config.termination_fraction} must be in [0, 1)")

@@ -487,3 +487,27 @@ def test_termination_windows_get_their_own_share_of_the_draws(tmp_path):
     old = rare_window_weights(dataset, TrainConfig(data="-", out="-", event_fraction=0.5))  # terminations are events
     assert float(old[torch.from_numpy(events)].sum()) == pytest.approx(0.5)
     assert rare_window_weights(dataset, TrainConfig(data="-", out="-")) is None
+
+
+def test_windows_under_event_actions_count_as_events(tmp_path):
+    """`event_actions` (Crafter's sleep): a window holding one of those actions after its first step is drawn with
+    the rare events, whatever its rewards."""
+    from generator.data import EpisodeDataset
+    from generator.train import TrainConfig, rare_window_weights
+
+    root = scrolling_tile_game(tmp_path / "d", tile_textures(6), episodes=3, length=10)
+    dataset = EpisodeDataset(root, window=3)
+    plain = dataset.window_events()
+    action = int(dataset[0]["actions"][1])
+    flagged = dataset.window_events(actions=(action,))
+    for i in range(len(dataset)):
+        item = dataset[i]
+        taken = item["actions"][1:][item["valid"][1:]]
+        assert bool(flagged[i]) == (bool(plain[i]) or bool((taken == action).any()))
+    assert flagged.sum() > plain.sum()
+    weights = rare_window_weights(dataset, TrainConfig(data="-", out="-", event_fraction=0.5, event_actions=(action,)))
+    assert float(weights[torch.from_numpy(flagged)].sum()) == pytest.approx(0.5)
+    from generator.train import resolve_clip_frames
+
+    with pytest.raises(ValueError, match="event-fraction"):
+        resolve_clip_frames(TrainConfig(data="-", out="-", model="tiny", event_actions=(action,)))
