@@ -33,8 +33,9 @@ class SamplingConfig:
     sampler_steps: int = 8
     context_noise: float = 0.1  # flow time generated context frames are re-noised to before caching
     shift: float = 1.0  # timestep shift of the Euler schedule (SD3); > 1 spends more steps at high noise
-    # "euler" (flow teachers), "consistency" (distilled students) or "categorical" (codebook models: codes drawn at
-    # every pass but the last, `generator.sampler.denoise`)
+    # "euler" (flow teachers), "euler_codes" (codebook models: Euler stepping from each token's most likely code at
+    # every pass but the last), "consistency" (distilled students) or "categorical" (codebook models: codes drawn at
+    # every pass but the last); `generator.sampler.denoise`
     solver: str = "euler"
     temperature: float = 1.0  # divides the code logits of the categorical solver's draws
     # True: each frame is generated, then written into the KV cache by a second pass at `context_noise` (two passes
@@ -297,8 +298,9 @@ class ExportConfig:
     sampler_steps: int | None = None  # new default denoising steps
     context_noise: float | None = None  # new default context-noise level
     shift: float | None = None  # new default schedule shift
-    # new default solver (categorical: codebook models, codes drawn at every pass but the last)
-    solver: Literal["euler", "consistency", "categorical"] | None = None
+    # new default solver (euler_codes / categorical: codebook models, most likely / drawn codes at every pass but the
+    # last)
+    solver: Literal["euler", "euler_codes", "consistency", "categorical"] | None = None
     temperature: float | None = None  # new default temperature of the categorical solver's draws
     prompts_from: str | None = None  # dataset to rebuild the prompt bank from
     prompt_count: int = 32  # clips in a rebuilt prompt bank

@@ -144,15 +144,17 @@ def denoise(model, cache, rows, actions, positions, noise, sampler_steps, shift=
     categorical sampler of codebook models): returns the clean latents and the `DiTOutput` of the final pass, which
     writes the cache when `write_cache`.
 
+    `euler_codes` (codebook models) is Euler whose passes but the last step from their most likely codes (each
+    token's argmax tile) rather than from the expected tile values; with one step it is `euler`.
     The categorical solver with one step draws every token's code from its logits at flow time 1. With more steps
     it draws codes at every pass but the last, re-noises the drawn frame to the next time with `renoise[:, k]`, and
     keeps the last pass's most likely code per token: the draws give new tiles the variety of the real game, the
     last pass makes them agree with their neighbours. Its renoise holds `2 * (sampler_steps - 1)` draws: the
     re-noising ones, then the uniforms of passes 2.."""
-    if solver not in ("euler", "consistency", "categorical"):
-        raise ValueError(f"unknown solver {solver!r}; choose 'euler', 'consistency' or 'categorical'")
-    if solver == "categorical" and not model.config.codebook_size:
-        raise ValueError("the categorical solver needs a model with a codebook head (DiTConfig.codebook_size > 0)")
+    if solver not in ("euler", "euler_codes", "consistency", "categorical"):
+        raise ValueError(f"unknown solver {solver!r}; choose 'euler', 'euler_codes', 'consistency' or 'categorical'")
+    if solver in ("categorical", "euler_codes") and not model.config.codebook_size:
+        raise ValueError(f"the {solver} solver needs a model with a codebook head (DiTConfig.codebook_size > 0)")
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     draws = extra_draws(solver, sampler_steps)
@@ -174,8 +176,14 @@ def denoise(model, cache, rows, actions, positions, noise, sampler_steps, shift=
         out = model(x[:, None], s * ones, actions[:, None], positions[:, None],
                     cache=cache if last and write_cache else view, rows=rows if last and write_cache else view_rows,
                     write_cache=last and write_cache, previous=None if previous is None else previous[:, None])
-        if solver == "euler":
+        if solver == "euler" or (solver == "euler_codes" and last):
             x = x + (s_next - s) * out.velocity[:, 0]
+        elif solver == "euler_codes":
+            # An Euler step whose clean estimate is each token's most likely code instead of the expectation over
+            # codes: the next pass reads real tiles re-noised to its time, as training presents context frames (and
+            # as a one-pass model's final pass then caches them). x = (1 - s) x0 + s eps, so v = (x - x0) / s.
+            clean = code_tiles(model, out.code_logits[:, 0].argmax(-1)).to(x.dtype)
+            x = x + (s_next - s) / s * (x - clean)
         elif solver == "categorical" and (not last or sampler_steps == 1):
             uniform_from = noise if k == 0 else renoise[:, sampler_steps - 2 + k]
             x = draw_codes(model, out.code_logits[:, 0], uniform_from, temperature)

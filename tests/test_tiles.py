@@ -85,7 +85,7 @@ def rollout(world, seeds, steps=6, rows=None):
     return torch.stack(frames, 1), outcomes
 
 
-@pytest.mark.parametrize("solver, steps", [("euler", 1), ("categorical", 1), ("categorical", 2)])
+@pytest.mark.parametrize("solver, steps", [("euler", 1), ("euler_codes", 2), ("categorical", 1), ("categorical", 2)])
 def test_generated_frames_are_made_of_codebook_tiles(solver, steps):
     world, _ = make_tiny_tile_world(solver=solver, sampler_steps=steps)
     frames, _ = rollout(world, [1, 2, 3])
@@ -94,7 +94,7 @@ def test_generated_frames_are_made_of_codebook_tiles(solver, steps):
     assert torch.equal(world.codec.from_indices(ids), frames)
 
 
-@pytest.mark.parametrize("solver, steps", [("euler", 1), ("categorical", 1), ("categorical", 2)])
+@pytest.mark.parametrize("solver, steps", [("euler", 1), ("euler_codes", 2), ("categorical", 1), ("categorical", 2)])
 def test_a_row_does_not_depend_on_its_batch(solver, steps):
     world, _ = make_tiny_tile_world(solver=solver, sampler_steps=steps)
     with torch.no_grad():
@@ -142,6 +142,36 @@ def test_multi_step_categorical_keeps_the_last_passs_most_likely_code():
     assert not torch.equal(other, x)  # the first pass's draws reach the frame
     with pytest.raises(ValueError, match="needs renoise"):
         denoise(*args, **kw)
+
+
+def test_euler_codes_steps_from_the_most_likely_codes_and_is_euler_at_one_step():
+    from generator.sampler import code_tiles, denoise
+
+    world, _ = make_tiny_tile_world(sampler_steps=2)
+    dit = world.dit
+    with torch.no_grad():  # codes that depend on the input frame, no pull toward the previous frame
+        dit.copy_log_scale.fill_(-20.0)
+        dit.code_head.weight.normal_(0, 3.0, generator=torch.Generator().manual_seed(0))
+    noise = torch.randn(3, 3, 15, 15, generator=torch.Generator().manual_seed(3))
+    previous = world.codec.encode(world.prompts["frames"][:3, -1])
+    zeros = torch.zeros(3, dtype=torch.long)
+    args = (dit, None, None, zeros, zeros, noise)
+    one_euler, _ = denoise(*args, 1, solver="euler", previous=previous)
+    assert torch.equal(denoise(*args, 1, solver="euler_codes", previous=previous)[0], one_euler)
+    inputs = []
+    hook = dit.register_forward_hook(lambda module, a, output: inputs.append(a[0][:, 0].clone()))
+    x, _ = denoise(*args, 2, solver="euler_codes", previous=previous)
+    hook.remove()
+    first = dit(noise[:, None], torch.ones(3, 1), zeros[:, None], zeros[:, None], previous=previous[:, None])
+    codes = code_tiles(dit, first.code_logits[:, 0].argmax(-1))
+    torch.testing.assert_close(inputs[1], 0.5 * codes + 0.5 * noise)  # real tiles re-noised to the second pass's time
+    assert not torch.equal(x, denoise(*args, 2, solver="euler", previous=previous)[0])
+    dit.config.codebook_size, size = 0, dit.config.codebook_size  # as a model without a codebook head
+    try:
+        with pytest.raises(ValueError, match="euler_codes solver needs a model with a codebook head"):
+            denoise(*args, 2, solver="euler_codes", previous=previous)
+    finally:
+        dit.config.codebook_size = size
 
 
 def test_untrained_codebook_model_copies_the_previous_frame():
