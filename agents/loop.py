@@ -15,6 +15,9 @@ Each iteration runs three phases (DIAMOND, Alonso et al. 2024, Alg. 1; IRIS and 
    (`world_env.prompts.ReplayStarts`, weighted toward recent episodes) and ending by truncation after ``horizon``
    imagined steps, for ``dream_steps_per_iteration`` steps.
 
+A phase given 0 steps (``generator_steps_per_iteration`` or ``dream_steps_per_iteration``) is skipped: a fixed world
+model, or with both 0 and ``real_ppo`` the no-dream control (PPO on the same real collection schedule, nothing else).
+
 Budgets: ``real_steps`` (all iterations), ``dream_steps`` (all dream phases; 0: no cap), ``max_minutes`` (wall time of
 this process). Resume: ``out/loop_state.json`` names the next phase. Every phase is a function of the files the
 earlier phases left (dataset folders, ``generator/train_state``, ``agent/model.zip``) and of seeds drawn from
@@ -112,10 +115,16 @@ class LoopConfig:
         return math.ceil(self.real_steps / self.real_steps_per_iteration)
 
     def check(self) -> None:
-        for name in ("real_steps", "real_steps_per_iteration", "generator_steps_per_iteration",
-                     "dream_steps_per_iteration", "real_envs", "dream_envs", "horizon", "episode_steps", "n_steps"):
+        for name in ("real_steps", "real_steps_per_iteration", "real_envs", "dream_envs", "horizon",
+                     "episode_steps", "n_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("generator_steps_per_iteration", "dream_steps_per_iteration"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0 (0 skips the phase), got {getattr(self, name)}")
+        if self.dream_steps_per_iteration == 0 and not self.real_ppo:
+            raise ValueError("with dream_steps_per_iteration 0 the agent only learns from the real steps: set "
+                             "real_ppo (--real-ppo), or give dream steps")
         unit = self.real_envs * (self.n_steps if self.real_ppo else 1)
         if self.real_steps_per_iteration % unit:
             raise ValueError(
@@ -409,6 +418,8 @@ def generator_phase(run: LoopRun, iteration: int) -> dict:
     """``generator_steps_per_iteration`` more steps of `generator.train.train` on the data so far."""
     from generator.train import train
 
+    if run.config.generator_steps_per_iteration == 0:  # a fixed world model (or none: the no-dream control)
+        return {"generator_step": run.state["generator_step"], "skipped": True}
     run.ensure_generator_state()
     config = run.train_config(iteration)
     _seed_everything(phase_seed(run.config, iteration, "generator"))
@@ -448,8 +459,8 @@ def dream_phase(run: LoopRun, iteration: int) -> dict:
     steps = config.dream_steps_per_iteration
     if config.dream_steps:
         steps = min(steps, config.dream_steps - run.state["dream_steps"])
-    if steps <= 0:
-        return {"dream_steps": 0}
+    if steps <= 0:  # the dream budget is spent, or the no-dream control (dream_steps_per_iteration 0)
+        return {"dream_steps": 0, "skipped": True}
     seed = phase_seed(config, iteration, "dream")
     starts = ReplayStarts(run.data(iteration), burn_in=config.burn_in, recent_weight=config.recent_weight,
                           recent_fraction=config.recent_fraction)

@@ -105,6 +105,26 @@ def test_budgets_that_do_not_divide_are_refused(tmp_path):
         run_loop(loop_config(tmp_path / "x", "", real_ppo=True, real_steps_per_iteration=24))
 
 
+def test_the_no_dream_control_runs_only_the_real_phases(tmp_path):
+    """Both model phases given 0 steps: PPO on the same real collection schedule and nothing else, with no world
+    model at all (the control that separates what the dream adds)."""
+    torch.set_num_threads(1)
+    out = tmp_path / "control"
+    summary = run_loop(loop_config(out, "", real_ppo=True, generator_steps_per_iteration=0,
+                                   dream_steps_per_iteration=0))
+    assert summary["finished"] and summary["real_steps"] == 32 and summary["dream_steps"] == 0
+    state = json.loads((out / "loop_state.json").read_text())
+    assert [r.get("skipped", False) for r in state["history"]] == [False, True, True] * 2
+    assert not (out / "generator").exists()
+    from stable_baselines3 import PPO
+
+    assert PPO.load(out / "agent" / "model.zip", device="cpu").num_timesteps == 32  # learned on the real steps only
+    with pytest.raises(ValueError, match="set real_ppo"):
+        loop_config(tmp_path / "bad", "", dream_steps_per_iteration=0).check()
+    with pytest.raises(ValueError, match="0 skips the phase"):
+        loop_config(tmp_path / "bad", "", generator_steps_per_iteration=-1).check()
+
+
 @pytest.fixture(scope="module")
 def tile_generator_run(tmp_path_factory):
     """A two-step tile-model run (codebook built from two short random Crafter episodes) the loop continues."""
