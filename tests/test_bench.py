@@ -107,7 +107,7 @@ def test_tiny_benchmark_writes_json_and_markdown(tmp_path):
 
     markdown = (tmp_path / "out" / "bench.md").read_text()
     assert markdown == to_markdown(loaded)
-    assert "| stream | envs | sampler steps |" in markdown and "env-steps/s" in markdown
+    assert "| stream | envs | workers | sampler steps |" in markdown and "env-steps/s" in markdown
     assert markdown.count("\n| ") == 1 + len(loaded["dream"])  # header + one line per case
     assert "repeat fraction" in markdown
     assert "gym:CartPole-v1" in markdown

@@ -162,6 +162,48 @@ def test_identical_seeds_give_identical_rollouts_whatever_the_batch(previous_fra
     assert close_frames(alone[:, 0], together[:, 1]) and close_frames(reordered[:, 0], together[:, 1])
 
 
+def test_row_workers_give_the_frames_of_one_batch_and_resolve_per_device(monkeypatch):
+    """Shards of the batch stepped on worker threads at once (views of one KV cache) give each row the frames the
+    whole batch gives (up to float rounding), with resets, autoresets and a second pass over the same cache."""
+    from world_env.dream import resolve_workers
+
+    world = make_tiny_world(previous_frame_input=True)
+    actions = sticky_actions(10, 5, seed=2)
+    plain = rollout(WorldModelVecEnv(world, num_envs=5, device="cpu", workers=1, max_episode_steps=4),
+                    [1, 2, 3, 4, 5], actions)
+    sharded_env = WorldModelVecEnv(world, num_envs=5, device="cpu", workers=2, max_episode_steps=4)
+    assert sharded_env.core.workers == 2
+    sharded = rollout(sharded_env, [1, 2, 3, 4, 5], actions)
+    assert sharded_env.core._row_pool is not None  # the shards did run on the pool
+    assert close_frames(sharded, plain)
+    assert np.array_equal(sharded, rollout(WorldModelVecEnv(world, num_envs=5, device="cpu", workers=2,
+                                                            max_episode_steps=4), [1, 2, 3, 4, 5], actions))
+    sharded_env.close()
+    assert sharded_env.core._row_pool is None
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    assert resolve_workers(None, 16, torch.device("cpu")) == 2
+    assert resolve_workers(None, 4, torch.device("cpu")) == 1  # too few rows to split
+    assert resolve_workers(None, 16, torch.device("cuda")) == 1
+    with pytest.raises(ValueError, match="workers must be an int from 1 to num_envs"):
+        WorldModelVecEnv(world, num_envs=2, device="cpu", workers=3)
+    with pytest.raises(ValueError, match="workers must be >= 1"):
+        WorldModelVecEnv(world, num_envs=2, device="cpu", workers=0)
+
+
+def test_a_kv_cache_shard_is_a_view_of_its_rows():
+    from generator.kv_cache import KVCache
+
+    cache = KVCache(2, 5, 3, 4, 2, 8)
+    shard = cache.shard(1, 3)
+    shard.write(0, None, torch.tensor([[4], [4]]), torch.ones(2, 2, 1, 4, 8), torch.full((2, 2, 1, 4, 8), 2.0))
+    shard.commit(None, torch.tensor([[4], [4]]))
+    assert cache.keys[0][1:3, :, 1].eq(1).all() and cache.values[0][1:3, :, 1].eq(2).all()
+    assert cache.keys[0][[0, 3, 4]].eq(0).all()
+    assert cache.latest_position().tolist() == [-1, 4, 4, -1, -1]
+    with pytest.raises(ValueError, match="not within the cache's 5 rows"):
+        cache.shard(3, 6)
+
+
 def test_bad_actions_raise_clear_errors_and_leave_the_env_usable():
     env = WorldModelVecEnv(make_tiny_world(), num_envs=2, device="cpu")
     env.reset(seed=0)

@@ -75,8 +75,10 @@ def test_the_dream_hands_out_the_rewards_its_frames_show(trained, tmp_path):
         loaded.outcome.head.bias[-1] = -1e4
     actions = torch.tensor([1, 2, 0])
     runs = []
-    for depth in (0, 0, 2):  # twice plainly, then with speculated frames (accepted: the actions repeat)
-        env = WorldModelVecEnv(loaded, num_envs=3, speculation_depth=depth, speculation="sync")
+    # twice plainly (the second time on three row workers at once: codes, rewards and unlocks joined from shards),
+    # then with speculated frames (accepted: the actions repeat)
+    for depth, workers in ((0, 1), (0, 3), (2, 1)):
+        env = WorldModelVecEnv(loaded, num_envs=3, speculation_depth=depth, speculation="sync", workers=workers)
         obs, _ = env.reset(seed=7)
         steps = []
         for _ in range(12):

@@ -98,6 +98,8 @@ class BenchSettings:
     # One pass per frame (`SamplingConfig.commit_pass=False`) or two; None: the model's own setting. Overriding a
     # checkpoint's setting times its shapes correctly but its frames are not what it was trained to produce.
     commit_pass: bool | None = None
+    # Row workers of the env (`WorldModelVecEnv(workers=)`, capped at each case's env count); None: the env's auto.
+    workers: int | None = None
     seed: int = 0
 
     def __post_init__(self):
@@ -121,6 +123,8 @@ class BenchSettings:
             raise ValueError(f"need steps >= 2 and warmup >= 0, got steps={self.steps}, warmup={self.warmup}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.workers is not None and self.workers < 1:
+            raise ValueError(f"workers must be >= 1 or None (auto), got {self.workers}")
         if self.speculation_depth < 1 and set(self.speculation) - {"off"}:
             raise ValueError("speculation_depth must be >= 1 to measure speculation")
 
@@ -260,9 +264,14 @@ def latency_stats(seconds: list[float]) -> dict:
 
 def count_step_flops(env: WorldModelVecEnv, actions: np.ndarray) -> float:
     """Floating-point operations of one `env.step(actions)` (matmuls, convolutions, attention on every device),
-    counted by `generator.flops.count_flops` on this thread (so: plain stepping, no background speculation)."""
+    counted by `generator.flops.count_flops` on this thread (so: plain stepping, no background speculation, and the
+    env's row workers off for the step: a counter sees only its own thread's operations)."""
     env.wait()
-    return float(count_flops(lambda: env.step(actions))[1])
+    workers, env.core.workers = env.core.workers, 1
+    try:
+        return float(count_flops(lambda: env.step(actions))[1])
+    finally:
+        env.core.workers = workers
 
 
 def matmul_peak(settings: BenchSettings) -> dict | None:
@@ -292,8 +301,10 @@ def time_dream_case(world: WorldModel, settings: BenchSettings, num_envs: int, s
         world, num_envs=num_envs, device=settings.device, sampler_steps=sampler_steps,
         speculation_depth=0 if mode == "off" else settings.speculation_depth,
         speculation="auto" if mode == "off" else mode, precision=settings.precision,
+        workers=None if settings.workers is None else min(settings.workers, num_envs),
     )
     agent = make_agent(settings.agent_kind, agent_ms)
+    workers = env.core.workers
     try:
         obs, _ = env.reset(seed=settings.seed)
         for t in range(settings.warmup):
@@ -330,6 +341,7 @@ def time_dream_case(world: WorldModel, settings: BenchSettings, num_envs: int, s
         "sampler_steps": sampler_steps,
         "speculation": mode,
         "speculation_depth": 0 if mode == "off" else settings.speculation_depth,
+        "workers": workers,
         "agent_ms": agent_ms,
         "agent_kind": settings.agent_kind if agent_ms > 0 else "none",
         "warmup": settings.warmup,
@@ -551,7 +563,7 @@ def format_row(row: dict) -> str:
             f"{row['step_ms']['p50']:.1f} ms{acceptance}{flops} ({row['steps']} steps, load {row['load_avg_after'][0]:.2f})")
 
 
-DREAM_COLUMNS = ("stream", "envs", "sampler steps", "speculation", "agent ms", "timed steps", "env-steps/s",
+DREAM_COLUMNS = ("stream", "envs", "workers", "sampler steps", "speculation", "agent ms", "timed steps", "env-steps/s",
                  "step ms mean", "p50", "p95", "acceptance", "frames/env-step", "gain", "GFLOP/env-step", "TFLOP/s",
                  "of matmul peak", "MFU", "load 1 min")
 
@@ -588,7 +600,7 @@ def to_markdown(results: dict) -> str:
         stream = "any (sticky)" if r["speculation"] == "off" else r["stream"]
         mode = r["speculation"] if r["speculation"] == "off" else f"{r['speculation']} d{r['speculation_depth']}"
         agent = "0" if r["agent_ms"] == 0 else f"{r['agent_ms']:g} {r['agent_kind']}"
-        cells = (stream, r["num_envs"], r["sampler_steps"], mode, agent, r["steps"], _fmt(r["env_steps_per_s"]),
+        cells = (stream, r["num_envs"], r.get("workers", 1), r["sampler_steps"], mode, agent, r["steps"], _fmt(r["env_steps_per_s"]),
                  _fmt(r["step_ms"]["mean"], 1), _fmt(r["step_ms"]["p50"], 1), _fmt(r["step_ms"]["p95"], 1),
                  _fmt(r["acceptance_rate"]), _fmt(r["frames_per_env_step"]), _fmt(r["gain"]),
                  _fmt(r["flops_per_env_step"] / 1e9 if r.get("flops_per_env_step") is not None else None, 3),
@@ -596,8 +608,8 @@ def to_markdown(results: dict) -> str:
                  _fmt(r["load_avg_after"][0]))
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     for s in results["skipped"]:
-        lines.append(f"| {s['stream']} | {s['num_envs']} | {s['sampler_steps']} | {s['speculation']} | "
-                     f"{s['agent_ms']:g} | skipped: {s['reason']} |" + " |" * (len(DREAM_COLUMNS) - 6))
+        lines.append(f"| {s['stream']} | {s['num_envs']} | - | {s['sampler_steps']} | {s['speculation']} | "
+                     f"{s['agent_ms']:g} | skipped: {s['reason']} |" + " |" * (len(DREAM_COLUMNS) - 7))
     streams = [f"{name}: repeat fraction {summary['repeat_fraction']:.3f} (= steady-state acceptance), mean run "
                f"{summary['mean_action_run']:.2f} over {summary['steps']} steps"
                for name, summary in results["streams"].items()]
@@ -657,6 +669,7 @@ class BenchConfig:
     matmul_peak_s: float = BenchSettings.matmul_peak_s  # seconds measuring the dense matmul rate at start and end
     # off: one network pass per frame (SamplingConfig.commit_pass=False); on: two; model: the model's own
     commit_pass: Literal["model", "on", "off"] = "model"
+    workers: int = 0  # row workers of the env (0: its auto, one per torch thread on a CPU; 1: off)
     seed: int = 0
     quick: bool = False  # smoke run: 1-2 envs, default and 1 sampler steps, 4 steps
     out: str = "runs/bench/bench"  # output path without extension (.json and .md)
@@ -674,6 +687,7 @@ def run_bench(config: BenchConfig) -> str:
         budget_s=config.budget_s, game=None if config.game == "none" else config.game, game_steps=config.game_steps,
         threads=config.threads or None, precision=config.precision, peak_tflops=config.peak_tflops, seed=config.seed,
         matmul_peak_s=config.matmul_peak_s, commit_pass={"model": None, "on": True, "off": False}[config.commit_pass],
+        workers=config.workers or None,
     )
     if config.quick:
         settings = quick_settings(settings)

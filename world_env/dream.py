@@ -13,6 +13,11 @@ float rounding (within one grey level on ~3e-5 of the values; not bit-exact: doc
 actions, and `"auto"` (the default) speculates in the background only while `world_env.speculation` measures that
 it pays, with the cache's speculation slots allocated only then (they cost attention work on every pass).
 
+`workers` (None: one per intra-op thread on a CPU, see `resolve_workers`) splits a step over all rows into contiguous
+shards advanced at the same time on a thread pool, each shard a view of the cache (`KVCache.shard`) on one thread's
+share of torch's intra-op threads: the per-frame passes are too small for torch to spread one op over the CPU's
+cores, and shards on their own cores are (measured: 16 envs on 2 cores, 78 env-steps/s with 1 worker, 121 with 2).
+
 `precision="bf16"` runs every network pass under bfloat16 autocast and keeps the KV cache in bfloat16 (half the
 cache memory and bandwidth; the sampler's own state — noise, the ODE update, the previous-frame latents — stays
 float32). It is meant for GPUs; on a CPU it works but is rarely faster.
@@ -35,6 +40,23 @@ from world_env.speculation import SpeculationController
 
 PRECISIONS = ("fp32", "bf16")
 SPECULATION_MODES = ("auto", "sync", "async")
+
+
+# Rows per worker below which `workers=None` (auto) does not split a batch: tiny shards pay the threads' overhead.
+MIN_ROWS_PER_WORKER = 4
+
+
+def resolve_workers(workers: int | None, num_envs: int, device: torch.device) -> int:
+    """How many row workers a batch of `num_envs` steps with: `workers` itself (>= 1, at most `num_envs`), or for
+    None one per intra-op thread on a CPU (`torch.get_num_threads()`) while each keeps `MIN_ROWS_PER_WORKER` rows,
+    and 1 on any other device (one kernel stream already fills it)."""
+    if workers is None:
+        if device.type != "cpu":
+            return 1
+        return max(1, min(torch.get_num_threads(), num_envs // MIN_ROWS_PER_WORKER))
+    if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or not 1 <= workers <= num_envs:
+        raise ValueError(f"workers must be an int from 1 to num_envs ({num_envs}) or None (auto), got {workers!r}")
+    return int(workers)
 
 
 @dataclass
@@ -61,6 +83,7 @@ class DreamCore:
         async_speculation: bool = False,
         precision: str = "fp32",
         speculation: str = "auto",
+        workers: int | None = None,
     ):
         if speculation_depth < 0:
             raise ValueError(f"speculation_depth must be >= 0, got {speculation_depth}")
@@ -103,6 +126,8 @@ class DreamCore:
         # daemon thread would be killed inside a torch call and abort the process.
         self._executor: ThreadPoolExecutor | None = None
         self._pending: Future | None = None
+        self.workers = resolve_workers(workers, num_envs, self.device)
+        self._row_pool: ThreadPoolExecutor | None = None
 
     def _set_speculating(self, on: bool) -> None:
         """Start or stop speculating (auto mode): add the cache's speculation slots, or drop every queue, roll the
@@ -249,10 +274,39 @@ class DreamCore:
 
     def _advance_rows(self, rows: list[int], actions: torch.Tensor, positions: list[int], previous: torch.Tensor,
                       codes: torch.Tensor | None, unlocked: torch.Tensor | None = None) -> dict:
-        # All rows in order: attend to the cache in place instead of gathering copies of it.
-        index = None if rows == list(range(self.num_envs)) else torch.tensor(rows, device=self.device)
-        out = advance_rows(self.world.dit, self.world.codec, self.world.sampling, self.cache, index, actions, positions,
-                           [self.row_seeds[row] for row in rows], previous, self.sampler_steps,
+        seeds = [self.row_seeds[row] for row in rows]
+        if rows != list(range(self.num_envs)):
+            return self._advance_block(self.cache, torch.tensor(rows, device=self.device), seeds, actions, positions,
+                                       previous, codes, unlocked)
+        # All rows in order: attend to the cache in place instead of gathering copies of it, in `workers`
+        # contiguous shards at once (views of the cache: each worker writes its own rows).
+        if self.workers == 1:
+            return self._advance_block(self.cache, None, seeds, actions, positions, previous, codes, unlocked)
+        if self._row_pool is None:
+            threads = max(1, torch.get_num_threads() // self.workers)
+            self._row_pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="dream-rows",
+                                                initializer=torch.set_num_threads, initargs=(threads,))
+            weakref.finalize(self, self._row_pool.shutdown, wait=False)
+        bounds = np.linspace(0, self.num_envs, self.workers + 1).round().astype(int)
+        autocast = self.precision == "bf16"
+
+        def shard(a: int, b: int) -> dict:
+            with torch.no_grad(), (self._autocast() if autocast else contextlib.nullcontext()):  # thread-local
+                part = slice(a, b)
+                return self._advance_block(self.cache.shard(a, b), None, seeds[part], actions[part], positions[part],
+                                           previous[part], None if codes is None else codes[part],
+                                           None if unlocked is None else unlocked[part])
+
+        parts = [f.result() for f in [self._row_pool.submit(shard, int(a), int(b))
+                                      for a, b in zip(bounds[:-1], bounds[1:])]]
+        return {key: None if parts[0][key] is None else torch.cat([part[key] for part in parts])
+                for key in parts[0]}
+
+    def _advance_block(self, cache, index: torch.Tensor | None, seeds: list[int], actions: torch.Tensor,
+                       positions: list[int], previous: torch.Tensor, codes: torch.Tensor | None,
+                       unlocked: torch.Tensor | None) -> dict:
+        out = advance_rows(self.world.dit, self.world.codec, self.world.sampling, cache, index, actions, positions,
+                           seeds, previous, self.sampler_steps,
                            outcome=self.outcome, shown_codes=codes, unlocked=unlocked)
         frames = float_to_frames(self.world.codec.decode(out["latents"]).float())  # (R, H, W, 3) uint8
         return {
@@ -306,3 +360,6 @@ class DreamCore:
             if self._executor is not None:
                 self._executor.shutdown(wait=True)
                 self._executor = None
+            if self._row_pool is not None:
+                self._row_pool.shutdown(wait=True)
+                self._row_pool = None

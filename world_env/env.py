@@ -119,6 +119,11 @@ class WorldModelVecEnv(VectorEnv):
             (the burn-in) and imagines on from its frame, the first observation.
         burn_in: real frames committed at a start from recorded episodes, the start frame included (None: the
             model's window minus one, the most it holds).
+        workers: row workers a step runs on at once, each advancing a contiguous shard of the envs on its own thread
+            with its share of torch's intra-op threads (None: one per intra-op thread on a CPU while each keeps
+            `world_env.dream.MIN_ROWS_PER_WORKER` envs, 1 on a GPU). Small per-frame passes do not spread over
+            threads inside one op, so on a CPU this is where the cores go. A row's frames do not depend on it beyond
+            float rounding (as for any batch composition).
     """
 
     metadata = {"render_modes": ["rgb_array"], "autoreset_mode": AutoresetMode.NEXT_STEP, "render_fps": 15}
@@ -139,8 +144,10 @@ class WorldModelVecEnv(VectorEnv):
         prompt_source: Any = None,
         burn_in: int | None = None,
         speculation: str = "auto",
+        workers: int | None = None,
     ):
         num_envs = check_int("num_envs", num_envs, 1)
+        check_int("workers", workers, 1, optional=True)
         check_int("sampler_steps", sampler_steps, 1, optional=True)
         check_int("speculation_depth", speculation_depth, 0)
         check_int("max_episode_steps", max_episode_steps, 1, optional=True)
@@ -173,7 +180,7 @@ class WorldModelVecEnv(VectorEnv):
         self.action_space = batch_space(self.single_action_space, num_envs)
         self.check_actions = ActionChecker(self.single_action_space, num_envs)
         self.core = DreamCore(self.world, num_envs, sampler_steps, speculation_depth, async_speculation, precision,
-                              speculation=speculation)
+                              speculation=speculation, workers=workers)
         self.prompt_source = None  # without one, reset() needs options={"prompt": ...}
         if prompt_source is not None or burn_in is not None or self.world.prompts is not None:
             self.prompt_source = make_prompt_source(prompt_source, self.world.prompts, burn_in)
