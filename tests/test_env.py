@@ -182,7 +182,7 @@ def test_row_workers_give_the_frames_of_one_batch_and_resolve_per_device(monkeyp
     assert sharded_env.core._row_pool is None
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
     assert resolve_workers(None, 16, torch.device("cpu")) == 2
-    assert resolve_workers(None, 4, torch.device("cpu")) == 1  # too few rows to split
+    assert resolve_workers(None, 1, torch.device("cpu")) == 1  # nothing to split
     assert resolve_workers(None, 16, torch.device("cuda")) == 1
     with pytest.raises(ValueError, match="workers must be an int from 1 to num_envs"):
         WorldModelVecEnv(world, num_envs=2, device="cpu", workers=3)
