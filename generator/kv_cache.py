@@ -77,29 +77,27 @@ class KVCache:
         cached_k, cached_v = self.layer(index, rows)
         return torch.cat([cached_k.to(k.dtype), k], dim=2), torch.cat([cached_v.to(v.dtype), v], dim=2)
 
+    def _rows_only(self, rows: torch.Tensor | slice, count: int) -> "KVCache":
+        """A cache object over ``count`` of this one's rows: a copy for an index tensor, views for a slice."""
+        view = object.__new__(KVCache)
+        view.keys = [k[rows] for k in self.keys]
+        view.values = [v[rows] for v in self.values]
+        view.positions, view.valid = self.positions[rows], self.valid[rows]
+        view.batch_size, view.slots, view.tokens_per_frame = count, self.slots, self.tokens_per_frame
+        view.scratch = self.scratch
+        return view
+
     def shard(self, start: int, stop: int) -> "KVCache":
         """Rows ``start .. stop - 1`` as a cache of their own whose tensors are views of this one's (no copy):
         reading and writing the shard reads and writes these rows here, so disjoint shards can be advanced at the
         same time (`world_env.dream`'s row workers)."""
         if not 0 <= start < stop <= self.batch_size:
             raise ValueError(f"shard rows {start}..{stop - 1} are not within the cache's {self.batch_size} rows")
-        view = object.__new__(KVCache)
-        view.keys = [k[start:stop] for k in self.keys]
-        view.values = [v[start:stop] for v in self.values]
-        view.positions, view.valid = self.positions[start:stop], self.valid[start:stop]
-        view.batch_size, view.slots, view.tokens_per_frame = stop - start, self.slots, self.tokens_per_frame
-        view.scratch = self.scratch
-        return view
+        return self._rows_only(slice(start, stop), stop - start)
 
     def gather(self, rows: torch.Tensor) -> "KVCache":
         """A read-only copy holding only `rows` (in that order): gather once, attend to it many times."""
-        view = object.__new__(KVCache)
-        view.keys = [k[rows] for k in self.keys]
-        view.values = [v[rows] for v in self.values]
-        view.positions, view.valid = self.positions[rows], self.valid[rows]
-        view.batch_size, view.slots, view.tokens_per_frame = len(rows), self.slots, self.tokens_per_frame
-        view.scratch = self.scratch
-        return view
+        return self._rows_only(rows, len(rows))
 
     def resized(self, slots: int) -> "KVCache":
         """A new cache of `slots` ring slots holding each row's latest frames (those within `slots` positions of the

@@ -16,7 +16,7 @@ it pays, with the cache's speculation slots allocated only then (they cost atten
 `workers` (None: one per intra-op thread on a CPU, see `resolve_workers`) splits a step over all rows into contiguous
 shards advanced at the same time on a thread pool, each shard a view of the cache (`KVCache.shard`) on one thread's
 share of torch's intra-op threads: the per-frame passes are too small for torch to spread one op over the CPU's
-cores, and shards on their own cores are (measured: 16 envs on 2 cores, 78 env-steps/s with 1 worker, 121 with 2).
+cores, and shards on their own cores are (docs/benchmarks.md, "Row workers").
 
 `precision="bf16"` runs every network pass under bfloat16 autocast and keeps the KV cache in bfloat16 (half the
 cache memory and bandwidth; the sampler's own state — noise, the ODE update, the previous-frame latents — stays
@@ -42,19 +42,12 @@ PRECISIONS = ("fp32", "bf16")
 SPECULATION_MODES = ("auto", "sync", "async")
 
 
-# Rows each worker keeps at least under `workers=None` (auto). Measured on 2 cores with the shipped model, 2 workers
-# pay from 2 envs up (2 envs: 70 against 54 env-steps/s; 4: 87-94 against 64-67; 8: 114-119 against 74-82).
-MIN_ROWS_PER_WORKER = 1
-
-
 def resolve_workers(workers: int | None, num_envs: int, device: torch.device) -> int:
     """How many row workers a batch of `num_envs` steps with: `workers` itself (>= 1, at most `num_envs`), or for
-    None one per intra-op thread on a CPU (`torch.get_num_threads()`) while each keeps `MIN_ROWS_PER_WORKER` rows,
-    and 1 on any other device (one kernel stream already fills it)."""
+    None one per intra-op thread on a CPU (`torch.get_num_threads()`, at most one per row: two pay from two rows up,
+    docs/benchmarks.md "Row workers"), and 1 on any other device (one kernel stream already fills it)."""
     if workers is None:
-        if device.type != "cpu":
-            return 1
-        return max(1, min(torch.get_num_threads(), num_envs // MIN_ROWS_PER_WORKER))
+        return min(torch.get_num_threads(), num_envs) if device.type == "cpu" else 1
     if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or not 1 <= workers <= num_envs:
         raise ValueError(f"workers must be an int from 1 to num_envs ({num_envs}) or None (auto), got {workers!r}")
     return int(workers)
@@ -289,10 +282,9 @@ class DreamCore:
                                                 initializer=torch.set_num_threads, initargs=(threads,))
             weakref.finalize(self, self._row_pool.shutdown, wait=False)
         bounds = np.linspace(0, self.num_envs, self.workers + 1).round().astype(int)
-        autocast = self.precision == "bf16"
 
         def shard(a: int, b: int) -> dict:
-            with torch.no_grad(), (self._autocast() if autocast else contextlib.nullcontext()):  # thread-local
+            with torch.no_grad(), self._autocast():  # both are thread-local: enter them on the worker
                 part = slice(a, b)
                 return self._advance_block(self.cache.shard(a, b), None, seeds[part], actions[part], positions[part],
                                            previous[part], None if codes is None else codes[part],

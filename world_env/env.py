@@ -120,10 +120,9 @@ class WorldModelVecEnv(VectorEnv):
         burn_in: real frames committed at a start from recorded episodes, the start frame included (None: the
             model's window minus one, the most it holds).
         workers: row workers a step runs on at once, each advancing a contiguous shard of the envs on its own thread
-            with its share of torch's intra-op threads (None: one per intra-op thread on a CPU while each keeps
-            `world_env.dream.MIN_ROWS_PER_WORKER` envs, 1 on a GPU). Small per-frame passes do not spread over
-            threads inside one op, so on a CPU this is where the cores go. A row's frames do not depend on it beyond
-            float rounding (as for any batch composition).
+            with its share of torch's intra-op threads (None: one per intra-op thread on a CPU, at most one per env;
+            1 on a GPU). Small per-frame passes do not spread over threads inside one op, so on a CPU this is where
+            the cores go. A row's frames do not depend on it beyond float rounding (as for any batch composition).
     """
 
     metadata = {"render_modes": ["rgb_array"], "autoreset_mode": AutoresetMode.NEXT_STEP, "render_fps": 15}
