@@ -16,7 +16,8 @@ Each iteration runs three phases (DIAMOND, Alonso et al. 2024, Alg. 1; IRIS and 
    imagined steps, for ``dream_steps_per_iteration`` steps.
 
 A phase given 0 steps (``generator_steps_per_iteration`` or ``dream_steps_per_iteration``) is skipped: a fixed world
-model, or with both 0 and ``real_ppo`` the no-dream control (PPO on the same real collection schedule, nothing else).
+model (``generator`` then names the world every dream uses, a run or an exported model), or with both 0 and
+``real_ppo`` the no-dream control (PPO on the same real collection schedule, nothing else).
 
 Budgets: ``real_steps`` (all iterations), ``dream_steps`` (all dream phases; 0: no cap), ``max_minutes`` (wall time of
 this process). Resume: ``out/loop_state.json`` names the next phase. Every phase is a function of the files the
@@ -68,7 +69,9 @@ class LoopConfig:
     game_kwargs: dict = field(default_factory=dict)  # `world_env.games.make_game` options
     frame_size: int = 64  # square frames, as the world model's
     # The world model: the folder of an existing `scripts/train.py` run, whose train_state (weights, optimizer, RNGs,
-    # TrainConfig) is copied to out/generator and continued; or "" for a new one from `generator_config`.
+    # TrainConfig) is copied to out/generator and continued; or "" for a new one from `generator_config`. With
+    # generator_steps_per_iteration 0 the world is fixed: a run folder (its model/) or an exported world model
+    # (`export-model`, e.g. world_env/assets/crafter, with its own outcome model) that every dream phase uses as is.
     generator: str = ""
     generator_config: dict = field(default_factory=dict)  # TrainConfig fields over the run's (or the defaults)
     initial_data: str = ""  # dataset folder(s) trained on besides the collected steps ("": the run's own data)
@@ -141,6 +144,14 @@ class LoopConfig:
         if unknown or owned:
             raise ValueError(f"outcome_config: unknown fields {unknown}, fields the loop sets itself {owned}; give "
                              "OutcomeTrainConfig fields such as dim, depth, lr, batch_size, event_fraction")
+        if self.generator_steps_per_iteration == 0 and self.dream_steps_per_iteration > 0:
+            if not self.generator:
+                raise ValueError("a fixed world model (generator_steps_per_iteration 0) needs generator: a train.py "
+                                 "run folder or an exported world model")
+            if self.outcome_steps_per_iteration:
+                raise ValueError("outcome_steps_per_iteration continues the outcome model beside the generator's "
+                                 "updates; with a fixed world (generator_steps_per_iteration 0) set it to 0 (the "
+                                 "world's own outcome model or heads are used)")
         if not self.generator and not self.initial_data and self.generator_config.get("data"):
             raise ValueError("give the initial data as initial_data, not generator_config['data']")
 
@@ -299,9 +310,25 @@ class LoopRun:
         if self.config.initial_data:
             return [p for p in self.config.initial_data.split(",") if p]
         if self.config.generator:
+            if not (Path(self.config.generator) / "train_state").exists():
+                raise ValueError(f"{self.config.generator} is not a train.py run (no train_state/), so the loop cannot "
+                                 "read which data it was trained on: give initial_data (--initial-data)")
             _, saved = saved_run(self.config.generator)
             return [p for p in str(saved["data"]).split(",") if p]
         return []
+
+    def world(self) -> Path:
+        """The world model the dream phase uses: the loop's own updated generator, or with
+        ``generator_steps_per_iteration`` 0 the fixed one ``generator`` names (an exported model or a run's
+        ``model/``)."""
+        if self.config.generator_steps_per_iteration:
+            return self.generator_out / "model"
+        fixed = Path(self.config.generator)
+        for candidate in (fixed, fixed / "model"):
+            if (candidate / "config.json").exists() and (candidate / "model.safetensors").exists():
+                return candidate
+        raise ValueError(f"{fixed} holds no world model (config.json and model.safetensors, there or in model/): "
+                         "give an exported world model or a train.py run folder as generator")
 
     def data(self, through: int) -> str:
         """The dataset folders of the initial data and iterations ``0 .. through`` (comma-separated)."""
@@ -464,7 +491,7 @@ def dream_phase(run: LoopRun, iteration: int) -> dict:
     seed = phase_seed(config, iteration, "dream")
     starts = ReplayStarts(run.data(iteration), burn_in=config.burn_in, recent_weight=config.recent_weight,
                           recent_fraction=config.recent_fraction)
-    world = run.generator_out / "model"
+    world = run.world()
     if config.outcome_steps_per_iteration:  # rewards and terminations from the outcome model, read off the frames
         from generator.outcome import attach_outcome, load_outcome
         from generator.pretrained import WorldModel
@@ -508,6 +535,9 @@ def run_loop(config: LoopConfig) -> dict:
     from tqdm.auto import tqdm
 
     run = LoopRun(config)
+    if config.dream_steps_per_iteration:  # a missing world or unreadable data fails now, not after a collect phase
+        run.world()
+        run.initial_data()
     run.out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(run.out / "config.json", asdict(config))
     state = run.state
@@ -547,7 +577,8 @@ def run_loop(config: LoopConfig) -> dict:
     finished = state["real_steps"] >= config.real_steps and state["phase"] == "collect"
     summary = {"finished": finished, **{k: state[k] for k in ("iteration", "phase", "real_steps", "dream_steps",
                                                              "generator_step")},
-               "agent": str(run.agent_path), "world_model": str(run.generator_out / "model")}
+               "agent": str(run.agent_path),
+               "world_model": str(run.world()) if config.dream_steps_per_iteration else None}
     if finished and config.eval_episodes:
         from agents.ppo import EVAL_SEED_OFFSET, evaluate_policy_real
 

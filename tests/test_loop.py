@@ -125,6 +125,35 @@ def test_the_no_dream_control_runs_only_the_real_phases(tmp_path):
         loop_config(tmp_path / "bad", "", generator_steps_per_iteration=-1).check()
 
 
+def test_a_fixed_world_dreams_in_the_given_model_and_never_trains_it(generator_run, tmp_path):
+    """generator_steps_per_iteration 0 with dream steps: every dream phase uses the world `generator` names (a run's
+    model/ or an exported model) as it is, alongside the real PPO steps."""
+    torch.set_num_threads(1)
+    weights = load_file(generator_run / "model" / "model.safetensors")
+    out = tmp_path / "fixed"
+    summary = run_loop(loop_config(out, generator_run, real_ppo=True, generator_steps_per_iteration=0,
+                                   initial_data=str(generator_run.parent / "initial")))
+    assert summary["finished"] and summary["real_steps"] == 32 and summary["dream_steps"] == 32
+    assert summary["world_model"] == str(generator_run / "model")
+    state = json.loads((out / "loop_state.json").read_text())
+    assert [r.get("skipped", False) for r in state["history"]] == [False, True, False] * 2
+    assert not (out / "generator").exists()
+    after = load_file(generator_run / "model" / "model.safetensors")
+    assert all(torch.equal(weights[k], after[k]) for k in weights)
+    from stable_baselines3 import PPO
+
+    assert PPO.load(out / "agent" / "model.zip", device="cpu").num_timesteps == 64  # 32 real + 32 dream
+    exported = generator_run / "model"  # an exported model has no train_state: its data must be named
+    with pytest.raises(ValueError, match="give initial_data"):
+        run_loop(loop_config(tmp_path / "no_data", exported, real_ppo=True, generator_steps_per_iteration=0))
+    with pytest.raises(ValueError, match="holds no world model"):
+        run_loop(loop_config(tmp_path / "no_world", tmp_path, real_ppo=True, generator_steps_per_iteration=0,
+                             initial_data=str(generator_run.parent / "initial")))
+    with pytest.raises(ValueError, match="set it to 0"):
+        loop_config(tmp_path / "bad", generator_run, generator_steps_per_iteration=0,
+                    outcome_steps_per_iteration=5).check()
+
+
 @pytest.fixture(scope="module")
 def tile_generator_run(tmp_path_factory):
     """A two-step tile-model run (codebook built from two short random Crafter episodes) the loop continues."""
