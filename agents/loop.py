@@ -323,12 +323,13 @@ class LoopRun:
         ``model/``)."""
         if self.config.generator_steps_per_iteration:
             return self.generator_out / "model"
-        fixed = Path(self.config.generator)
-        for candidate in (fixed, fixed / "model"):
-            if (candidate / "config.json").exists() and (candidate / "model.safetensors").exists():
-                return candidate
-        raise ValueError(f"{fixed} holds no world model (config.json and model.safetensors, there or in model/): "
-                         "give an exported world model or a train.py run folder as generator")
+        from generator.checkpoint import CONFIG_NAME, checkpoint_folder
+
+        fixed = checkpoint_folder(self.config.generator)
+        if (fixed / CONFIG_NAME).exists() and (fixed / "model.safetensors").exists():
+            return fixed
+        raise ValueError(f"{self.config.generator} holds no world model (config.json and model.safetensors, there or "
+                         "in model/): give an exported world model or a train.py run folder as generator")
 
     def data(self, through: int) -> str:
         """The dataset folders of the initial data and iterations ``0 .. through`` (comma-separated)."""
@@ -578,7 +579,8 @@ def run_loop(config: LoopConfig) -> dict:
     summary = {"finished": finished, **{k: state[k] for k in ("iteration", "phase", "real_steps", "dream_steps",
                                                              "generator_step")},
                "agent": str(run.agent_path),
-               "world_model": str(run.world()) if config.dream_steps_per_iteration else None}
+               "world_model": (str(run.world()) if config.generator_steps_per_iteration or config.dream_steps_per_iteration
+                               else None)}
     if finished and config.eval_episodes:
         from agents.ppo import EVAL_SEED_OFFSET, evaluate_policy_real
 

@@ -247,6 +247,14 @@ def read_checkpoint_config(directory: str | Path) -> dict:
     return {k: v for k, v in config.items() if k not in RESERVED_CONFIG_KEYS}
 
 
+def checkpoint_folder(directory: str | Path) -> Path:
+    """`directory` itself, or the `model/` in it when only that holds a checkpoint (a training run's folder)."""
+    directory = Path(directory)
+    if not (directory / CONFIG_NAME).exists() and (directory / "model" / CONFIG_NAME).exists():
+        return directory / "model"
+    return directory
+
+
 def load_checkpoint(
     directory: str | Path,
     names: list[str] | None = None,

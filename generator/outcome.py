@@ -38,7 +38,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from generator.actions import ActionEmbedding
-from generator.checkpoint import CONFIG_NAME, CheckpointError, load_checkpoint, load_state_into, save_checkpoint
+from generator.checkpoint import (CheckpointError, checkpoint_folder, load_checkpoint, load_state_into,
+                                  save_checkpoint)
 from generator.metrics import precision_recall
 
 KIND = "nextframe-outcome"
@@ -238,9 +239,7 @@ def outcome_from_state(config: dict, state: dict[str, torch.Tensor], where: str)
 
 def load_outcome(directory: str | Path, device: str | torch.device = "cpu") -> OutcomeModel:
     """Load an outcome model saved by `train_outcome`: its run folder or the `model/` in it (checksums verified)."""
-    directory = Path(directory)
-    if not (directory / CONFIG_NAME).exists() and (directory / "model" / CONFIG_NAME).exists():
-        directory = directory / "model"
+    directory = checkpoint_folder(directory)
     config, tensors = load_checkpoint(directory)
     if config.get("kind") != KIND or "outcome" not in tensors:
         raise CheckpointError(f"{directory}: not a nextframe outcome model (kind={config.get('kind')!r}); train one "

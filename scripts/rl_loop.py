@@ -10,8 +10,8 @@ command again after a stop or a kill.
 without it, --generator-config '{"model": "small", ...}' (TrainConfig fields, JSON) starts a new model on
 --initial-data plus the collected steps. With --generator-steps-per-iteration 0 the world is fixed: --generator may
 then be an exported world model too (world_env/assets/crafter, with --initial-data for the replay starts), and
-with --dream-steps-per-iteration 0 as well (and --real-ppo) the run is the no-dream control. TensorBoard: tensorboard --logdir OUT/tb. SB3 zips contain pickles: load
-only agents you trained yourself.
+with --dream-steps-per-iteration 0 as well (and --real-ppo) the run is the no-dream control. TensorBoard:
+tensorboard --logdir OUT/tb. SB3 zips contain pickles: load only agents you trained yourself.
 
 An alias of `nextframe rl-loop` (agents/commands.py); `--help` lists the flags.
 """

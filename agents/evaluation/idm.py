@@ -20,7 +20,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from generator.checkpoint import CONFIG_NAME, CheckpointError, load_checkpoint, load_state_into, save_checkpoint
+from generator.checkpoint import (CheckpointError, checkpoint_folder, load_checkpoint, load_state_into,
+                                  save_checkpoint)
 from generator.data import EpisodeDataset
 from generator.actions import action_components, space_from_json, space_to_json
 from generator.pretrained import resolve_device
@@ -213,9 +214,7 @@ def train_idm(config: IDMConfig) -> dict:
 
 def load_idm(directory: str | Path, device: str | torch.device = "cpu") -> InverseDynamics:
     """Load an IDM saved by `train_idm`: its run folder or the `model/` in it (checksums and shapes verified)."""
-    directory = Path(directory)
-    if not (directory / CONFIG_NAME).exists() and (directory / "model" / CONFIG_NAME).exists():
-        directory = directory / "model"
+    directory = checkpoint_folder(directory)
     config, tensors = load_checkpoint(directory)
     if config.get("kind") != KIND:
         raise CheckpointError(f"{directory}: config.json is not a nextframe IDM (kind={config.get('kind')!r})")
