@@ -736,18 +736,23 @@ class EpisodeDataset(torch.utils.data.Dataset):
         shard = self.root / self._entries[k]["name"]
         return {key: torch.from_numpy(_read_rows(shard, key, self._specs[key], start, stop)) for key in self._specs}
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+    def window_origin(self, index: int) -> tuple[int, int]:
+        """Where window ``index`` comes from: its episode's index in this split and the step it starts at (0 for a
+        dataset without a fixed window, whose items are whole episodes)."""
         index = int(index)
         total = len(self)
         if not -total <= index < total:
             raise IndexError(f"window index {index} out of range for {total} windows")
         index %= total
         k = int(np.searchsorted(self._window_ends, index, side="right"))
+        return k, (0 if self.window is None else index - (int(self._window_ends[k - 1]) if k else 0))
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        k, start = self.window_origin(index)
         if self.window is None:
             item = self.episode(k)
             item["valid"] = torch.ones(int(self._steps[k]), dtype=torch.bool)
             return item
-        start = index - (int(self._window_ends[k - 1]) if k else 0)
         return self._window(k, start)
 
     def sample(

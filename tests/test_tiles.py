@@ -362,6 +362,10 @@ def test_fidelity_evaluation_writes_every_figure(tmp_path):
     assert real_rates["steps"] == 3 * 14 and real_rates["termination"] == 100 / 42  # the last episode ends
     assert set(row["move_rule"]) == {"all", "last"} and "Move rule" in (tmp_path / "fid" / "fidelity.md").read_text()
     assert json.loads((tmp_path / "fid" / "fidelity.json").read_text())["config"]["horizon"] == 4
+    # the redrawn-game reference replays Crafter only; this synthetic game is named as skipped, with the reason
+    assert summary["redrawn_reference"]["streams"] == {}
+    assert "replays Crafter" in summary["redrawn_reference"]["skipped"]["sticky"]
+    assert "No redrawn-game reference" in (tmp_path / "fid" / "fidelity.md").read_text()
 
 
 def test_tiles_out_of_place_and_a_missing_player_are_seen():

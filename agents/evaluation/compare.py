@@ -24,6 +24,10 @@ them) and generates ``horizon`` frames driven by the next real actions. Per hori
   Real episodes end rarely, so read the ``positives`` counts before the rates (``None`` when undefined).
 
 Frames past an episode's end (window padding) are left out of every metric.
+
+`compare_redrawn_real` scores real Crafter itself the same way, replayed to each prompt's last frame with
+everything outside the view redrawn by the game's own generator: a reference that says how much of each figure a
+model conditioned on the prompt could get at all.
 """
 from __future__ import annotations
 
@@ -126,6 +130,103 @@ def compare_dream_real(
     Returns ``(metrics, clips)``: ``clips = {"real": (R, context + horizon, H, W, 3), "dream": same, the context
     being the real frames}`` as uint8 numpy arrays (empty when ``video_rows == 0``).
     """
+    def generate(picked: list[int], batch: dict) -> dict:
+        frames, actions = batch["frames"], batch["actions"]
+        return open_loop_rollout(world, frames[:, :context_frames], actions[:, :context_frames],
+                                 actions[:, context_frames:], [seed * 1_000_003 + i for i in picked], sampler_steps,
+                                 prompt_has_action=~batch["is_first"][:, :context_frames],
+                                 prompt_steps=batch["step"][:, 0])
+
+    # The view-shift metric knows Crafter's 64x64 geometry (7-px tiles); other games get None.
+    info = getattr(world, "info", None)
+    reads_view_shift = info is not None and info.game == "crafter" and tuple(info.frame_size) == (64, 64)
+    metrics, clips = _compare_windows(dataset, generate, context_frames, horizon, windows, batch_size, idm,
+                                      reward_threshold, termination_threshold, reads_view_shift, video_rows,
+                                      progress, "dream vs real")
+    metrics["sampler_steps"] = sampler_steps or world.sampling.sampler_steps
+    return metrics, clips
+
+
+@torch.no_grad()
+def compare_redrawn_real(
+    dataset: EpisodeDataset,
+    context_frames: int = 4,
+    horizon: int = 16,
+    windows: int = 64,
+    keep_field: bool | None = True,
+    seed: int = 0,
+    reward_threshold: float = 0.5,
+    progress: bool = False,
+) -> dict:
+    """The metrics of `compare_dream_real` for the real game itself, with what the prompt did not show redrawn: a
+    reference for every world model.
+
+    Each window's episode is replayed in real Crafter from its recorded seed and actions up to the prompt's last
+    frame (the replay must reproduce the recorded frames), then `CrafterGame.redraw_unseen` redraws everything
+    outside the view (``keep_field``: from the episode's own noise field, more than the prompt shows; ``False``:
+    from another world's) and the game plays on under the real actions. ``keep_field=None`` only replays (every
+    figure then agrees with the real episode: a check of the replay). Its frames, rewards and terminations are
+    scored as a dream's would be. Where the real game, redrawn, disagrees with the recorded continuation, the
+    disagreement comes from what the prompt did not show, which no model conditioned on the prompt can know.
+    Needs a Crafter dataset whose episodes record their seeds (`scripts/collect.py` does).
+    """
+    from world_env.games import make_game
+
+    if dataset.meta.get("game") != "crafter":
+        raise ValueError(f"{dataset.root} holds {dataset.meta.get('game')!r} episodes; the redrawn reference "
+                         f"replays Crafter only")
+    seeds = dataset.episode_seeds
+    kwargs = {key: tuple(value) if isinstance(value, list) else value  # JSON gives lists; crafter takes tuples
+              for key, value in (dataset.meta.get("extra", {}).get("game_kwargs") or {}).items()}
+
+    def generate(picked: list[int], batch: dict) -> dict:
+        frames, rewards, ends = [], [], []
+        for row, index in enumerate(picked):
+            k, start = dataset.window_origin(index)
+            if seeds[k] is None:
+                raise ValueError(f"{dataset.root}: episode {dataset.episode_names[k]} records no seed, so it cannot "
+                                 f"be replayed; record held-out episodes with scripts/collect.py --seed")
+            steps = dataset.read_steps(k, 0, start + context_frames)
+            game = make_game("crafter", dataset.frame_size, **kwargs)
+            frame = game.reset(seeds[k])
+            for t in range(1, start + context_frames):
+                frame, *_ = game.step(int(steps["actions"][t]))
+            if not np.array_equal(frame, steps["frames"][-1].numpy()):
+                raise ValueError(f"{dataset.root}: replaying episode {dataset.episode_names[k]} from seed {seeds[k]} "
+                                 f"does not give its recorded frame at step {start + context_frames - 1}; the "
+                                 f"episode was recorded with another crafter version or game settings")
+            if keep_field is not None:
+                game.redraw_unseen(seed * 1_000_003 + index, keep_field=keep_field)
+            row_frames, row_rewards, row_ends = [], [], []
+            over = False
+            for action in batch["actions"][row, context_frames:]:
+                reward, terminated = 0.0, False
+                if not over:  # past the episode's end the window is padding, left out of every metric
+                    frame, reward, terminated, truncated, _ = game.step(int(action))
+                    over = terminated or truncated
+                row_frames.append(frame)
+                row_rewards.append(reward)
+                row_ends.append(terminated)
+            frames.append(np.stack(row_frames))
+            rewards.append(row_rewards)
+            ends.append(row_ends)
+        ended = torch.tensor(ends)
+        return {"frames": torch.from_numpy(np.stack(frames)), "reward": torch.tensor(rewards),
+                "termination_logit": torch.where(ended, math.inf, -math.inf)}
+
+    reads_view_shift = tuple(dataset.frame_size) == (64, 64)
+    metrics, _ = _compare_windows(dataset, generate, context_frames, horizon, windows, 16, None, reward_threshold,
+                                  0.0, reads_view_shift, 0, progress, "redrawn game vs real")
+    metrics["redrawn"] = {True: "noise field kept", False: "another world", None: "replay only"}[keep_field]
+    return metrics
+
+
+def _compare_windows(dataset: EpisodeDataset, generate, context_frames: int, horizon: int, windows: int,
+                     batch_size: int, idm, reward_threshold: float, termination_threshold: float,
+                     reads_view_shift: bool, video_rows: int, progress: bool, desc: str) -> tuple[dict, dict]:
+    """The scoring of `compare_dream_real` for any continuation: ``generate(picked, batch)`` gives, for the windows
+    ``picked`` (indices into ``dataset``; ``batch`` their stacked items), ``{"frames": (B, horizon, H, W, 3) uint8,
+    "reward": (B, horizon), "termination_logit": (B, horizon)}`` after the first ``context_frames`` real frames."""
     from tqdm.auto import tqdm
 
     length = context_frames + horizon
@@ -139,20 +240,13 @@ def compare_dream_real(
             for key in ("mse", "copy_mse", "ssim", "copy_ssim", "idm_dream", "idm_real", "count")}
     reward_pred, reward_real, end_pred, end_real, masks = [], [], [], [], []
     shifts, short_shifts, shown_shifts, unshown_shifts = [], [], [], []
-    # The view-shift metric knows Crafter's 64x64 geometry (7-px tiles); other games get None.
-    info = getattr(world, "info", None)
-    reads_view_shift = info is not None and info.game == "crafter" and tuple(info.frame_size) == (64, 64)
     clips = {"real": [], "dream": []}
-    for start in tqdm(range(0, len(chosen), batch_size), disable=not progress, desc="dream vs real"):
+    for start in tqdm(range(0, len(chosen), batch_size), disable=not progress, desc=desc):
         picked = chosen[start : start + batch_size]
         items = [dataset[i] for i in picked]
         batch = {key: torch.stack([item[key][:length] for item in items]) for key in items[0]}
         frames, actions = batch["frames"], batch["actions"]  # (B, T, H, W, 3), (B, T, ...)
-        seeds = [seed * 1_000_003 + i for i in picked]
-        out = open_loop_rollout(world, frames[:, :context_frames], actions[:, :context_frames],
-                                actions[:, context_frames:], seeds, sampler_steps,
-                                prompt_has_action=~batch["is_first"][:, :context_frames],
-                                prompt_steps=batch["step"][:, 0])
+        out = generate(picked, batch)
         real, dream = frames[:, context_frames:], out["frames"]  # (B, K, H, W, 3)
         last = frames[:, context_frames - 1 : context_frames]  # (B, 1, H, W, 3)
         copy_last = last.expand_as(real)
@@ -218,7 +312,6 @@ def compare_dream_real(
         "termination": {"threshold_logit": termination_threshold, **events(ep, er)},
         "windows": len(chosen),
         "context_frames": context_frames,
-        "sampler_steps": sampler_steps or world.sampling.sampler_steps,
     }
     if idm is not None:
         dream_acc, real_acc = sums["idm_dream"] / count, sums["idm_real"] / count

@@ -29,6 +29,14 @@ and once per model:
   (`move_rule_agreement`): moves into walkable tiles followed, moves into blocking tiles held, other actions held,
   beside the same figures on the other half of the real episodes and the share of steps too uniform to read.
 
+and once per stream (Crafter episodes that record their seeds; ``redrawn_reference``):
+
+- **the real game, with the unseen redrawn** (`agents.evaluation.compare.compare_redrawn_real`): the same open-loop
+  figures for real Crafter replayed to each prompt's last frame, with everything outside the view redrawn by the
+  game's own generator (the world's noise field kept, and another world's), then played on under the real actions.
+  What a model must invent is redrawn here too, so these rows say how much of each figure the prompt decides: the
+  part of the gap to 1.0 that the real game itself shows is not the model's to close.
+
 `scripts/evaluate_fidelity.py` writes ``fidelity.json``, ``fidelity.md``, ``open_loop_<stream>.png``,
 ``health.png`` and ``strip.png``.
 """
@@ -42,7 +50,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from agents.evaluation.compare import compare_dream_real, json_safe
+from agents.evaluation.compare import compare_dream_real, compare_redrawn_real, json_safe
 from generator.metrics import precision_recall
 from generator.metrics import SHIFTS, distinct_tiles, view_shift
 from agents.evaluation.plots import save_strip
@@ -74,6 +82,7 @@ class FidelityConfig:
     player_tile: tuple[int, int] = (3, 4)  # the player's (row, column) in the world view (Crafter's centre)
     move_actions: tuple[int, ...] = (1, 2, 3, 4)  # the actions that move the player (Crafter's move_left..move_down)
     rule_span: int = 100  # the move rule is also reported over the last this many rollout frames
+    redrawn_reference: bool = True  # also score real Crafter with the unseen redrawn (compare_redrawn_real)
     device: str = "cpu"
     seed: int = 0
     progress: bool = True
@@ -387,8 +396,29 @@ def plot_health(results: dict, reference: dict, path: Path) -> Path:
     return path
 
 
+def redrawn_references(streams: dict[str, str], config: FidelityConfig) -> dict:
+    """`compare_redrawn_real` on every stream, with the noise field kept and with another world's:
+    ``{"streams": {stream: {"field": metrics, "world": metrics}}, "skipped": {stream: why}}``. A stream that is not
+    Crafter or whose episodes record no seeds cannot be replayed and is skipped (named, with the reason)."""
+    out: dict = {"streams": {}, "skipped": {}}
+    for stream, folder in streams.items():
+        dataset = EpisodeDataset(folder, window=config.context_frames + config.horizon)
+        if dataset.meta.get("game") != "crafter":
+            game = dataset.meta.get("game")
+            out["skipped"][stream] = f"{folder} holds {game!r} episodes, the reference replays Crafter"
+            continue
+        if any(seed is None for seed in dataset.episode_seeds):
+            out["skipped"][stream] = f"{folder} has episodes without a recorded seed"
+            continue
+        out["streams"][stream] = {
+            name: compare_redrawn_real(dataset, config.context_frames, config.horizon, config.windows,
+                                       keep_field=keep, seed=config.seed, progress=config.progress)
+            for name, keep in (("field", True), ("world", False))}
+    return out
+
+
 def markdown(results: dict, reference: dict, config: FidelityConfig, rule_reference: dict | None = None,
-             outcome_reference: dict | None = None) -> str:
+             outcome_reference: dict | None = None, redrawn: dict | None = None) -> str:
     lines = []
     horizons = [h for h in (1, 2, 4, 8, 16, 32) if h <= config.horizon]
     for stream in config.streams:
@@ -399,8 +429,10 @@ def markdown(results: dict, reference: dict, config: FidelityConfig, rule_refere
                   + " | " + " | ".join(f"SSIM h{h}" for h in horizons) + " | PSNR > copy at | SSIM > copy at |",
                   "|" + "---|" * (8 + 2 * len(horizons) + 2)]
         copy = None
-        for name, r in results.items():
-            m = r["streams"][name_s]["open_loop"]
+        rows = [(name, r["streams"][name_s]["open_loop"]) for name, r in results.items()]
+        rows += [(f"real game, unseen redrawn ({m['redrawn']})", m)
+                 for m in (redrawn or {}).get("streams", {}).get(name_s, {}).values()]
+        for name, m in rows:
             copy = m
             vs, short, shown = m["view_shift"] or {}, m.get("view_shift_short") or {}, m.get("view_shift_shown") or {}
 
@@ -411,7 +443,7 @@ def markdown(results: dict, reference: dict, config: FidelityConfig, rule_refere
             above_p = sum(a > b for a, b in zip(m["psnr"], m["copy_last_psnr"]))
             above_s = sum(a > b for a, b in zip(m["ssim"], m["copy_last_ssim"]))
             lines.append(
-                f"| {name} | {m['sampler_steps']} | {rate('moved_agreement')} ({vs.get('moved_steps', 0)}) | "
+                f"| {name} | {m.get('sampler_steps', '-')} | {rate('moved_agreement')} ({vs.get('moved_steps', 0)}) | "
                 f"{rate('stayed_agreement')} ({vs.get('stayed_steps', 0)}) | "
                 f"{rate('moved_agreement', short)} ({short.get('moved_steps', 0)}) | "
                 f"{rate('stayed_agreement', short)} ({short.get('stayed_steps', 0)}) | "
@@ -422,6 +454,8 @@ def markdown(results: dict, reference: dict, config: FidelityConfig, rule_refere
                 + f" | {above_p}/{len(m['psnr'])} | {above_s}/{len(m['ssim'])} |")
         lines.append("| copy last frame | - | - | - | - | - | - | - | " + " | ".join(f"{copy['copy_last_psnr'][h - 1]:.2f}" for h in horizons)
                      + " | " + " | ".join(f"{copy['copy_last_ssim'][h - 1]:.3f}" for h in horizons) + " | - | - |")
+        if redrawn is not None and name_s in redrawn.get("skipped", {}):
+            lines += ["", f"(No redrawn-game reference: {redrawn['skipped'][name_s]}.)"]
         lines.append("")
     lines += ["### Outcomes on real transitions", "",
               "| model | stream | reward > 0: precision / recall (positives) | achievement: P / R (positives) | "
@@ -518,6 +552,7 @@ def evaluate_fidelity(config: FidelityConfig) -> dict:
         rule_reference = summarize_rules([move_rule_agreement(f[None], a[None, 1:], codec, rule, config)
                                           for f, a in episodes[1::2]])
 
+    redrawn = redrawn_references(streams, config) if config.redrawn_reference else None
     results: dict = {}
     strips, times = {}, list(range(0, config.rollout_frames + 1, max(1, config.rollout_frames // 10)))
     for name, (world, steps, path) in worlds.items():
@@ -558,11 +593,12 @@ def evaluate_fidelity(config: FidelityConfig) -> dict:
     folder = Path(config.out)
     folder.mkdir(parents=True, exist_ok=True)
     summary = {"models": results, "real_reference": reference, "move_rule_reference": rule_reference,
-               "outcome_reference": outcome_reference,
+               "outcome_reference": outcome_reference, "redrawn_reference": redrawn,
                "config": asdict(config),
                "torch_threads": torch.get_num_threads()}
     (folder / "fidelity.json").write_text(json.dumps(json_safe(summary), indent=1))
-    (folder / "fidelity.md").write_text(markdown(results, reference, config, rule_reference, outcome_reference))
+    (folder / "fidelity.md").write_text(markdown(results, reference, config, rule_reference, outcome_reference,
+                                                                  redrawn))
     for stream in streams:
         plot_open_loop(results, stream, folder / f"open_loop_{stream}.png")
     plot_health(results, reference, folder / "health.png")

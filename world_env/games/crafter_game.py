@@ -130,8 +130,71 @@ class CrafterGame:
                 "achievement_counts": np.array([info["achievements"][n] for n in CRAFTER_ACHIEVEMENTS], np.int32)}
         return frame, float(reward), terminated, truncated, info
 
+    def redraw_unseen(self, seed: int, keep_field: bool = True) -> None:
+        """Redraw, in place, everything of the world the player cannot see, and reseed its creatures' moves.
+
+        The tiles in the player's view (and the player) stay as they are, so the next frame is unchanged; every
+        tile and creature outside it is drawn anew by crafter's own world generator: with ``keep_field`` from this
+        world's noise field (where mountains, lakes, caves and forests lie stays; which tile of a forest holds a
+        tree, the ores and the creatures are drawn from ``seed``), otherwise from the noise field of another world
+        (``seed``). The generator's draws for creature moves and spawns are reseeded from ``seed`` too.
+
+        What it is for: a reference for world models. A model conditioned on a few frames cannot know what lies
+        beyond them; this game, redrawn, is the real game's rules with the unseen drawn from the real game's own
+        distribution, so its agreement with the original continuation bounds what such knowledge is worth
+        (`agents.evaluation.compare.compare_redrawn_real`). The noise field kept is more than any such model
+        knows, another world's field less.
+        """
+        if self._episode_over is None:
+            raise RuntimeError("CrafterGame.redraw_unseen called before reset()")
+        import opensimplex
+        from crafter import constants, engine, objects, worldgen
+
+        env = self._env
+        world, player = env._world, env._player
+        other_field, draws, moves = (int(x) for x in np.random.SeedSequence(int(seed)).generate_state(3) % (2**31 - 1))
+        if keep_field:  # crafter draws its noise field's seed first thing after seeding the world (`Env.reset`)
+            field_seed = np.random.RandomState(hash((env._seed, env._episode)) % (2**31 - 1)).randint(0, 2**31 - 1)
+        else:
+            field_seed = other_field
+        fresh = engine.World(world.area, constants.materials, world._chunk_size)
+        fresh.reset(seed=draws)
+        spawn = _Spot(np.array([world.area[0] // 2, world.area[1] // 2]))  # where every crafter world is grass
+        simplex = opensimplex.OpenSimplex(seed=int(field_seed))
+        tunnels = np.zeros(world.area, bool)
+        for x in range(world.area[0]):
+            for y in range(world.area[1]):
+                worldgen._set_material(fresh, (x, y), spawn, tunnels, simplex)
+        for x in range(world.area[0]):
+            for y in range(world.area[1]):
+                worldgen._set_object(fresh, (x, y), spawn, tunnels)
+        grid, offset = env._local_view._grid, env._local_view._offset
+        low = player.pos - offset
+        seen = np.zeros(world.area, bool)
+        seen[max(low[0], 0):max(low[0] + grid[0], 0), max(low[1], 0):max(low[1] + grid[1], 0)] = True
+        world._mat_map[~seen] = fresh._mat_map[~seen]
+        for obj in list(world.objects):
+            if obj is not player and not seen[tuple(obj.pos)]:
+                world.remove(obj)
+        for obj in fresh.objects:
+            pos = obj.pos.copy()
+            if seen[tuple(pos)] or world._obj_map[tuple(pos)]:
+                continue
+            if isinstance(obj, objects.Cow):
+                world.add(objects.Cow(world, pos))
+            elif isinstance(obj, (objects.Zombie, objects.Skeleton)):
+                world.add(type(obj)(world, pos, player))
+        world.random = np.random.RandomState(moves)
+
     def close(self) -> None:
         self._episode_over = None
+
+
+class _Spot:
+    """Crafter's world generator reads only the player's ``pos`` (grass around the spawn)."""
+
+    def __init__(self, pos: np.ndarray) -> None:
+        self.pos = pos
 
 
 def _discrete_index(action: Any, n: int) -> int:
