@@ -342,8 +342,9 @@ def summarize_rules(counts: list[dict]) -> dict:
     return total
 
 
-def plot_open_loop(results: dict, stream: str, path: Path) -> Path:
-    """PSNR and SSIM against horizon for every model on one stream, copy-last dashed."""
+def plot_open_loop(results: dict, stream: str, path: Path, redrawn: dict | None = None) -> Path:
+    """PSNR and SSIM against horizon for every model on one stream, copy-last dashed, the real game with the unseen
+    redrawn (`redrawn_references`) dotted."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -356,6 +357,10 @@ def plot_open_loop(results: dict, stream: str, path: Path) -> Path:
         first = first or m
         left.plot(m["horizons"], m["psnr"], label=name)
         right.plot(m["horizons"], m["ssim"], label=name)
+    for m in (redrawn or {}).get("streams", {}).get(stream, {}).values():
+        label = f"real game, unseen redrawn ({m['redrawn']})"
+        left.plot(m["horizons"], m["psnr"], ":", label=label)
+        right.plot(m["horizons"], m["ssim"], ":", label=label)
     left.plot(first["horizons"], first["copy_last_psnr"], "k--", label="copy last frame")
     right.plot(first["horizons"], first["copy_last_ssim"], "k--", label="copy last frame")
     left.set_ylabel("PSNR (dB)")
@@ -600,7 +605,7 @@ def evaluate_fidelity(config: FidelityConfig) -> dict:
     (folder / "fidelity.md").write_text(markdown(results, reference, config, rule_reference, outcome_reference,
                                                                   redrawn))
     for stream in streams:
-        plot_open_loop(results, stream, folder / f"open_loop_{stream}.png")
+        plot_open_loop(results, stream, folder / f"open_loop_{stream}.png", redrawn)
     plot_health(results, reference, folder / "health.png")
     save_strip(strips, times, folder / "strip.png")
     return summary
