@@ -67,6 +67,26 @@ def test_gain_is_over_the_plain_row_of_the_same_case():
     assert [r["gain"] for r in rows] == [1.0, 1.5, None]
 
 
+def test_rounds_alternate_the_case_order_and_take_each_gain_against_their_own_plain_row(tmp_path):
+    settings = BenchSettings(model_config="tiny", num_envs=(1,), sampler_steps=(None,), speculation=("off", "sync"),
+                             streams=("sticky", "random"), agent_ms=(0.0,), warmup=1, steps=2, game=None,
+                             threads=1, matmul_peak_s=0, rounds=3)
+    results = run_benchmark(settings, log=lambda line: None)
+    order = [(r["round"], r["speculation"], r["stream"]) for r in results["dream"]]
+    forward = [("off", "sticky"), ("sync", "sticky"), ("sync", "random")]
+    assert order == [(0, *c) for c in forward] + [(1, *c) for c in forward[::-1]] + [(2, *c) for c in forward]
+    plain = {r["round"]: r["env_steps_per_s"] for r in results["dream"] if r["speculation"] == "off"}
+    for row in results["dream"]:
+        assert row["gain"] == pytest.approx(row["env_steps_per_s"] / plain[row["round"]])
+    summary = {(g["speculation"], g["stream"]): g for g in results["gains_over_rounds"]}
+    sticky = summary[("sync", "sticky")]
+    assert len(sticky["gains"]) == 3 and sticky["min_gain"] <= sticky["median_gain"] <= sticky["max_gain"]
+    assert summary[("off", "any")]["gains"] == [1.0, 1.0, 1.0]
+    assert "Over 3 rounds" in to_markdown(results)
+    with pytest.raises(ValueError, match="rounds must be >= 1"):
+        BenchSettings(rounds=0)
+
+
 def test_tiny_benchmark_writes_json_and_markdown(tmp_path):
     data = write_dataset(tmp_path / "data")
     settings = BenchSettings(
@@ -79,7 +99,9 @@ def test_tiny_benchmark_writes_json_and_markdown(tmp_path):
     write_results(results, tmp_path / "out" / "bench.json", tmp_path / "out" / "bench.md")
 
     loaded = json.loads((tmp_path / "out" / "bench.json").read_text())
-    assert set(loaded) == {"meta", "model", "settings", "dream", "skipped", "streams", "real_game", "notes"}
+    assert set(loaded) == {"meta", "model", "settings", "dream", "skipped", "gains_over_rounds", "streams", "real_game",
+                           "notes"}
+    assert loaded["gains_over_rounds"] == []  # one round: no summary over rounds
     assert set(loaded["streams"]) == {"sticky", "recorded", "random"}
     assert loaded["streams"]["random"]["repeat_fraction"] < 0.15  # 1/17 expected
     assert 0.6 < loaded["streams"]["sticky"]["repeat_fraction"] < 0.85  # 3/4 + 1/4 * 1/17 expected

@@ -100,6 +100,10 @@ class BenchSettings:
     commit_pass: bool | None = None
     # Row workers of the env (`WorldModelVecEnv(workers=)`, capped at each case's env count); None: the env's auto.
     workers: int | None = None
+    # Run each group of cases (envs x sampler steps x think time) this many times in a row, every second time in
+    # reverse order (A B C, C B A, ...), each speculative case's gain taken against its own round's plain stepping:
+    # on a machine whose speed drifts by more than the effect, the rounds' spread is the measurement's noise.
+    rounds: int = 1
     seed: int = 0
 
     def __post_init__(self):
@@ -111,6 +115,8 @@ class BenchSettings:
             raise ValueError(f"speculation modes must be among {SPECULATION_MODES}, got {bad}")
         if bad := [s for s in self.streams if s not in STREAMS]:
             raise ValueError(f"streams must be among {STREAMS}, got {bad}")
+        if self.rounds < 1:
+            raise ValueError(f"rounds must be >= 1, got {self.rounds}")
         if self.agent_kind not in AGENT_KINDS:
             raise ValueError(f"agent_kind must be one of {AGENT_KINDS}, got {self.agent_kind!r}")
         if not self.num_envs or min(self.num_envs) < 1:
@@ -494,7 +500,8 @@ def _run(settings: BenchSettings, log: Callable[[str], None]) -> dict:
             for agent_ms in settings.agent_ms:
                 cases = [("off", "sticky")] if "off" in settings.speculation or modes else []
                 cases += [(mode, stream) for stream in streams for mode in modes]
-                for mode, stream in cases:
+                rounds = [(r, cases if r % 2 == 0 else cases[::-1]) for r in range(settings.rounds)]
+                for round_index, mode, stream in [(r, m, st) for r, order in rounds for m, st in order]:
                     case = {"stream": stream, "num_envs": num_envs, "sampler_steps": steps, "speculation": mode,
                             "agent_ms": agent_ms}
                     need = kv_cache_bytes(world, num_envs, 0 if mode == "off" else settings.speculation_depth)
@@ -508,10 +515,12 @@ def _run(settings: BenchSettings, log: Callable[[str], None]) -> dict:
                                           agent_ms, device_peak_tflops(settings, meta["device_name"]))
                     if mode == "off" and "off" not in settings.speculation:
                         row["baseline_only"] = True
+                    row["round"] = round_index
                     results.append(row)
                     log(format_row(row))
     add_gains(results)
     results = [r for r in results if not r.pop("baseline_only", False)]
+    over_rounds = gains_over_rounds(results) if settings.rounds > 1 else []
 
     real_game = None
     if settings.game:
@@ -529,18 +538,43 @@ def _run(settings: BenchSettings, log: Callable[[str], None]) -> dict:
     settings_dict = asdict(settings)
     settings_dict["sampler_steps_resolved"] = sampler_steps
     return {"meta": meta, "model": model, "settings": settings_dict, "dream": results, "skipped": skipped,
-            "streams": summaries, "real_game": real_game, "notes": notes}
+            "gains_over_rounds": over_rounds, "streams": summaries, "real_game": real_game, "notes": notes}
 
 
 def add_gains(rows: list[dict]) -> None:
-    """Set each speculative row's `gain`: its env-steps/s over the plain row of the same envs, steps and agent."""
-    plain = {(r["num_envs"], r["sampler_steps"], r["agent_ms"]): r for r in rows if r["speculation"] == "off"}
+    """Set each speculative row's `gain`: its env-steps/s over the plain row of the same envs, steps, agent and
+    round."""
+    def key(r: dict) -> tuple:
+        return r["num_envs"], r["sampler_steps"], r["agent_ms"], r.get("round", 0)
+
+    plain = {key(r): r for r in rows if r["speculation"] == "off"}
     for row in rows:
-        base = plain.get((row["num_envs"], row["sampler_steps"], row["agent_ms"]))
+        base = plain.get(key(row))
         if row["speculation"] == "off":
             row["gain"] = 1.0
         else:
             row["gain"] = row["env_steps_per_s"] / base["env_steps_per_s"] if base else None
+
+
+def gains_over_rounds(rows: list[dict]) -> list[dict]:
+    """Per case (stream, envs, sampler steps, mode, think time) over the rounds: the gains, their median, min and
+    max, and plain stepping's env-steps/s in each round (its spread is what the machine's drift does to identical
+    work)."""
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        case = (row["stream"] if row["speculation"] != "off" else "any", row["num_envs"], row["sampler_steps"],
+                row["speculation"], row["agent_ms"])
+        groups.setdefault(case, []).append(row)
+    out = []
+    for (stream, envs, steps, mode, agent), members in groups.items():
+        members.sort(key=lambda r: r["round"])
+        gains = [r["gain"] for r in members if r["gain"] is not None]
+        out.append({"stream": stream, "num_envs": envs, "sampler_steps": steps, "speculation": mode,
+                    "agent_ms": agent, "env_steps_per_s": [r["env_steps_per_s"] for r in members], "gains": gains,
+                    "median_gain": float(np.median(gains)) if gains else None,
+                    "min_gain": min(gains) if gains else None, "max_gain": max(gains) if gains else None,
+                    "speculated_fraction": [r.get("speculated_fraction") for r in members]})
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -610,6 +644,15 @@ def to_markdown(results: dict) -> str:
     for s in results["skipped"]:
         lines.append(f"| {s['stream']} | {s['num_envs']} | - | {s['sampler_steps']} | {s['speculation']} | "
                      f"{s['agent_ms']:g} | skipped: {s['reason']} |" + " |" * (len(DREAM_COLUMNS) - 7))
+    if results.get("gains_over_rounds"):
+        lines += ["", f"Over {results['settings']['rounds']} rounds (each gain against its own round's plain stepping):",
+                  "", "| stream | envs | sampler steps | speculation | agent ms | env-steps/s per round | gain per round "
+                  "| median gain | min | max |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for g in results["gains_over_rounds"]:
+            lines.append(f"| {g['stream']} | {g['num_envs']} | {g['sampler_steps']} | {g['speculation']} | "
+                         f"{g['agent_ms']:g} | {', '.join(_fmt(v) for v in g['env_steps_per_s'])} | "
+                         f"{', '.join(_fmt(v) for v in g['gains'])} | {_fmt(g['median_gain'])} | "
+                         f"{_fmt(g['min_gain'])} | {_fmt(g['max_gain'])} |")
     streams = [f"{name}: repeat fraction {summary['repeat_fraction']:.3f} (= steady-state acceptance), mean run "
                f"{summary['mean_action_run']:.2f} over {summary['steps']} steps"
                for name, summary in results["streams"].items()]
@@ -670,6 +713,7 @@ class BenchConfig:
     # off: one network pass per frame (SamplingConfig.commit_pass=False); on: two; model: the model's own
     commit_pass: Literal["model", "on", "off"] = "model"
     workers: int = 0  # row workers of the env (0: its auto, one per torch thread on a CPU; 1: off)
+    rounds: int = BenchSettings.rounds  # run each group of cases this many times, alternating their order
     seed: int = 0
     quick: bool = False  # smoke run: 1-2 envs, default and 1 sampler steps, 4 steps
     out: str = "runs/bench/bench"  # output path without extension (.json and .md)
@@ -687,7 +731,7 @@ def run_bench(config: BenchConfig) -> str:
         budget_s=config.budget_s, game=None if config.game == "none" else config.game, game_steps=config.game_steps,
         threads=config.threads or None, precision=config.precision, peak_tflops=config.peak_tflops, seed=config.seed,
         matmul_peak_s=config.matmul_peak_s, commit_pass={"model": None, "on": True, "off": False}[config.commit_pass],
-        workers=config.workers or None,
+        workers=config.workers or None, rounds=config.rounds,
     )
     if config.quick:
         settings = quick_settings(settings)
