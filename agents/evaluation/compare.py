@@ -170,31 +170,22 @@ def compare_redrawn_real(
     disagreement comes from what the prompt did not show, which no model conditioned on the prompt can know.
     Needs a Crafter dataset whose episodes record their seeds (`scripts/collect.py` does).
     """
-    from world_env.games import make_game
+    from world_env.games import replay_recorded
 
     if dataset.meta.get("game") != "crafter":
         raise ValueError(f"{dataset.root} holds {dataset.meta.get('game')!r} episodes; the redrawn reference "
                          f"replays Crafter only")
-    seeds = dataset.episode_seeds
-    kwargs = {key: tuple(value) if isinstance(value, list) else value  # JSON gives lists; crafter takes tuples
-              for key, value in (dataset.meta.get("extra", {}).get("game_kwargs") or {}).items()}
 
     def generate(picked: list[int], batch: dict) -> dict:
         frames, rewards, ends = [], [], []
         for row, index in enumerate(picked):
             k, start = dataset.window_origin(index)
-            if seeds[k] is None:
-                raise ValueError(f"{dataset.root}: episode {dataset.episode_names[k]} records no seed, so it cannot "
-                                 f"be replayed; record held-out episodes with scripts/collect.py --seed")
-            steps = dataset.read_steps(k, 0, start + context_frames)
-            game = make_game("crafter", dataset.frame_size, **kwargs)
-            frame = game.reset(seeds[k])
-            for t in range(1, start + context_frames):
-                frame, *_ = game.step(int(steps["actions"][t]))
-            if not np.array_equal(frame, steps["frames"][-1].numpy()):
-                raise ValueError(f"{dataset.root}: replaying episode {dataset.episode_names[k]} from seed {seeds[k]} "
-                                 f"does not give its recorded frame at step {start + context_frames - 1}; the "
-                                 f"episode was recorded with another crafter version or game settings")
+            game, frame, matched = replay_recorded(dataset, k, start + context_frames - 1)
+            if not matched:
+                raise ValueError(f"{dataset.root}: replaying episode {dataset.episode_names[k]} from seed "
+                                 f"{dataset.episode_seeds[k]} does not give its recorded frame at step "
+                                 f"{start + context_frames - 1}; the episode was recorded with another crafter "
+                                 f"version or game settings")
             if keep_field is not None:
                 game.redraw_unseen(seed * 1_000_003 + index, keep_field=keep_field)
             row_frames, row_rewards, row_ends = [], [], []

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from world_env.games.base import Game
 from world_env.games.crafter_game import CrafterGame
 from world_env.games.env import GameEnv
@@ -36,4 +38,30 @@ def make_game(name: str = "crafter", frame_size: tuple[int, int] = (64, 64), **k
     raise ValueError(f"unknown game {name!r}; valid forms: {', '.join(GAME_NAME_FORMS)}")
 
 
-__all__ = ["Game", "GameEnv", "CrafterGame", "GymGame", "make_game", "GAME_NAME_FORMS"]
+def replay_recorded(data: Any, episode: int, step: int) -> tuple[Game, np.ndarray, bool]:
+    """The real game a recorded episode came from, reset with the episode's recorded seed and replayed through its
+    recorded actions up to ``step``: returns the game, its frame at ``step`` and whether that frame is the recorded
+    one (the game must be deterministic given seed and actions).
+
+    ``data`` is an `EpisodeDataset` or what `open_datasets` returns; its meta names the game and the ``game_kwargs``
+    it was recorded with. Raises ``ValueError`` for an episode that records no seed.
+    """
+    seed = data.episode_seeds[episode]
+    if seed is None:
+        raise ValueError(f"episode {episode} of {getattr(data, 'root', None) or data.roots} records no seed, so the "
+                         f"real game cannot replay it; record episodes with scripts/collect.py --seed")
+    meta = data.meta
+    # JSON gives lists where the game takes tuples (e.g. Crafter's area)
+    kwargs = {key: tuple(value) if isinstance(value, list) else value
+              for key, value in (meta.get("extra", {}).get("game_kwargs") or {}).items()}
+    if meta["game"] == "crafter":
+        kwargs.setdefault("length", None)  # the recording's own length limit ended it, not the game's
+    recorded = data.read_steps(episode, 0, step + 1)
+    game = make_game(meta["game"], tuple(data.frame_size), **kwargs)
+    frame = game.reset(seed)
+    for action in recorded["actions"][1:].numpy():
+        frame, *_ = game.step(action if action.shape else int(action))
+    return game, frame, bool(np.array_equal(frame, recorded["frames"][-1].numpy()))
+
+
+__all__ = ["Game", "GameEnv", "CrafterGame", "GymGame", "make_game", "replay_recorded", "GAME_NAME_FORMS"]
