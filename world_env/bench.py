@@ -557,9 +557,10 @@ def add_gains(rows: list[dict]) -> None:
 
 
 def gains_over_rounds(rows: list[dict]) -> list[dict]:
-    """Per case (stream, envs, sampler steps, mode, think time) over the rounds: the gains, their median, min and
-    max, and plain stepping's env-steps/s in each round (its spread is what the machine's drift does to identical
-    work)."""
+    """Per case (stream, envs, sampler steps, mode, think time) over the rounds: its env-steps/s and gain in each
+    round, the gains' median, min and max, and the share of steps it speculated in each round. The plain case's own
+    row ("any" stream) gives plain stepping's env-steps/s per round: its spread is what the machine's drift does to
+    identical work."""
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
         case = (row["stream"] if row["speculation"] != "off" else "any", row["num_envs"], row["sampler_steps"],
