@@ -55,6 +55,12 @@ def frames_to_float(frames: torch.Tensor) -> torch.Tensor:
     return frames.movedim(-1, -3).float() / 127.5 - 1.0
 
 
+def motion_geometry(config: "CodecConfig") -> dict:
+    """`generator.metrics.view_shift`'s geometry keywords (tile, view, player) for a tile codec's frames."""
+    player = None if min(config.motion_player) < 0 else tuple(config.motion_player)
+    return {"tile": config.tile_size, "view": tuple(config.motion_view), "player": player}
+
+
 def float_to_frames(images: torch.Tensor) -> torch.Tensor:
     """float ``(..., 3, H, W)`` in [-1, 1] -> uint8 ``(..., H, W, 3)`` (clamped and rounded)."""
     if images.ndim < 3 or images.shape[-3] != 3:
@@ -98,6 +104,11 @@ class CodecConfig:
     # (Crafter: the player only at the centre, inventory glyphs only in the inventory rows), and snapping and the
     # codebook head keep every tile to the codes of its place (`learn_tile_places`).
     tile_places: bool = False
+    # The scrolling world view within the tile grid, for the view-motion labels of motion-conditioned models
+    # (`generator.metrics.motion_labels`): its (rows, cols) from the top-left tile and the tile the player stays in,
+    # left out of the match ((-1, -1): none). The defaults are Crafter's: a 9x7 view over 2 inventory rows.
+    motion_view: tuple[int, int] = (7, 9)
+    motion_player: tuple[int, int] = (3, 4)
 
     def __post_init__(self) -> None:
         self.frame_size = tuple(int(s) for s in self.frame_size)
@@ -105,6 +116,8 @@ class CodecConfig:
         self.logvar_clamp = tuple(float(v) for v in self.logvar_clamp)
         self.tile_offset = tuple(int(v) for v in self.tile_offset)
         self.tile_grid = tuple(int(v) for v in self.tile_grid)
+        self.motion_view = tuple(int(v) for v in self.motion_view)
+        self.motion_player = tuple(int(v) for v in self.motion_player)
         if self.kind not in CODEC_KINDS:
             raise ValueError(f"codec kind must be one of {CODEC_KINDS}, got {self.kind!r}")
         if len(self.frame_size) != 2 or min(self.frame_size) < 1:

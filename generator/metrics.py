@@ -7,6 +7,7 @@ tiles over 2 inventory rows, the player in the middle tile, `docs/results.md`).
 - `view_shift`: which one-tile displacement of the world view best explains the next frame (none, or one tile
   in one of four directions), and whether that is unambiguous (the best fit clearly beats every other one). A move
   in Crafter shifts the whole world view by exactly one tile; a blocked move, or any other action, shifts nothing.
+- `motion_labels`: `view_shift` along clips, as the labels a motion-conditioned model trains on.
 - `shift_agreement`: on steps where the real game's shift is unambiguous, how often the dream's shift equals it,
   separately where the real view moved and where it stayed.
 - `distinct_tiles`: the number of different tiles in a frame's world view: a world collapsing to a static field
@@ -97,6 +98,28 @@ def view_shift(
     shift = best2.indices[:, 0]
     clear = (best2.values[:, 0] <= ratio * best2.values[:, 1]) & (best2.values[:, 1] >= min_error)
     return shift.reshape(lead), clear.reshape(lead)
+
+
+NOT_GIVEN_MOTION = len(SHIFTS)  # `motion_labels`' index of a step whose view shift is not known
+
+
+def motion_labels(frames: torch.Tensor, has_action: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
+    """How the view moved into each frame of clips ``(B, T, H, W, 3)`` uint8: ``(B, T)`` long, an index into
+    `SHIFTS` where `view_shift` reads it unambiguously, else `NOT_GIVEN_MOTION` (the first frame, a frame with no
+    previous action in ``has_action`` ``(B, T)``, a uniform field that fits every shift). The labels the motion
+    condition (`generator.model.DiTConfig.motion_classes`) and the outcome model's motion head train on."""
+    b, t = frames.shape[:2]
+    tile, (rows, cols) = kwargs.get("tile", 7), kwargs.get("view", (7, 9))
+    if rows * tile > frames.shape[-3] or cols * tile > frames.shape[-2]:
+        raise ValueError(f"a view of {rows}x{cols} tiles of {tile} px does not fit frames of "
+                         f"{tuple(frames.shape[-3:-1])}; set the tile codec's motion_view (rows, cols) to its view")
+    labels = torch.full((b, t), NOT_GIVEN_MOTION, dtype=torch.long)
+    if t > 1:
+        shift, clear = view_shift(frames[:, :-1].cpu(), frames[:, 1:].cpu(), **kwargs)
+        labels[:, 1:] = torch.where(clear, shift, torch.full_like(shift, NOT_GIVEN_MOTION))
+    if has_action is not None:
+        labels[~has_action.bool().cpu()] = NOT_GIVEN_MOTION
+    return labels
 
 
 def shift_agreement(real: torch.Tensor, dream: torch.Tensor, mask: torch.Tensor | None = None, **kwargs) -> dict:

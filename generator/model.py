@@ -21,6 +21,7 @@ from einops import rearrange
 from torch import nn
 
 from generator.actions import ActionEmbedding
+from generator.metrics import SHIFTS
 
 if TYPE_CHECKING:
     from generator.kv_cache import KVCache
@@ -82,10 +83,29 @@ class DiTConfig:
     # instead of their mean: a reward shows as a change in one tile of 81 (a health digit, a new inventory item),
     # which a mean dilutes. The weights start uniform, so a fine-tune adds it to a trained model unchanged.
     outcome_pool: bool = False
+    # View motion as a condition (Crafter: the 5 view shifts of `generator.metrics.SHIFTS`, none or one tile in one
+    # of four directions): each frame's adaLN condition (and its tokens, with `action_tokens`) also gets an
+    # embedding of how the view moved into it, index `motion_classes` meaning "not given". Training reads it off the
+    # real frames; the dream draws it per row from the outcome model's motion head before the frame is generated, so
+    # one discrete decision (walked or stopped) is taken first and the tiles follow it instead of blending both.
+    # The embeddings start at zero. The motion is also applied: a frame's previous-frame input (input recycling) is
+    # the previous frame with its view region (`motion_view`) shifted by the motion, so the copy the network already
+    # makes of it follows the motion, and only the tiles entering the view and the player are new.
+    motion_classes: int = 0
+    motion_view: tuple[int, int] = (7, 9)  # (rows, cols) of the scrolling view from the top-left token (Crafter's)
+    # the view's token the player stays in ((-1, -1): none): its sprite is not carried along by a shift
+    motion_player: tuple[int, int] = (3, 4)
 
     def __post_init__(self):
         if self.prediction not in ("velocity", "x"):
             raise ValueError(f"prediction must be 'velocity' or 'x', got {self.prediction!r}")
+        if self.motion_classes < 0:
+            raise ValueError(f"motion_classes must be >= 0 (0: no motion condition), got {self.motion_classes}")
+        self.motion_view = tuple(int(v) for v in self.motion_view)
+        self.motion_player = tuple(int(v) for v in self.motion_player)
+        if self.motion_classes and self.motion_classes != len(SHIFTS):
+            raise ValueError(f"motion_classes {self.motion_classes}: the motions are the {len(SHIFTS)} view shifts of "
+                             f"generator.metrics.SHIFTS; use {len(SHIFTS)} (or 0 for no motion condition)")
         if self.day_period < 0:
             raise ValueError(f"day_period must be >= 0 steps (0: no day clock), got {self.day_period}")
         self.reward_values = tuple(float(v) for v in self.reward_values)
@@ -359,6 +379,67 @@ class DiTOutput(NamedTuple):
 # The model
 
 
+def shift_maps(grid: tuple[int, int], view: tuple[int, int], player: tuple[int, int] = (-1, -1)) -> torch.Tensor:
+    """`(len(SHIFTS) + 1, N)` source token of every token of a `grid` frame under each view shift, then the identity
+    ("not given"): inside the top-left `view` region, token (y, x) takes token (y - dy, x - dx) where that lies in
+    the region and is not the `player` token (the player stays in its tile, so its sprite is not carried); the
+    tokens entering the view, the one the player left and everything outside the view keep their own."""
+    rows, cols = grid
+    view_rows, view_cols = view
+    if not (1 <= view_rows <= rows and 1 <= view_cols <= cols):
+        raise ValueError(f"motion_view {view} must fit the {grid} token grid")
+    own = torch.arange(rows * cols).reshape(rows, cols)
+    maps = []
+    for dy, dx in SHIFTS:
+        source = own.clone()
+        for y in range(view_rows):
+            for x in range(view_cols):
+                if 0 <= y - dy < view_rows and 0 <= x - dx < view_cols and (y - dy, x - dx) != tuple(player):
+                    source[y, x] = own[y - dy, x - dx]
+        maps.append(source.flatten())
+    return torch.stack(maps + [own.flatten()])
+
+
+class MotionEmbedding(nn.Module):
+    """The view-motion condition (`DiTConfig.motion_classes`): an embedding per class plus "not given" (the last
+    index), added to the per-frame condition and, with `tokens`, to every token (zero at initialisation), and the
+    shift it names applied to each frame's previous-frame tokens (`shift_previous`)."""
+
+    def __init__(self, classes: int, dim: int, tokens: bool, grid: tuple[int, int] = (9, 9),
+                 view: tuple[int, int] = (7, 9), player: tuple[int, int] = (-1, -1)):
+        super().__init__()
+        self.classes = classes
+        self.cond = nn.Embedding(classes + 1, dim)
+        self.tokens = nn.Embedding(classes + 1, dim) if tokens else None
+        self.register_buffer("maps", shift_maps(grid, view, player), persistent=False)
+        self.reset_parameters()
+
+    def shift_previous(self, previous_tokens: torch.Tensor, motion: torch.Tensor | None) -> torch.Tensor:
+        """Previous-frame tokens `(B, T, N, D)` with each frame's view shifted by its motion `(B, T)`."""
+        if motion is None:
+            return previous_tokens
+        source = self.maps.to(previous_tokens.device)[motion.long().clamp(0, self.classes)]  # (B, T, N)
+        return previous_tokens.gather(2, source[..., None].expand_as(previous_tokens))
+
+    def reset_parameters(self) -> None:
+        nn.init.zeros_(self.cond.weight)
+        if self.tokens is not None:
+            nn.init.zeros_(self.tokens.weight)
+
+    def forward(self, motion: torch.Tensor | None, cond: torch.Tensor, x: torch.Tensor):
+        b, t = cond.shape[:2]
+        if motion is None:
+            motion = torch.full((b, t), self.classes, dtype=torch.long, device=cond.device)
+        motion = motion.long()
+        if tuple(motion.shape) != (b, t) or bool(((motion < 0) | (motion > self.classes)).any()):
+            raise ValueError(f"motion must be (B, T) = {(b, t)} indices in [0, {self.classes}] ({self.classes}: not "
+                             f"given), got shape {tuple(motion.shape)}")
+        cond = cond + self.cond(motion).to(cond.dtype)
+        if self.tokens is not None:
+            x = x + self.tokens(motion).to(x.dtype)[:, :, None]
+        return cond, x
+
+
 class DiT(nn.Module):
     """Action-conditioned block-causal diffusion transformer over per-frame latents."""
 
@@ -384,6 +465,9 @@ class DiT(nn.Module):
             self.action_token_embed = ActionEmbedding(config.action_space, d)
         if config.day_period:
             self.day_embed = nn.Linear(2, d)
+        if config.motion_classes:
+            self.motion = MotionEmbedding(config.motion_classes, d, config.action_tokens, config.grid,
+                                          config.motion_view, config.motion_player)
         if config.codebook_size:
             # The codebook's tiles as tokens `(K, p * p * c)`, copied from the codec by `bind_codebook`.
             self.register_buffer("codebook", torch.zeros(config.codebook_size, c * p * p))
@@ -418,6 +502,8 @@ class DiT(nn.Module):
             nn.init.zeros_(self.day_embed.weight)
         if self.config.outcome_pool:
             nn.init.zeros_(self.outcome_pool.weight)
+        if self.config.motion_classes:
+            self.motion.reset_parameters()
         if self.config.codebook_size:
             nn.init.zeros_(self.code_head.weight)
             nn.init.zeros_(self.code_head.bias)
@@ -461,6 +547,7 @@ class DiT(nn.Module):
         write_cache: bool = False,
         previous: torch.Tensor | None = None,
         outputs: bool = True,
+        motion: torch.Tensor | None = None,
     ) -> DiTOutput | None:
         """Predict the flow velocity of every frame, and each transition's reward and termination.
 
@@ -478,6 +565,8 @@ class DiT(nn.Module):
             outputs: False (with `write_cache`) only writes the frames' keys/values and returns None: the last
                 layer stops after its key/value projection and no head runs (a commit pass whose predictions
                 nobody reads; the cache is written exactly as with `outputs=True`).
+            motion: `(B, T)` long, how the view moved into each frame (models with `motion_classes`: an index below
+                it, or `motion_classes` for "not given"; None: not given for every frame).
         """
         if not outputs and (cache is None or not write_cache):
             raise ValueError("outputs=False only writes keys/values: it needs a cache and write_cache=True")
@@ -493,6 +582,8 @@ class DiT(nn.Module):
                     f"shape of latents {tuple(latents.shape)}, got {None if previous is None else tuple(previous.shape)}"
                 )
             previous_tokens = rearrange(previous, "b t c (gh p) (gw q) -> b t (gh gw) (p q c)", p=p, q=p)
+            if cfg.motion_classes:
+                previous_tokens = self.motion.shift_previous(previous_tokens, motion)
             tokens = torch.cat([tokens, previous_tokens], dim=-1)
         x = self.patch_embed(tokens.to(self.patch_embed.weight.dtype))  # (B, T, N, D)
         cond = self.condition(noise_levels, actions, has_action)  # (B, T, D)
@@ -500,6 +591,10 @@ class DiT(nn.Module):
             cond = cond + self.day_embed(day_phase(positions, cfg.day_period).to(cond.dtype))
         if cfg.action_tokens:
             x = x + self.action_token_embed(actions, has_action).to(x.dtype)[:, :, None]
+        if cfg.motion_classes:
+            cond, x = self.motion(motion, cond, x)
+        elif motion is not None:
+            raise ValueError("motion= was given to a model without a motion condition (DiTConfig.motion_classes 0)")
 
         angles = rope_angles(positions, cfg.grid, cfg.head_dim, cfg.rope_theta)  # (B, T, N, hd/2) float64
         angles = rearrange(angles, "b t n d -> b 1 (t n) d")

@@ -40,7 +40,7 @@ from torch.nn import functional as F
 from generator.actions import ActionEmbedding
 from generator.checkpoint import (CheckpointError, checkpoint_folder, load_checkpoint, load_state_into,
                                   save_checkpoint)
-from generator.metrics import precision_recall
+from generator.metrics import SHIFTS, precision_recall
 
 KIND = "nextframe-outcome"
 
@@ -64,6 +64,11 @@ class OutcomeConfig:
     # frame before and the action only: what the game would do in the state the agent acted in, so a dream frame
     # that draws an item from nowhere pays nothing; docs/results.md, "Achievements that pay once")
     event_input: str = "transition"
+    # view-motion classes (`generator.metrics.SHIFTS`: 5 in Crafter; 0: no motion head): how the view will move
+    # under the action, read off the frame before and the action alone, as the game decides it (a move into grass
+    # walks, into a tree or water or while asleep it does not). A motion-conditioned DiT (`DiTConfig.motion_classes`)
+    # is told a motion drawn from it before each frame is generated (`generator.sampler.draw_motion`).
+    motion_classes: int = 0
 
     def __post_init__(self):
         self.grid = (int(self.grid[0]), int(self.grid[1]))
@@ -74,6 +79,8 @@ class OutcomeConfig:
             raise ValueError(f"events must be distinct achievement names, got {self.events}")
         if self.event_input not in ("transition", "action"):
             raise ValueError(f"event_input must be 'transition' or 'action', got {self.event_input!r}")
+        if self.motion_classes < 0:
+            raise ValueError(f"motion_classes must be >= 0 (0: no motion head), got {self.motion_classes}")
         if self.codes < 1 or min(self.grid) < 1:
             raise ValueError(f"an outcome model needs codes >= 1 and a grid of at least 1x1, got codes={self.codes}, "
                              f"grid={self.grid}")
@@ -97,6 +104,7 @@ class OutcomeLogits(NamedTuple):
     reward_logits: torch.Tensor  # (B, R); with an event head: the reward besides achievements (health)
     termination_logit: torch.Tensor  # (B,)
     event_logits: torch.Tensor | None = None  # (B, 1 + E): no counter rose, or counter e - 1 rose
+    motion_logits: torch.Tensor | None = None  # (B, M): how the view moves under the action (a motion head)
 
 
 class OutcomeModel(nn.Module):
@@ -121,7 +129,11 @@ class OutcomeModel(nn.Module):
                                            norm_first=True)
         self.encoder = nn.TransformerEncoder(layer, config.depth, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(d)
-        self.head = nn.Linear(d, len(config.reward_values) + 1 + (len(config.events) + 1 if config.events else 0))
+        self.head = nn.Linear(d, self._motion_offset() + config.motion_classes)
+
+    def _motion_offset(self) -> int:
+        """Where the motion logits start in the head's output: after the rewards, termination and events."""
+        return len(self.config.reward_values) + 1 + (len(self.config.events) + 1 if self.config.events else 0)
 
     def forward(self, before: torch.Tensor, after: torch.Tensor, actions: torch.Tensor,
                 has_action: torch.Tensor | None = None) -> OutcomeLogits:
@@ -131,16 +143,31 @@ class OutcomeModel(nn.Module):
                              f"(B, {n}): one code per tile of the {self.config.grid} grid")
         before, after = before.long(), after.long()
         r, b = len(self.config.reward_values), before.shape[0]
-        if self.config.events and self.config.event_input == "action":
+        m = self._motion_offset()
+        reads_action = self.config.events and self.config.event_input == "action"
+        if reads_action or self.config.motion_classes:
             # the same network shown no change reads what the action would do; both readings in one batched pass
             twice = None if has_action is None else torch.cat([has_action, has_action])
             both = self._logits(torch.cat([before, before]), torch.cat([after, before]), torch.cat([actions, actions]),
                                 twice)
-            logits, events = both[:b], both[b:, r + 1:]
+            logits, action_reading = both[:b], both[b:]
         else:
-            logits = self._logits(before, after, actions, has_action)  # (B, R + 1 [+ 1 + E])
-            events = logits[:, r + 1:] if self.config.events else None
-        return OutcomeLogits(logits[:, :r], logits[:, r], events)
+            logits = action_reading = self._logits(before, after, actions, has_action)  # (B, R + 1 [+ 1 + E])
+        events = None
+        if self.config.events:
+            events = (action_reading if reads_action else logits)[:, r + 1:m]
+        motion = action_reading[:, m:] if self.config.motion_classes else None
+        return OutcomeLogits(logits[:, :r], logits[:, r], events, motion)
+
+    def motion_logits(self, before: torch.Tensor, actions: torch.Tensor,
+                      has_action: torch.Tensor | None = None) -> torch.Tensor:
+        """How the view will move `(B, M)` (logits over `generator.metrics.SHIFTS`) under `actions` from the frames
+        whose codes are `before` `(B, N)`: the frame shown before the next one is generated."""
+        if not self.config.motion_classes:
+            raise ValueError("this outcome model has no motion head (OutcomeConfig.motion_classes 0); train one with "
+                             "`nextframe train-outcome --motion`")
+        before = before.long()
+        return self._logits(before, before, actions, has_action)[:, self._motion_offset():]
 
     def _logits(self, before, after, actions, has_action):
         tiles = self.pair(torch.cat([self.code_embed(before), self.code_embed(after)], dim=-1))
@@ -187,9 +214,10 @@ def unlock_probability(event_logits: torch.Tensor, unlocked: torch.Tensor | None
     return probs.sum(-1)
 
 
-def draw_events(event_logits: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
-    """Each row's event class `(B,)` (0: none, e: counter e - 1 rose) by the inverse CDF of one uniform per row."""
-    cumulative = event_logits.double().softmax(-1).cpu().cumsum(-1)
+def draw_classes(logits: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """Each row's class `(B,)` of logits `(B, K)` by the inverse CDF of one uniform per row `(B,)` (an event class:
+    0 none, e counter e - 1 rose; a motion class: an index into `generator.metrics.SHIFTS`)."""
+    cumulative = logits.double().softmax(-1).cpu().cumsum(-1)
     return torch.searchsorted(cumulative, uniforms.double().cpu()[:, None]).squeeze(-1).clamp_max(
         cumulative.shape[-1] - 1)
 
@@ -268,6 +296,7 @@ class Transitions:
     unlocked: torch.Tensor | None = None
     rest: torch.Tensor | None = None
     achievements: tuple[str, ...] = ()
+    motion: torch.Tensor | None = None  # (M,) long: the real view shift (`generator.metrics.SHIFTS`), -1 unclear
 
     def __len__(self) -> int:
         return len(self.rewards)
@@ -277,6 +306,8 @@ class Transitions:
                "rewards": self.rewards[index], "terminated": self.terminated[index]}
         if self.event is not None:
             out.update(event=self.event[index], unlocked=self.unlocked[index], rest=self.rest[index])
+        if self.motion is not None:
+            out["motion"] = self.motion[index]
         return out
 
     def events(self) -> torch.Tensor:
@@ -288,17 +319,22 @@ class Transitions:
 @torch.no_grad()
 def dataset_transitions(codec, data: str | Path | list, split: str, val_fraction: float = 0.1,
                         chunk: int = 512, progress: bool = False, events: bool = True,
-                        unlock_reward: float = 1.0) -> Transitions:
+                        unlock_reward: float = 1.0, motion: bool = False) -> Transitions:
     """Every transition (not an episode's first step) of `data`'s `split`, its frames encoded as the dream would
     show them (`codec.encode`, then `codec.indices`). With `events` and datasets that all record the same
-    achievement counters, also their event labels (`event_labels`)."""
+    achievement counters, also their event labels (`event_labels`). With `motion`, also the view shift of each
+    transition (`generator.metrics.motion_labels` in the codec's view geometry; -1 where it cannot be read)."""
     from tqdm.auto import tqdm
 
     from generator.data import open_datasets
 
     dataset = open_datasets(data, split=split, val_fraction=val_fraction)
     names = tuple(getattr(dataset, "achievements", [])) if events else ()
-    keys = ("before", "after", "actions", "rewards", "terminated") + (("event", "unlocked", "rest") if names else ())
+    from generator.codec import motion_geometry
+    from generator.metrics import NOT_GIVEN_MOTION, motion_labels
+
+    keys = ("before", "after", "actions", "rewards", "terminated") + (("motion",) if motion else ()) + (
+        ("event", "unlocked", "rest") if names else ())
     parts = {key: [] for key in keys}
     lengths = dataset.episode_lengths
     for k in tqdm(range(dataset.num_episodes), disable=not progress, desc=f"encoding {split} transitions"):
@@ -306,6 +342,9 @@ def dataset_transitions(codec, data: str | Path | list, split: str, val_fraction
         codes = torch.cat([codec.indices(codec.encode(episode["frames"][i:i + chunk].to(codec.device))).cpu()
                            for i in range(0, len(episode["frames"]), chunk)])  # (L + 1, N)
         keep = ~episode["is_first"][1:]
+        if motion:
+            shifts = motion_labels(episode["frames"][None], **motion_geometry(codec.config))[0, 1:]
+            parts["motion"].append(torch.where(shifts == NOT_GIVEN_MOTION, -1, shifts)[keep])
         parts["before"].append(codes[:-1][keep].to(torch.int16))
         parts["after"].append(codes[1:][keep].to(torch.int16))
         parts["actions"].append(episode["actions"][1:][keep])
@@ -343,6 +382,9 @@ class OutcomeTrainConfig:
     # the dream then pays each achievement once per episode, as the game does (`OutcomeModel.pay_once`)
     events: bool = True
     event_input: str = "transition"  # OutcomeConfig.event_input: "transition" or "action"
+    # a motion head (`OutcomeConfig.motion_classes`), trained on the view shifts of the real frames: what a
+    # motion-conditioned world model draws each frame's motion from
+    motion: bool = False
     val_fraction: float = 0.1
     eval_every: int = 1000
     device: str = "cpu"
@@ -385,6 +427,10 @@ def outcome_loss(model: OutcomeModel, batch: dict[str, torch.Tensor], weights: t
                                                                reduction="none")}
     if logits.event_logits is not None:
         terms["event"] = F.cross_entropy(logits.event_logits, batch["event"].long(), reduction="none")
+    if logits.motion_logits is not None:
+        # unclear shifts (a uniform field) teach nothing: ignore_index gives them a zero term
+        terms["motion"] = F.cross_entropy(logits.motion_logits, batch["motion"].long(), ignore_index=-1,
+                                          reduction="none")
     loss = (sum(terms.values()) * weights).sum() / weights.sum()
     with torch.no_grad():
         parts = {key: float((term * weights).sum() / weights.sum()) for key, term in terms.items()}
@@ -402,10 +448,12 @@ def evaluate_outcome(model: OutcomeModel, data: Transitions, batch_size: int = 2
     device = model.codebook.device
     with_events = model.config.events and data.event is not None
     predicted = {"positive": [], "achievement": [], "termination": [], **({"event": []} if with_events else {})}
-    named = []
+    named, motion = [], []
     for start in range(0, len(data), batch_size):
         batch = {k: v.to(device) for k, v in data.batch(torch.arange(start, min(start + batch_size, len(data)))).items()}
         logits = model(batch["before"], batch["after"], batch["actions"])
+        if logits.motion_logits is not None and "motion" in batch:
+            motion.append(torch.stack([batch["motion"], logits.motion_logits.argmax(-1)], -1).cpu())
         if with_events:
             event = logits.event_logits.argmax(-1)
             predicted["event"].append((event > 0).cpu())
@@ -422,7 +470,19 @@ def evaluate_outcome(model: OutcomeModel, data: Transitions, batch_size: int = 2
     if with_events:
         hits = torch.cat(named)
         report["event_class"] = float(hits.float().mean()) if len(hits) else None
+    if motion:
+        report["motion"] = motion_report(torch.cat(motion))
     return report
+
+
+def motion_report(pairs: torch.Tensor) -> dict:
+    """How often the motion head's most likely class is the real one `(M, 2)` (real, predicted; real -1 unclear,
+    not counted), where the real view moved and where it stayed, as `generator.metrics.shift_agreement` counts."""
+    real, predicted = pairs[:, 0], pairs[:, 1]
+    moved, stayed = real > 0, real == 0
+    return {"moved_steps": int(moved.sum()), "stayed_steps": int(stayed.sum()),
+            "moved_agreement": float((predicted[moved] == real[moved]).float().mean()) if moved.any() else None,
+            "stayed_agreement": float((predicted[stayed] == 0).float().mean()) if stayed.any() else None}
 
 
 def train_outcome(config: OutcomeTrainConfig) -> dict:
@@ -441,15 +501,16 @@ def train_outcome(config: OutcomeTrainConfig) -> dict:
     codec = world.codec
     torch.manual_seed(config.seed)
     train_set = dataset_transitions(codec, config.data, "train", config.val_fraction, progress=config.progress,
-                                    events=config.events)
+                                    events=config.events, motion=config.motion)
     val_set = dataset_transitions(codec, config.data, "val", config.val_fraction, progress=config.progress,
-                                  events=config.events)
+                                  events=config.events, motion=config.motion)
     if train_set.achievements != val_set.achievements:
         raise ValueError(f"{config.data}: the train and val splits record different achievement counters")
     outcome_config = OutcomeConfig(
         codes=codec.config.codes, grid=tuple(codec.config.tile_grid), action_space=world.dit.config.action_space,
         reward_values=tuple(world.dit.config.reward_values) or OutcomeConfig.reward_values, dim=config.dim,
         depth=config.depth, heads=config.heads, events=train_set.achievements, event_input=config.event_input,
+        motion_classes=len(SHIFTS) if config.motion else 0,
     )
     model = OutcomeModel(outcome_config, codec.codebook.cpu()).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -460,7 +521,7 @@ def train_outcome(config: OutcomeTrainConfig) -> dict:
                       max_minutes=config.max_minutes, ckpt_every=config.ckpt_every, log_every=config.log_every,
                       progress=config.progress, modules={"model": model}, optimizers={"optimizer": optimizer},
                       schedulers={"scheduler": scheduler}, generators={"data_generator": generator},
-                      fixed=("dim", "depth", "heads", "world", "events", "event_input"))
+                      fixed=("dim", "depth", "heads", "world", "events", "event_input", "motion"))
     history = []
     with run:
         while run.running:
@@ -475,8 +536,11 @@ def train_outcome(config: OutcomeTrainConfig) -> dict:
             run.end_step({"loss": float(loss.detach()), **parts, "lr": scheduler.get_last_lr()[0]})
             if config.eval_every and run.step % config.eval_every == 0 and run.running:
                 val = evaluate_outcome(model, val_set)
-                scalars = {f"{key}_{rate}": val[key][rate] or 0.0 for key in val if isinstance(val[key], dict)
-                           for rate in ("precision", "recall")}
+                scalars = {f"{key}_{rate}": val[key][rate] or 0.0 for key in val
+                           if isinstance(val[key], dict) and "precision" in val[key] for rate in ("precision", "recall")}
+                if "motion" in val:
+                    scalars.update({f"motion_{kind}": val["motion"][f"{kind}_agreement"] or 0.0
+                                    for kind in ("moved", "stayed")})
                 run.log(scalars, "val")
                 history.append({"step": run.step, **scalars})
     # Every process ends with the model as it stands (a chunk of a longer run, `stop_at`, saves one too: the RL loop
@@ -501,5 +565,10 @@ def attach_outcome(world, outcome: OutcomeModel, where: str = "outcome model") -
     if outcome.config.action_space != world.dit.config.action_space:
         raise CheckpointError(f"{where} takes actions in {outcome.config.action_space}, the world model in "
                               f"{world.dit.config.action_space}")
+    wants = world.dit.config.motion_classes
+    if wants and outcome.config.motion_classes != wants:
+        raise CheckpointError(f"{where} has {outcome.config.motion_classes} motion classes, and this world model is "
+                              f"conditioned on {wants}: the dream draws each frame's view motion from the outcome "
+                              "model; train one with `nextframe train-outcome --motion`")
     world.outcome = outcome.to(world.device).eval()
 

@@ -98,6 +98,7 @@ def generate_frames(
     renoise: torch.Tensor | None = None,
     previous: torch.Tensor | None = None,
     temperature: float = 1.0,
+    motion: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Denoise one new frame per row from `noise` `(R, C, h, w)`; returns clean latents `(R, C, h, w)`.
 
@@ -106,10 +107,11 @@ def generate_frames(
     `(R, sampler_steps - 1, C, h, w)` (`frame_noise(..., extra=sampler_steps - 1)[:, 2:]`). With one step both
     solvers compute `noise - velocity(noise, s=1)`. `previous` `(R, C, h, w)` is each row's last committed
     latent (`context_latents` of it), required by models with `previous_frame_input`. `temperature` divides the
-    code logits of the categorical solver's draws.
+    code logits of the categorical solver's draws. `motion` `(R,)`: how the view moves into the new frames (models
+    with `DiTConfig.motion_classes`; None: not given).
     """
     x, _ = denoise(model, cache, rows, actions, positions, noise, sampler_steps, shift, solver, renoise, previous,
-                   temperature=temperature)
+                   temperature=temperature, motion=motion)
     return x
 
 
@@ -127,19 +129,20 @@ def generate_and_cache_frames(
     renoise: torch.Tensor | None = None,
     previous: torch.Tensor | None = None,
     temperature: float = 1.0,
+    motion: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, DiTOutput]:
     """One network pass per frame for one-step models (`SamplingConfig.commit_pass=False`, AAPT arXiv 2506.09350):
     `generate_frames`, whose final pass also writes the new frames' keys/values into the cache, so no commit
     pass follows. Returns the clean latents `(R, C, h, w)` and that final pass's `DiTOutput` (one frame per row:
     its reward and termination predictions are the transition's). Same arguments as `generate_frames`."""
     x, out = denoise(model, cache, rows, actions, positions, noise, sampler_steps, shift, solver, renoise, previous,
-                     write_cache=True, temperature=temperature)
+                     write_cache=True, temperature=temperature, motion=motion)
     cache.commit(rows, positions[:, None])
     return x, out
 
 
 def denoise(model, cache, rows, actions, positions, noise, sampler_steps, shift=1.0, solver="euler", renoise=None,
-            previous=None, write_cache=False, temperature=1.0):
+            previous=None, write_cache=False, temperature=1.0, motion=None):
     """The sampler behind `generate_frames` (Euler on the flow ODE, the few-step consistency sampler, or the
     categorical sampler of codebook models): returns the clean latents and the `DiTOutput` of the final pass, which
     writes the cache when `write_cache`.
@@ -175,7 +178,8 @@ def denoise(model, cache, rows, actions, positions, noise, sampler_steps, shift=
         last = k == sampler_steps - 1
         out = model(x[:, None], s * ones, actions[:, None], positions[:, None],
                     cache=cache if last and write_cache else view, rows=rows if last and write_cache else view_rows,
-                    write_cache=last and write_cache, previous=None if previous is None else previous[:, None])
+                    write_cache=last and write_cache, previous=None if previous is None else previous[:, None],
+                    motion=None if motion is None else motion[:, None])
         if solver == "euler" or (solver == "euler_codes" and last):
             x = x + (s_next - s) * out.velocity[:, 0]
         elif solver == "euler_codes":
@@ -250,6 +254,7 @@ def commit_frames(
     previous: torch.Tensor | None = None,
     full_output: bool = False,
     outputs: bool = True,
+    motion: torch.Tensor | None = None,
 ):
     """Write T frames per row `(R, T, C, h, w)` into the cache at `positions` `(R, T)`.
 
@@ -261,7 +266,7 @@ def commit_frames(
     (`DiT.forward(outputs=False)`: for a caller that reads the outcome elsewhere).
     """
     out = cache_context_frames(model, cache, rows, latents, actions, positions, noise, context_noise, None, has_action,
-                               previous, full_output=True, outputs=outputs)
+                               previous, full_output=True, outputs=outputs, motion=motion)
     return out if full_output or out is None else (out.reward, out.termination_logit)
 
 
@@ -280,6 +285,7 @@ def cache_context_frames(
     previous: torch.Tensor | None = None,
     full_output: bool = False,
     outputs: bool = True,
+    motion: torch.Tensor | None = None,
 ):
     """Write T known frames per row `(R, T, C, h, w)` (a real prompt) into the cache of a one-pass model
     (`SamplingConfig.commit_pass=False`) as their final sampling pass would have written them: each frame at flow
@@ -287,13 +293,14 @@ def cache_context_frames(
     recycled input `recycled` `(R, T, C, h, w)` gives it (the frames re-noised to the context level; `previous`
     `(R, C, h, w)` before the first, None at an episode's start). This is how training presents context frames.
     `recycled=None` recycles the frames as written here (the two-pass `commit_frames`). Returns the reward and
-    termination logit of each transition, `(R, T)` each (with `full_output`, the whole `DiTOutput` of the pass)."""
+    termination logit of each transition, `(R, T)` each (with `full_output`, the whole `DiTOutput` of the pass).
+    `motion` `(R, T)`: how the view moved into each frame (motion-conditioned models; None: not given)."""
     levels = torch.full(positions.shape, float(level), device=latents.device)
     noisy = context_latents(latents, noise, level)
     recycled = noisy if recycled is None else recycled
     before = previous_frames(recycled, previous) if model.config.previous_frame_input else None
     out = model(noisy, levels, actions, positions, has_action=has_action, cache=cache, rows=rows, write_cache=True,
-                previous=before, outputs=outputs)
+                previous=before, outputs=outputs, motion=motion)
     cache.commit(rows, positions)
     return out if full_output or out is None else (out.reward, out.termination_logit)
 
@@ -305,6 +312,7 @@ def cache_context_frames(
 
 OUTCOME_STREAM = 0x0C7C0E  # outcome draws are seeded apart from the frame noise of the same (seed, position)
 EVENT_STREAM = 0x0E7E27  # and the achievement-event draw of an outcome model with an event head apart from both
+MOTION_STREAM = 0x307105  # and the view-motion draw of a motion-conditioned model apart from all three
 
 
 def row_uniforms(seeds: list[int], positions: list[int], stream: int, count: int) -> torch.Tensor:
@@ -355,7 +363,8 @@ def prompt_rows(
     steps in their episode, default from 0; noise from each row's seed and position) to `rows` of the cache; returns
     each row's last frame as cached `(R, C, h, w)`: the previous-frame input of its next frame. One-pass models
     (`sampling.commit_pass=False`) cache the prompt as the final pass of `sampler_steps` (default: the model's)
-    would have (`cache_context_frames`)."""
+    would have (`cache_context_frames`). A motion-conditioned model (`DiTConfig.motion_classes`) is told how the
+    view moved into each prompt frame, read off the frames (`generator.metrics.motion_labels`), as in training."""
     r, p = latents.shape[:2]
     device = latents.device
     shape = tuple(latents.shape[2:])
@@ -364,14 +373,39 @@ def prompt_rows(
     draws = torch.stack([frame_noise(seeds, [q + i for q in first], shape, device) for i in range(p)],
                         dim=1)  # (R, P, 2, C, h, w)
     noise = draws[:, :, 1]
+    motion = prompt_motion(dit, codec, latents, has_action)
     if sampling.commit_pass:
         commit_frames(dit, cache, rows, latents, actions, positions, noise, sampling.context_noise, has_action,
-                      outputs=False)
+                      outputs=False, motion=motion)
     else:
         level = cache_level(int(sampler_steps or sampling.sampler_steps), sampling.shift)
         cache_context_frames(dit, cache, rows, latents, actions, positions, draws[:, :, 0], level,
-                             context_latents(latents, noise, sampling.context_noise), has_action)
+                             context_latents(latents, noise, sampling.context_noise), has_action, motion=motion)
     return context_latents(latents[:, -1].float(), noise[:, -1], sampling.context_noise)
+
+
+def prompt_motion(dit: DiT, codec, latents: torch.Tensor, has_action: torch.Tensor | None) -> torch.Tensor | None:
+    """How the view moved into each of the real frames `(R, T, C, h, w)` (`generator.metrics.motion_labels`), for a
+    motion-conditioned model; None for the others."""
+    if not dit.config.motion_classes:
+        return None
+    from generator.codec import float_to_frames, motion_geometry
+    from generator.metrics import motion_labels
+
+    decoded = codec.decode(latents.flatten(0, 1).float())  # (R * T, 3, H, W)
+    frames = float_to_frames(decoded).reshape(*latents.shape[:2], *decoded.shape[-2:], 3)
+    return motion_labels(frames, has_action, **motion_geometry(codec.config)).to(latents.device)
+
+
+def draw_motion(outcome, shown_codes: torch.Tensor, actions: torch.Tensor, seeds: list[int],
+                positions: list[int]) -> torch.Tensor:
+    """Each row's view motion `(R,)` into its next frame, drawn from the outcome model's motion head (it reads the
+    frame shown and the action) with one uniform from the row's own `(seed, position)` stream."""
+    from generator.outcome import draw_classes
+
+    logits = outcome.motion_logits(shown_codes, actions)
+    uniforms = row_uniforms(seeds, [int(q) for q in positions], MOTION_STREAM, 1)[:, 0]
+    return draw_classes(logits, uniforms).to(shown_codes.device)
 
 
 @torch.no_grad()
@@ -389,6 +423,7 @@ def advance_rows(
     outcome=None,
     shown_codes: torch.Tensor | None = None,
     unlocked: torch.Tensor | None = None,
+    motion: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Advance `rows` of the cache by one frame each: generate it under `actions` `(R, ...)` at `positions`, snap it
     to what the codec represents (`codec.snap`: real tiles for the tile codec), commit it re-noised to the context
@@ -404,6 +439,11 @@ def advance_rows(
     `unlocked` set `(R, E)` bool (None: nothing unlocked yet); the updated set is returned as `unlocked` (Crafter's
     once-per-episode rule), and `reward` / `reward_logits` are those of what is paid (`OutcomeModel.pay_once`).
 
+    A motion-conditioned model (`DiTConfig.motion_classes`) is told how the view moves into the new frame:
+    `motion` `(R,)` where the caller knows it (self-rollout training: the real clip's), else drawn per row from an
+    outcome model with a motion head reading `shown_codes` and the action (`draw_motion`), else not given. The
+    motion used is returned as `motion` (None for other models).
+
     Returns `latents` `(R, C, h, w)` (the frame shown), `reward` and `termination_logit` `(R,)` (the outcome head's
     expected reward and termination logit), `reward_logits` `(R, K)` for reward-class models (else None),
     `sampled_reward` and `terminated` `(R,)` on the CPU (`sample_outcomes`: what an env hands its agent) and
@@ -414,14 +454,20 @@ def advance_rows(
     pos = torch.as_tensor(positions, device=device)
     shape = tuple(previous.shape[1:])
     noise = frame_noise(seeds, [int(q) for q in positions], shape, device, extra=extra_draws(sampling.solver, steps))
+    if dit.config.motion_classes and motion is None and outcome is not None and outcome.config.motion_classes \
+            and shown_codes is not None:
+        motion = draw_motion(outcome, shown_codes, actions, seeds, positions)
+    if not dit.config.motion_classes:
+        motion = None
     sample = dict(solver=sampling.solver, renoise=noise[:, 2:], previous=previous,
-                  temperature=sampling.temperature)
+                  temperature=sampling.temperature, motion=motion)
     if sampling.commit_pass:
         x = generate_frames(dit, cache, rows, actions, pos, noise[:, 0], steps, sampling.shift, **sample)
         x, codes = _snap(codec, x, outcome is not None)
         # With an outcome model the commit pass's own heads are not read: it only writes keys/values.
         out = commit_frames(dit, cache, rows, x[:, None], actions[:, None], pos[:, None], noise[:, 1, None],
-                            sampling.context_noise, previous=previous, full_output=True, outputs=outcome is None)
+                            sampling.context_noise, previous=previous, full_output=True, outputs=outcome is None,
+                            motion=None if motion is None else motion[:, None])
     else:
         x, out = generate_and_cache_frames(dit, cache, rows, actions, pos, noise[:, 0], steps, sampling.shift, **sample)
         x, codes = _snap(codec, x, outcome is not None)
@@ -442,9 +488,9 @@ def advance_rows(
     )
     extra = {}
     if outcome is not None and logits.event_logits is not None:
-        from generator.outcome import draw_events
+        from generator.outcome import draw_classes
 
-        event = draw_events(logits.event_logits, row_uniforms(seeds, [int(q) for q in positions], EVENT_STREAM, 1)[:, 0])
+        event = draw_classes(logits.event_logits, row_uniforms(seeds, [int(q) for q in positions], EVENT_STREAM, 1)[:, 0])
         held = torch.zeros(len(event), len(outcome.config.events), dtype=torch.bool) if unlocked is None \
             else unlocked.bool().cpu().clone()
         rows_with = torch.nonzero(event > 0).squeeze(-1)
@@ -463,6 +509,7 @@ def advance_rows(
         "terminated": terminated,
         "committed": context_latents(x, noise[:, 1], sampling.context_noise),
         "codes": codes,
+        "motion": motion,
         **extra,
     }
 

@@ -90,6 +90,10 @@ class TrainConfig:
     # (no gradient, snapped by the codec), and the last frame is learned from that self-made context.
     self_rollout_prob: float = 0.0
     self_rollout_frames: int = 3  # own predictions before a clip's last frame in a self-rollout
+    # Motion-conditioned models (`DiTConfig.motion_classes`, e.g. --model-overrides '{"motion_classes": 5}'): each
+    # frame is told how the view moved into it, read off the real frames (`generator.metrics.motion_labels`); this
+    # share of frames is told "not given" instead, so the model still works where no motion is drawn.
+    motion_dropout: float = 0.1
     seed: int = 0  # initial weights, data order and noise
     device: str = "auto"  # auto (CUDA when present), cpu, cuda
     verify_data: str = "shape"  # dataset check at open: "shape" (sizes, stat calls only) or "checksum" (every byte)
@@ -168,8 +172,11 @@ def flow_matching_loss(
         learn = valid & (torch.arange(t, device=device)[None] > 0) | (valid & is_first)
     if learn_mask is not None:
         learn = learn & learn_mask.to(device)
+    told = {}
+    if getattr(model, "module", model).config.motion_classes:
+        told["motion"] = batch_motion(batch, config.motion_dropout, generator).to(device)
     out = model(noisy, levels, batch["actions"].to(device), positions, has_action=has_action, valid=valid,
-                previous=previous)
+                previous=previous, **told)
     target = noise - latents
     squared = (out.velocity - target) ** 2
     dit_config = getattr(model, "module", model).config
@@ -219,6 +226,28 @@ def flow_matching_loss(
     return loss, metrics
 
 
+def label_motion(batch: dict, codec) -> dict:
+    """`batch` with ``motion`` `(B, T)`: how the view moved into each frame of its real clips
+    (`generator.metrics.motion_labels`, in the tile codec's view geometry), what a motion-conditioned model learns
+    with."""
+    from generator.codec import motion_geometry
+    from generator.metrics import motion_labels
+
+    return {**batch, "motion": motion_labels(batch["frames"], ~batch["is_first"], **motion_geometry(codec.config))}
+
+
+def batch_motion(batch: dict, dropout: float, generator: torch.Generator) -> torch.Tensor:
+    """The batch's ``motion`` labels (`label_motion`) with a share `dropout` of the frames told "not given"."""
+    from generator.metrics import NOT_GIVEN_MOTION
+
+    if "motion" not in batch:
+        raise ValueError("a motion-conditioned model trains on batches with motion labels: label_motion(batch, codec)")
+    motion = batch["motion"]
+    if dropout:
+        motion = torch.where(torch.rand(motion.shape, generator=generator) < dropout, NOT_GIVEN_MOTION, motion)
+    return motion
+
+
 def reward_classes(rewards: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     """Class of each reward: the index of the nearest of `values` `(K,)` (ties to the lower value)."""
     return (rewards[..., None] - values.to(rewards.device)).abs().argmin(-1)
@@ -254,10 +283,12 @@ def self_rollout(
     first = batch["step"][:, 0].tolist() if "step" in batch else [0] * b  # each clip's first step in its episode
     previous = prompt_rows(dit, codec, sampling, cache, None, latents[:, :r], actions[:, :r], has_action[:, :r], seeds,
                            sampler_steps=steps, first_positions=first)
+    # a motion-conditioned model rolls out under the real clip's motion, which its last frame is then learned with
+    motion = batch_motion(batch, 0.0, generator).to(latents.device) if dit.config.motion_classes else None
     rolled = latents.clone()
     for i in range(r, t - 1):
         out = advance_rows(dit, codec, sampling, cache, None, actions[:, i], [q + i for q in first], seeds, previous,
-                           sampler_steps=steps)
+                           sampler_steps=steps, motion=None if motion is None else motion[:, i])
         rolled[:, i] = out["latents"]
         previous = out["committed"]
     dit.train(was_training)
@@ -321,7 +352,8 @@ def rare_window_weights(dataset, config: TrainConfig) -> torch.Tensor | None:
 
 # DiT parts a fine-tune (`TrainConfig.init`) may add to a model without them: (config field, its value when absent,
 # module name). Each starts as a no-op, so the fine-tune starts from the source model's outputs.
-ADDABLE_PARTS = (("day_period", 0, "day_embed"), ("outcome_pool", False, "outcome_pool"))
+ADDABLE_PARTS = (("day_period", 0, "day_embed"), ("outcome_pool", False, "outcome_pool"),
+                 ("motion_classes", 0, "motion"))
 
 
 def resolve_clip_frames(config: TrainConfig) -> TrainConfig:
@@ -335,6 +367,8 @@ def resolve_clip_frames(config: TrainConfig) -> TrainConfig:
     if config.event_actions and not config.event_fraction:
         raise ValueError(f"event_actions {tuple(config.event_actions)} only weight windows through event_fraction; "
                          "give --event-fraction > 0 too")
+    if not 0 <= config.motion_dropout <= 1:
+        raise ValueError(f"motion_dropout {config.motion_dropout} must be in [0, 1]")
     if not 0 <= config.event_fraction < 1 or not 0 <= config.termination_fraction < 1:
         raise ValueError(f"event_fraction {config.event_fraction} and termination_fraction "
                          f"{config.termination_fraction} must be in [0, 1)")
@@ -371,8 +405,13 @@ def build_world_model(config: TrainConfig, dataset: EpisodeDataset) -> WorldMode
     if codec.config.kind == "tiles":
         overrides["codebook_size"] = codec.config.codes
         overrides["patch_size"] = codec.config.tile_size
+        # the view a motion shifts and the player's tile in it: the codec's geometry
+        overrides["motion_view"], overrides["motion_player"] = codec.config.motion_view, codec.config.motion_player
     overrides.update(config.model_overrides)
     dit = DiT(dit_config(config.model, **overrides))
+    if dit.config.motion_classes and codec.config.kind != "tiles":
+        raise ValueError("a motion-conditioned model (motion_classes > 0) needs the tiles codec: the motion is read "
+                         "off the tile grid's view")
     if dit.config.codebook_size:
         if codec.config.kind != "tiles" or dit.config.patch_size != codec.config.tile_size:
             raise ValueError("a codebook head (codebook_size > 0) needs the tile codec with patch_size == tile_size")
@@ -467,6 +506,8 @@ def train(config: TrainConfig) -> dict:
     with run:
         while run.running:
             batch = dataset.sample(config.batch_size, data_generator, weights=window_weights)
+            if model.config.motion_classes:
+                batch = label_motion(batch, codec)
             with torch.no_grad():
                 latents = codec.encode(batch["frames"].to(device))  # (B, T, C, h, w)
             learn_mask = None
