@@ -48,6 +48,9 @@ SHIFTS: tuple[tuple[int, int], ...] = ((0, 0), (0, 1), (0, -1), (1, 0), (-1, 0))
 def _world_tiles(frames: torch.Tensor, tile: int, view: tuple[int, int]) -> torch.Tensor:
     """uint8 ``(N, H, W, 3)`` -> the world view's tiles ``(N, rows, cols, tile * tile * 3)`` float."""
     rows, cols = view
+    if rows * tile > frames.shape[-3] or cols * tile > frames.shape[-2]:
+        raise ValueError(f"a view of {rows}x{cols} tiles of {tile} px does not fit frames of "
+                         f"{tuple(frames.shape[-3:-1])}; pass the game's view (a tile codec's motion_view)")
     area = frames[:, : rows * tile, : cols * tile].float()
     return area.reshape(-1, rows, tile, cols, tile, 3).permute(0, 1, 3, 2, 4, 5).flatten(3)
 
@@ -109,10 +112,6 @@ def motion_labels(frames: torch.Tensor, has_action: torch.Tensor | None = None, 
     previous action in ``has_action`` ``(B, T)``, a uniform field that fits every shift). The labels the motion
     condition (`generator.model.DiTConfig.motion_classes`) and the outcome model's motion head train on."""
     b, t = frames.shape[:2]
-    tile, (rows, cols) = kwargs.get("tile", 7), kwargs.get("view", (7, 9))
-    if rows * tile > frames.shape[-3] or cols * tile > frames.shape[-2]:
-        raise ValueError(f"a view of {rows}x{cols} tiles of {tile} px does not fit frames of "
-                         f"{tuple(frames.shape[-3:-1])}; set the tile codec's motion_view (rows, cols) to its view")
     labels = torch.full((b, t), NOT_GIVEN_MOTION, dtype=torch.long)
     if t > 1:
         shift, clear = view_shift(frames[:, :-1].cpu(), frames[:, 1:].cpu(), **kwargs)

@@ -129,23 +129,28 @@ class OutcomeModel(nn.Module):
                                            norm_first=True)
         self.encoder = nn.TransformerEncoder(layer, config.depth, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(d)
-        self.head = nn.Linear(d, self._motion_offset() + config.motion_classes)
+        self.head = nn.Linear(d, self.motion_offset + config.motion_classes)
 
-    def _motion_offset(self) -> int:
+    @property
+    def motion_offset(self) -> int:
         """Where the motion logits start in the head's output: after the rewards, termination and events."""
         return len(self.config.reward_values) + 1 + (len(self.config.events) + 1 if self.config.events else 0)
 
     def forward(self, before: torch.Tensor, after: torch.Tensor, actions: torch.Tensor,
-                has_action: torch.Tensor | None = None) -> OutcomeLogits:
+                has_action: torch.Tensor | None = None, action_reading: torch.Tensor | None = None) -> OutcomeLogits:
+        """`action_reading`: `read_action(before, actions, has_action)` where the caller already has it (the dream
+        reads it before the frame is generated, to draw the motion), so it is not computed twice."""
         n = self.config.tokens
         if before.shape != after.shape or before.shape[-1] != n:
             raise ValueError(f"codes before {tuple(before.shape)} and after {tuple(after.shape)} must both be "
                              f"(B, {n}): one code per tile of the {self.config.grid} grid")
         before, after = before.long(), after.long()
         r, b = len(self.config.reward_values), before.shape[0]
-        m = self._motion_offset()
+        m = self.motion_offset
         reads_action = self.config.events and self.config.event_input == "action"
-        if reads_action or self.config.motion_classes:
+        if action_reading is not None and (reads_action or self.config.motion_classes):
+            logits = self._logits(before, after, actions, has_action)
+        elif reads_action or self.config.motion_classes:
             # the same network shown no change reads what the action would do; both readings in one batched pass
             twice = None if has_action is None else torch.cat([has_action, has_action])
             both = self._logits(torch.cat([before, before]), torch.cat([after, before]), torch.cat([actions, actions]),
@@ -159,15 +164,25 @@ class OutcomeModel(nn.Module):
         motion = action_reading[:, m:] if self.config.motion_classes else None
         return OutcomeLogits(logits[:, :r], logits[:, r], events, motion)
 
+    def read_action(self, before: torch.Tensor, actions: torch.Tensor,
+                    has_action: torch.Tensor | None = None) -> torch.Tensor:
+        """The network's whole output `(B, K)` shown the frames `before` `(B, N)` with no change: what the action
+        would do there (the event class of `event_input="action"`, the motion head)."""
+        before = before.long()
+        return self._logits(before, before, actions, has_action)
+
     def motion_logits(self, before: torch.Tensor, actions: torch.Tensor,
-                      has_action: torch.Tensor | None = None) -> torch.Tensor:
+                      has_action: torch.Tensor | None = None, action_reading: torch.Tensor | None = None
+                      ) -> torch.Tensor:
         """How the view will move `(B, M)` (logits over `generator.metrics.SHIFTS`) under `actions` from the frames
-        whose codes are `before` `(B, N)`: the frame shown before the next one is generated."""
+        whose codes are `before` `(B, N)`: the frame shown before the next one is generated (from `action_reading`,
+        `read_action`'s output, where the caller has it)."""
         if not self.config.motion_classes:
             raise ValueError("this outcome model has no motion head (OutcomeConfig.motion_classes 0); train one with "
                              "`nextframe train-outcome --motion`")
-        before = before.long()
-        return self._logits(before, before, actions, has_action)[:, self._motion_offset():]
+        if action_reading is None:
+            action_reading = self.read_action(before, actions, has_action)
+        return action_reading[:, self.motion_offset:]
 
     def _logits(self, before, after, actions, has_action):
         tiles = self.pair(torch.cat([self.code_embed(before), self.code_embed(after)], dim=-1))

@@ -145,6 +145,13 @@ class WorldModel(nn.Module):
                     f"{directory}: model.safetensors and codec.safetensors hold different codebooks; the model was "
                     "trained on another tile codec (rebuild the checkpoint from one training run)"
                 )
+        if dit_config.motion_classes and (dit_config.motion_view, dit_config.motion_player) != (
+                codec_config.motion_view, codec_config.motion_player):
+            raise CheckpointError(
+                f"{directory}: the DiT shifts a view of {dit_config.motion_view} (player {dit_config.motion_player}) "
+                f"but the codec's labels read {codec_config.motion_view} (player {codec_config.motion_player}); the "
+                "model and codec files come from different runs"
+            )
         check_info(info, dit_config, codec_config, tensors.get("prompts"), where=str(directory))
         world = cls(dit, codec, sampling, info, tensors.get("prompts"))
         if "outcome" in config:

@@ -397,15 +397,14 @@ def prompt_motion(dit: DiT, codec, latents: torch.Tensor, has_action: torch.Tens
     return motion_labels(frames, has_action, **motion_geometry(codec.config)).to(latents.device)
 
 
-def draw_motion(outcome, shown_codes: torch.Tensor, actions: torch.Tensor, seeds: list[int],
-                positions: list[int]) -> torch.Tensor:
-    """Each row's view motion `(R,)` into its next frame, drawn from the outcome model's motion head (it reads the
-    frame shown and the action) with one uniform from the row's own `(seed, position)` stream."""
+def draw_motion(motion_logits: torch.Tensor, seeds: list[int], positions: list[int]) -> torch.Tensor:
+    """Each row's view motion `(R,)` into its next frame, drawn from the outcome model's motion head's logits
+    `(R, M)` (`OutcomeModel.motion_logits`: it reads the frame shown and the action) with one uniform from the row's
+    own `(seed, position)` stream."""
     from generator.outcome import draw_classes
 
-    logits = outcome.motion_logits(shown_codes, actions)
     uniforms = row_uniforms(seeds, [int(q) for q in positions], MOTION_STREAM, 1)[:, 0]
-    return draw_classes(logits, uniforms).to(shown_codes.device)
+    return draw_classes(motion_logits, uniforms).to(motion_logits.device)
 
 
 @torch.no_grad()
@@ -454,11 +453,11 @@ def advance_rows(
     pos = torch.as_tensor(positions, device=device)
     shape = tuple(previous.shape[1:])
     noise = frame_noise(seeds, [int(q) for q in positions], shape, device, extra=extra_draws(sampling.solver, steps))
+    reading = None  # the outcome model's reading of the shown frame and the action, where the motion is drawn from it
     if dit.config.motion_classes and motion is None and outcome is not None and outcome.config.motion_classes \
             and shown_codes is not None:
-        motion = draw_motion(outcome, shown_codes, actions, seeds, positions)
-    if not dit.config.motion_classes:
-        motion = None
+        reading = outcome.read_action(shown_codes, actions)
+        motion = draw_motion(outcome.motion_logits(shown_codes, actions, action_reading=reading), seeds, positions)
     sample = dict(solver=sampling.solver, renoise=noise[:, 2:], previous=previous,
                   temperature=sampling.temperature, motion=motion)
     if sampling.commit_pass:
@@ -475,7 +474,7 @@ def advance_rows(
         if shown_codes is None:
             raise ValueError("an outcome model reads the transition as shown: pass shown_codes=, the tile codes of "
                              "each row's previous frame")
-        logits = outcome(shown_codes, codes, actions)
+        logits = outcome(shown_codes, codes, actions, action_reading=reading)
         paid = outcome.pay_once(logits, unlocked)
         reward, termination_logit = outcome.reward(paid), logits.termination_logit
         reward_logits, reward_values = logits.reward_logits, outcome.reward_values

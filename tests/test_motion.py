@@ -169,7 +169,14 @@ def test_the_outcome_motion_head_learns_when_a_move_is_stopped(walled):
     assert report["moved_agreement"] >= 0.9 and report["stayed_agreement"] >= 0.9
     model = load_outcome(root / "outcome")
     assert model.config.motion_classes == len(SHIFTS)
-    assert model.motion_logits(torch.zeros(3, 9, dtype=torch.long), torch.tensor([0, 1, 2])).shape == (3, 5)
+    before, actions = torch.zeros(3, 9, dtype=torch.long), torch.tensor([0, 1, 2])
+    assert model.motion_logits(before, actions).shape == (3, 5)
+    # the dream reads the action once, before the frame, and hands the reading to the outcome model after it
+    after = torch.ones(3, 9, dtype=torch.long)
+    once, twice = model(before, after, actions, action_reading=model.read_action(before, actions)), \
+        model(before, after, actions)
+    for a, b in zip(once, twice):
+        assert (a is None and b is None) or torch.allclose(a, b, atol=1e-5)
 
 
 def test_the_dream_draws_each_rows_motion_from_its_own_stream(walled, tmp_path):
@@ -210,6 +217,14 @@ def test_the_dream_draws_each_rows_motion_from_its_own_stream(walled, tmp_path):
                                          depth=1, heads=1), world.codec.codebook.cpu())
     with pytest.raises(CheckpointError, match="motion classes"):
         attach_outcome(world, without)
+    import json
+
+    config_path = tmp_path / "world" / "config.json"
+    config = json.loads(config_path.read_text())
+    config["codec"]["motion_view"] = [2, 3]  # labels read in another geometry than the DiT shifts
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="shifts a view"):
+        WorldModel.from_pretrained(tmp_path / "world")
 
 
 def test_a_shift_carries_the_view_but_not_the_player_sprite():
