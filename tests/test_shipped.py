@@ -17,7 +17,8 @@ def test_shipped_weights_fit_the_budget_and_match_their_config():
     world = WorldModel.from_pretrained(default_checkpoint())
     assert world.info.game == "crafter" and tuple(world.info.frame_size) == (64, 64)
     expected = dit_config("tiles", action_space=world.info.action_space, codebook_size=world.codec.config.codes,
-                          depth=4, copy_prior=0.0, reward_values=(-0.1, 0.0, 0.1, 1.0), outcome_pool=True)
+                          depth=4, copy_prior=0.0, reward_values=(-0.1, 0.0, 0.1, 1.0), outcome_pool=True,
+                          motion_classes=5)
     assert world.dit.config == expected
     assert world.codec.config.kind == "tiles" and torch.equal(world.dit.codebook, world.codec.codebook)
     # tile places: the centre shows only player sprites, the bottom inventory row only its glyphs
@@ -32,6 +33,8 @@ def test_shipped_weights_fit_the_budget_and_match_their_config():
     # rewards and terminations are read off the frames by an outcome model tied to this codec
     assert world.outcome is not None and torch.equal(world.outcome.codebook, world.codec.codebook.float())
     assert world.outcome.config.reward_values == world.dit.config.reward_values
+    # the view's move is decided first: the outcome model's motion head draws it, the DiT is conditioned on it
+    assert world.outcome.config.motion_classes == world.dit.config.motion_classes == 5
     export = world.info.training["export"]  # the export that attached it, somewhere in the chain of exports
     while "outcome" not in export:
         export = export["previous"]
