@@ -148,16 +148,16 @@ class OutcomeModel(nn.Module):
         r, b = len(self.config.reward_values), before.shape[0]
         m = self.motion_offset
         reads_action = self.config.events and self.config.event_input == "action"
-        if action_reading is not None and (reads_action or self.config.motion_classes):
+        if not (reads_action or self.config.motion_classes):
+            logits = action_reading = self._logits(before, after, actions, has_action)  # (B, R + 1 [+ 1 + E])
+        elif action_reading is not None:
             logits = self._logits(before, after, actions, has_action)
-        elif reads_action or self.config.motion_classes:
+        else:
             # the same network shown no change reads what the action would do; both readings in one batched pass
             twice = None if has_action is None else torch.cat([has_action, has_action])
             both = self._logits(torch.cat([before, before]), torch.cat([after, before]), torch.cat([actions, actions]),
                                 twice)
             logits, action_reading = both[:b], both[b:]
-        else:
-            logits = action_reading = self._logits(before, after, actions, has_action)  # (B, R + 1 [+ 1 + E])
         events = None
         if self.config.events:
             events = (action_reading if reads_action else logits)[:, r + 1:m]
