@@ -376,6 +376,34 @@ class TileCodec(Codec):
         """Every tile replaced by its nearest code (per tile, so per row and deterministic)."""
         return self.from_indices(self.indices(latents)).to(latents.dtype)
 
+    def carry_tiles(self, frames: torch.Tensor, codes: torch.Tensor, previous_frames: torch.Tensor,
+                    previous_codes: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+        """uint8 frames ``(R, H, W, 3)`` decoded from ``codes`` ``(R, N)``, with every tile that kept its code shown
+        as it was: where a tile's code equals the code ``previous_codes`` ``(R, N)`` gave its source tile (``source``
+        ``(R, N)``, indices into the previous frame's tiles: the tile it came from, e.g. under the view's shift), it
+        takes that tile's pixels in ``previous_frames`` ``(R, H, W, 3)`` instead of its code's. A tile that did not
+        change then stays exactly as it was shown (a real prompt tile under its own light and night noise, where its
+        code shows the codebook's copy); every tile shown is still a real tile."""
+        frames, previous_frames = self._check_frames(frames), self._check_frames(previous_frames)
+        n = self.config.tile_grid[0] * self.config.tile_grid[1]
+        if frames.ndim != 4 or previous_frames.shape != frames.shape or tuple(codes.shape) != (len(frames), n) \
+                or previous_codes.shape != codes.shape or source.shape != codes.shape:
+            raise ValueError(f"carry_tiles needs frames and previous_frames (R, H, W, 3) and codes, previous_codes "
+                             f"and source (R, {n}); got {tuple(frames.shape)}, {tuple(previous_frames.shape)}, "
+                             f"{tuple(codes.shape)}, {tuple(previous_codes.shape)}, {tuple(source.shape)}")
+        (top, left), (rows, cols), s = self.config.tile_offset, self.config.tile_grid, self.config.tile_size
+        area = (slice(None), slice(top, top + rows * s), slice(left, left + cols * s))
+        pattern = "r (gh p) (gw q) c -> r (gh gw) (p q c)"
+        new = rearrange(frames[area], pattern, p=s, q=s)
+        old = rearrange(previous_frames.to(frames.device)[area], pattern, p=s, q=s)
+        source = source.to(frames.device).long()
+        carried = old.gather(1, source[..., None].expand(-1, -1, old.shape[-1]))
+        keep = codes.to(frames.device) == previous_codes.to(frames.device).gather(1, source)
+        out = frames.clone()
+        out[area] = rearrange(torch.where(keep[..., None], carried, new), "r (gh gw) (p q c) -> r (gh p) (gw q) c",
+                              gh=rows, gw=cols, p=s, q=s)
+        return out
+
     def _encode(self, images: torch.Tensor) -> torch.Tensor:
         index = self._nearest(self._crop(images))[0]
         return untile(self.codebook[index], self.config.tile_size, self.config.tile_grid)

@@ -42,6 +42,11 @@ class SamplingConfig:
     # per frame at one sampler step). False: the cache keeps the keys/values of the final sampling pass (AAPT; one
     # pass per frame at one step), for models trained so (`TrainConfig.commit_pass=False`, `generator.sampler`).
     commit_pass: bool = True
+    # Tile codecs: a tile whose code is unchanged from the tile it came from in the previous frame shown (under the
+    # view's motion, for motion-conditioned models) keeps that tile's pixels, so the prompt's real tiles stay as they
+    # were shown, under their own light, instead of becoming their codes' copies (`generator.sampler.shown_frames`).
+    # Only what is shown changes: the model reads the codes either way.
+    carry_tiles: bool = False
 
 
 @dataclass
@@ -276,6 +281,8 @@ def export_model(source: str | Path, destination: str | Path, prompts_from: str 
     export = {"source": str(source), "sampling": changes}
     if "export" in world.info.training:  # an export of an export keeps the whole chain
         export["previous"] = world.info.training["export"]
+    if world.sampling.carry_tiles and not isinstance(world.codec, TileCodec):
+        raise ValueError(f"carry_tiles needs a tile-codec model; {source} uses a {world.codec.config.kind!r} codec")
     if places_from is not None:
         if not isinstance(world.codec, TileCodec):
             raise ValueError(f"--places-from needs a tile-codec model; {source} uses a {world.codec.config.kind!r} codec")
@@ -309,6 +316,8 @@ class ExportConfig:
     # last)
     solver: Literal["euler", "euler_codes", "consistency", "categorical"] | None = None
     temperature: float | None = None  # new default temperature of the categorical solver's draws
+    # tile models: unchanged tiles keep the pixels they were shown with (`SamplingConfig.carry_tiles`)
+    carry_tiles: bool | None = None
     prompts_from: str | None = None  # dataset to rebuild the prompt bank from
     prompt_count: int = 32  # clips in a rebuilt prompt bank
     # tile models: dataset(s) whose train split teaches the codec which codes each tile position shows
@@ -323,7 +332,7 @@ def run_export(config: ExportConfig) -> str:
     world = export_model(config.checkpoint, config.out, prompts_from=config.prompts_from,
                          prompt_count=config.prompt_count, sampler_steps=config.sampler_steps,
                          context_noise=config.context_noise, shift=config.shift, solver=config.solver,
-                         temperature=config.temperature, places_from=config.places_from, outcome=config.outcome)
+                         temperature=config.temperature, carry_tiles=config.carry_tiles, places_from=config.places_from, outcome=config.outcome)
     clips = "none" if world.prompts is None else tuple(world.prompts["frames"].shape)
     return f"wrote {config.out}: sampling {world.sampling}, prompt clips {clips}"
 

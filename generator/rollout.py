@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import torch
 
-from generator.codec import float_to_frames
 from generator.metrics import mse, psnr, psnr_from_mse
-from generator.sampler import advance_rows, prompt_rows
+from generator.sampler import advance_rows, prompt_rows, shown_frames
 
 
 @torch.no_grad()
@@ -52,14 +51,18 @@ def open_loop_rollout(
     frames, out_latents, rewards, terminations, reward_logits = [], [], [], [], []
     actions = actions.to(device)
     outcome = getattr(world, "outcome", None)
-    codes = codec.indices(latents[:, -1].float()) if outcome is not None else None  # the last prompt frame's tiles
+    carry = bool(getattr(sampling, "carry_tiles", False))
+    # the last prompt frame's tiles, for an outcome model, and as shown, for tiles carried over (`shown_frames`)
+    codes = codec.indices(latents[:, -1].float()) if outcome is not None or carry else None
+    shown = prompt_frames[:, -1].to(device)
     unlocked = prompt_unlocked
     for i in range(k):
         out = advance_rows(dit, codec, sampling, cache, None, actions[:, i], [q + p + i for q in first], seeds,
                            previous, sampler_steps, outcome=outcome, shown_codes=codes, unlocked=unlocked)
+        shown = shown_frames(codec, sampling, out, shown, codes)
         previous, codes, unlocked = out["committed"], out["codes"], out.get("unlocked")
         out_latents.append(out["latents"])
-        frames.append(float_to_frames(codec.decode(out["latents"])))
+        frames.append(shown)
         rewards.append(out["reward"])
         terminations.append(out["termination_logit"])
         if out["reward_logits"] is not None:

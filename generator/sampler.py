@@ -22,11 +22,13 @@ frames depend on them only through float rounding (docs/architecture.md, Samplin
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 
-from generator.codec import untile
+from generator.codec import TileCodec, float_to_frames, untile
 from generator.kv_cache import KVCache
-from generator.model import DiT, DiTOutput
+from generator.model import DiT, DiTOutput, shift_maps
 
 _MASK64 = (1 << 64) - 1
 
@@ -460,16 +462,17 @@ def advance_rows(
         motion = draw_motion(outcome.motion_logits(shown_codes, actions, action_reading=reading), seeds, positions)
     sample = dict(solver=sampling.solver, renoise=noise[:, 2:], previous=previous,
                   temperature=sampling.temperature, motion=motion)
+    with_codes = outcome is not None or bool(getattr(sampling, "carry_tiles", False))
     if sampling.commit_pass:
         x = generate_frames(dit, cache, rows, actions, pos, noise[:, 0], steps, sampling.shift, **sample)
-        x, codes = _snap(codec, x, outcome is not None)
+        x, codes = _snap(codec, x, with_codes)
         # With an outcome model the commit pass's own heads are not read: it only writes keys/values.
         out = commit_frames(dit, cache, rows, x[:, None], actions[:, None], pos[:, None], noise[:, 1, None],
                             sampling.context_noise, previous=previous, full_output=True, outputs=outcome is None,
                             motion=None if motion is None else motion[:, None])
     else:
         x, out = generate_and_cache_frames(dit, cache, rows, actions, pos, noise[:, 0], steps, sampling.shift, **sample)
-        x, codes = _snap(codec, x, outcome is not None)
+        x, codes = _snap(codec, x, with_codes)
     if outcome is not None:
         if shown_codes is None:
             raise ValueError("an outcome model reads the transition as shown: pass shown_codes=, the tile codes of "
@@ -511,6 +514,37 @@ def advance_rows(
         "motion": motion,
         **extra,
     }
+
+
+@functools.lru_cache(maxsize=None)
+def _tile_sources(grid: tuple[int, int], view: tuple[int, int], player: tuple[int, int]) -> torch.Tensor:
+    return shift_maps(grid, view, player)
+
+
+def shown_frames(codec, sampling, step: dict, previous_frames: torch.Tensor | None,
+                 previous_codes: torch.Tensor | None) -> torch.Tensor:
+    """The frames an `advance_rows` `step` shows, uint8 `(R, H, W, 3)` on its device: its latents decoded, and with
+    `sampling.carry_tiles` (tile codecs) every tile whose code is the code of the tile it came from keeping that
+    tile's pixels in `previous_frames` `(R, H, W, 3)`, the frames shown before it, whose codes are `previous_codes`
+    `(R, N)` (`TileCodec.carry_tiles`). A tile comes from the same place, or under the step's view motion (motion-
+    conditioned models) from where the view's shift takes it (`generator.model.shift_maps`). The one place a step's
+    frame is made for showing: the dream and the open-loop evaluation both call it."""
+    frames = float_to_frames(codec.decode(step["latents"]).float())
+    if not getattr(sampling, "carry_tiles", False):
+        return frames
+    if not isinstance(codec, TileCodec):
+        raise ValueError(f"carry_tiles needs a tile codec, got a {codec.config.kind!r} codec; export the model with "
+                         "carry_tiles off")
+    if previous_frames is None or previous_codes is None or step.get("codes") is None:
+        raise ValueError("carry_tiles shows unchanged tiles as they were shown: pass the previous frames shown and "
+                         "their codes (advance_rows returns a frame's codes when sampling.carry_tiles is on)")
+    config, motion = codec.config, step.get("motion")
+    if motion is None:
+        source = torch.arange(config.tile_grid[0] * config.tile_grid[1]).expand(len(frames), -1)
+    else:
+        maps = _tile_sources(tuple(config.tile_grid), tuple(config.motion_view), tuple(config.motion_player))
+        source = maps[motion.long().cpu().clamp(0, len(maps) - 1)]
+    return codec.carry_tiles(frames, step["codes"], previous_frames, previous_codes, source)
 
 
 def _snap(codec, x: torch.Tensor, with_codes: bool) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -7,6 +7,7 @@ from gymnasium.utils.env_checker import check_env
 from gymnasium.vector import AutoresetMode
 
 import world_env  # noqa: F401  (registers the ids)
+from generator.codec import float_to_frames
 from tiny_world import make_tiny_world
 from world_env.env import WorldModelEnv, WorldModelVecEnv
 
@@ -370,16 +371,20 @@ def test_bf16_precision_stays_close_to_fp32_is_deterministic_and_keeps_a_bf16_ca
         WorldModelVecEnv(world, num_envs=1, device="cpu", precision="fp16")
 
 
-@pytest.mark.parametrize("kind", ["pixels", "tiles"])
+@pytest.mark.parametrize("kind", ["pixels", "tiles", "tiles carried"])
 def test_env_frames_equal_the_evaluation_rollout(kind):
     """The env and the open-loop evaluation step the model through the same autoregressive step: same seeds, same
-    prompt, same actions, same frames (and the same sampled rewards)."""
+    prompt, same actions, same frames (and the same sampled rewards). With carried tiles the prompt is drawn under
+    another light (every pixel a little off its code), so what is carried shows."""
     from generator.rollout import open_loop_rollout
     from generator.sampler import mix_seed
     from tiny_world import make_tiny_tile_world
 
     world = make_tiny_world(previous_frame_input=True) if kind == "pixels" else make_tiny_tile_world()[0]
     prompt = {"frames": world.prompts["frames"][:2].numpy(), "actions": world.prompts["actions"][:2].numpy()}
+    if kind == "tiles carried":
+        world.sampling.carry_tiles = True
+        prompt["frames"] = np.clip(prompt["frames"].astype(np.int16) + 3, 0, 255).astype(np.uint8)
     actions = np.array([[1, 3], [0, 2], [4, 4], [2, 1], [3, 0]])
     env = WorldModelVecEnv(world, num_envs=2, device="cpu")
     env.reset(seed=[5, 9], options={"prompt": prompt})
@@ -394,6 +399,9 @@ def test_env_frames_equal_the_evaluation_rollout(kind):
     out = open_loop_rollout(world, torch.from_numpy(prompt["frames"]), torch.from_numpy(prompt["actions"]),
                             torch.from_numpy(actions.T.copy()), seeds, prompt_has_action=has_action)
     assert np.array_equal(np.stack(frames, axis=1), out["frames"].numpy())
+    if kind == "tiles carried":  # some tiles kept the prompt's own pixels, and only those differ from their codes
+        decoded = float_to_frames(world.codec.decode(out["latents"]))
+        assert 0 < int((out["frames"] != decoded).any(-1).sum()) < out["frames"][..., 0].numel()
 
 
 ASYNC_SCRIPT_WITHOUT_CLOSE = """

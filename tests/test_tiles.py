@@ -545,3 +545,87 @@ def test_windows_under_event_actions_count_as_events(tmp_path):
 
     with pytest.raises(ValueError, match="event-fraction"):
         resolve_clip_frames(TrainConfig(data="-", out="-", model="tiny", event_actions=(action,)))
+
+
+def test_carried_tiles_keep_the_pixels_they_were_shown_with_under_the_views_shift():
+    world, textures = make_tiny_tile_world()
+    codec = world.codec  # 16x16 frames, a 3x3 grid of 5-px tiles; the last pixel row and column are black
+    g = torch.Generator().manual_seed(4)
+    before_ids = torch.randint(0, 6, (2, 3, 3), generator=g)
+    before = tile_frames(before_ids, textures)
+    lit = (before.short() + torch.randint(-4, 5, before.shape, generator=g)).clamp(0, 255).to(torch.uint8)
+    lit[:, 15:], lit[:, :, 15:] = 0, 0  # outside the tile area stays as the codec fills it
+    codes_before = codec.frame_codes(lit)[0]
+    assert torch.equal(codes_before, before_ids.flatten(1))  # the other light is within reach of the same codes
+    # Row 0 stays in place: its middle column changes. Row 1's grid shifts one column right: column 0 is new.
+    after_ids = before_ids.clone()
+    after_ids[0, :, 1] = (before_ids[0, :, 1] + 1) % 6
+    after_ids[1, :, 1:] = before_ids[1, :, :-1]
+    after_ids[1, :, 0] = (before_ids[1, :, 0] + 2) % 6
+    decoded = tile_frames(after_ids, textures)
+    own = torch.arange(9).reshape(3, 3)
+    shifted = own.clone()
+    shifted[:, 1:] = own[:, :-1]
+    source = torch.stack([own.flatten(), shifted.flatten()])
+    shown = codec.carry_tiles(decoded, after_ids.flatten(1), lit, codes_before, source)
+
+    def tile(frames, r, y, x):
+        return frames[r, 5 * y:5 * y + 5, 5 * x:5 * x + 5]
+
+    for y in range(3):
+        for x in range(3):
+            assert torch.equal(tile(shown, 0, y, x), tile(decoded if x == 1 else lit, 0, y, x))
+            expected = tile(decoded, 1, y, 0) if x == 0 else tile(lit, 1, y, x - 1)  # carried along the shift
+            assert torch.equal(tile(shown, 1, y, x), expected)
+    assert torch.equal(shown[:, 15:], decoded[:, 15:]) and torch.equal(shown[:, :, 15:], decoded[:, :, 15:])
+    # per row: a row's frame does not depend on the others
+    alone = codec.carry_tiles(decoded[1:], after_ids[1:].flatten(1), lit[1:], codes_before[1:], source[1:])
+    assert torch.equal(alone[0], shown[1])
+    with pytest.raises(ValueError, match="carry_tiles needs frames"):
+        codec.carry_tiles(decoded, after_ids.flatten(1)[:, :4], lit, codes_before, source)
+
+
+def test_carried_tiles_change_only_what_is_shown_and_need_a_tile_codec(tmp_path):
+    from generator.pretrained import export_model
+    from generator.rollout import open_loop_rollout
+    from tiny_world import make_tiny_world
+
+    world, _ = make_tiny_tile_world()
+    prompt = (world.prompts["frames"][:3].short() + 3).clamp(0, 255).to(torch.uint8)  # another light
+    actions = torch.randint(0, 5, (3, 6), generator=torch.Generator().manual_seed(1))
+    args = (prompt, world.prompts["actions"][:3], actions, [1, 2, 3])
+    plain = open_loop_rollout(world, *args)
+    world.sampling.carry_tiles = True
+    carried = open_loop_rollout(world, *args)
+    assert torch.equal(carried["latents"], plain["latents"])  # the model reads the same codes
+    assert torch.equal(carried["reward"], plain["reward"])
+    assert not torch.equal(carried["frames"], plain["frames"])
+    assert torch.equal(world.codec.frame_codes(carried["frames"])[0], world.codec.frame_codes(plain["frames"])[0])
+    pixels = make_tiny_world()
+    pixels.save_pretrained(tmp_path / "pixels")
+    with pytest.raises(ValueError, match="carry_tiles needs a tile-codec model"):
+        export_model(tmp_path / "pixels", tmp_path / "out", carry_tiles=True)
+    assert not (tmp_path / "out").exists()
+
+
+def test_speculated_frames_carry_the_tiles_plain_stepping_carries():
+    from world_env.env import WorldModelVecEnv
+
+    world, _ = make_tiny_tile_world()
+    world.sampling.carry_tiles = True
+    prompt = {"frames": (world.prompts["frames"][:3].short() + 3).clamp(0, 255).to(torch.uint8).numpy(),
+              "actions": world.prompts["actions"][:3].numpy()}
+    actions = np.array([[1, 1, 2], [1, 1, 2], [1, 0, 2], [3, 0, 2], [3, 0, 4], [3, 0, 4]])
+
+    def frames(**kw):
+        env = WorldModelVecEnv(world, num_envs=3, device="cpu", **kw)
+        env.reset(seed=[1, 2, 3], options={"prompt": prompt})
+        out = [env.step(a)[0] for a in actions]
+        stats = env.speculation_stats if kw else None
+        env.close()
+        return np.stack(out), stats
+
+    plain, _ = frames()
+    speculated, stats = frames(speculation_depth=2, speculation="sync")
+    assert stats["accepted"] > 0 and stats["rejected"] > 0
+    assert np.array_equal(speculated, plain)

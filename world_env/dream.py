@@ -33,8 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from generator.codec import float_to_frames
-from generator.sampler import advance_rows, prompt_rows
+from generator.sampler import advance_rows, prompt_rows, shown_frames
 from world_env.speculation import SpeculationController
 
 
@@ -61,7 +60,7 @@ class Speculated:
     termination_logit: float
     terminated: bool  # sampled
     committed: torch.Tensor  # (C, h, w) the latent as cached: the next frame's previous frame
-    codes: torch.Tensor | None  # (N,) its tile codes as shown, for a world with an outcome model (else None)
+    codes: torch.Tensor | None  # (N,) its tile codes as shown (worlds with an outcome model or carried tiles; else None)
     unlocked: torch.Tensor | None = None  # (E,) achievements unlocked after it (outcome models with an event head)
 
 
@@ -108,10 +107,14 @@ class DreamCore:
         self.last_actions: list[torch.Tensor | None] = [None] * num_envs
         # Each row's last accepted frame as cached, `(B, C, h, w)`: the previous-frame input of its next frame.
         self.previous = torch.zeros(num_envs, *self.latent_shape, device=self.device)
-        # A world with an outcome model reads each transition off the tiles shown: each row's last frame's codes.
+        # A world with an outcome model reads each transition off the tiles shown, and one that carries unchanged
+        # tiles over (`SamplingConfig.carry_tiles`) compares with them: each row's last frame's codes.
         self.outcome = getattr(world, "outcome", None)
+        tracks_codes = self.outcome is not None or bool(getattr(world.sampling, "carry_tiles", False))
         self.codes = (torch.zeros(num_envs, world.codec.config.tile_grid[0] * world.codec.config.tile_grid[1],
-                                  dtype=torch.long, device=self.device) if self.outcome is not None else None)
+                                  dtype=torch.long, device=self.device) if tracks_codes else None)
+        # Each row's last frame as shown `(B, H, W, 3)` uint8: unchanged tiles keep its pixels (`shown_frames`).
+        self.frames = torch.zeros(num_envs, *world.codec.frame_size, 3, dtype=torch.uint8, device=self.device)
         # An outcome model with an event head pays each achievement once per episode: each row's unlocked set.
         events = len(self.outcome.config.events) if self.outcome is not None else 0
         self.unlocked = torch.zeros(num_envs, events, dtype=torch.bool, device=self.device) if events else None
@@ -177,6 +180,7 @@ class DreamCore:
                 raise ValueError(f"prompt unlocked has shape {tuple(given.shape)}, expected ({len(rows)}, "
                                  f"{self.unlocked.shape[1]}): one flag per achievement of the outcome model")
             self.unlocked[index] = False if given is None else given.bool().to(self.device)
+        self.frames[index] = prompts["frames"][:, -1].to(self.device)
         return prompts["frames"][:, -1].to(self.device)
 
     # -- stepping --------------------------------------------------------------------------------------------
@@ -209,6 +213,7 @@ class DreamCore:
                 frames[i], rewards[i], logits[i], accepted[i] = spec.frame, spec.reward, spec.termination_logit, True
                 terminated[i] = spec.terminated
                 self.previous[row] = spec.committed
+                self.frames[row] = spec.frame
                 if self.codes is not None:
                     self.codes[row] = spec.codes
                 if self.unlocked is not None:
@@ -227,7 +232,7 @@ class DreamCore:
             out = self._advance(
                 fresh_rows, actions[fresh], [int(self.positions[row]) + 1 for row in fresh_rows],
                 self.previous[fresh_rows], None if self.codes is None else self.codes[fresh_rows],
-                None if self.unlocked is None else self.unlocked[fresh_rows],
+                None if self.unlocked is None else self.unlocked[fresh_rows], self.frames[fresh_rows],
             )
             if self.controller is not None:
                 self.controller.fresh_pass(len(fresh), time.perf_counter() - t0)
@@ -235,6 +240,7 @@ class DreamCore:
                 frames[i], rewards[i], logits[i] = out["frames"][j], out["reward"][j], out["termination_logit"][j]
                 terminated[i] = out["terminated"][j]
                 self.previous[rows[i]] = out["committed"][j]
+                self.frames[rows[i]] = out["frames"][j]
                 if self.codes is not None:
                     self.codes[rows[i]] = out["codes"][j]
                 if self.unlocked is not None:
@@ -259,23 +265,23 @@ class DreamCore:
                 "accepted": accepted}
 
     def _advance(self, rows: list[int], actions: torch.Tensor, positions: list[int], previous: torch.Tensor,
-                 codes: torch.Tensor | None, unlocked: torch.Tensor | None = None) -> dict:
+                 codes: torch.Tensor | None, unlocked: torch.Tensor | None, shown: torch.Tensor) -> dict:
         """Generate and commit one frame for each of `rows` at `positions` after `previous` latents (as cached),
-        `codes` (their tiles as shown, for an outcome model) and `unlocked` (their achievements, for an outcome
-        model with an event head), batched."""
+        `codes` (their tiles as shown, for an outcome model or carried tiles), `unlocked` (their achievements, for
+        an outcome model with an event head) and `shown` (the frames shown before, `(R, H, W, 3)` uint8), batched."""
         with self._autocast():
-            return self._advance_rows(rows, actions, positions, previous, codes, unlocked)
+            return self._advance_rows(rows, actions, positions, previous, codes, unlocked, shown)
 
     def _advance_rows(self, rows: list[int], actions: torch.Tensor, positions: list[int], previous: torch.Tensor,
-                      codes: torch.Tensor | None, unlocked: torch.Tensor | None = None) -> dict:
+                      codes: torch.Tensor | None, unlocked: torch.Tensor | None, shown: torch.Tensor) -> dict:
         seeds = [self.row_seeds[row] for row in rows]
         if rows != list(range(self.num_envs)):
             return self._advance_block(self.cache, torch.tensor(rows, device=self.device), seeds, actions, positions,
-                                       previous, codes, unlocked)
+                                       previous, codes, unlocked, shown)
         # All rows in order: attend to the cache in place instead of gathering copies of it, in `workers`
         # contiguous shards at once (views of the cache: each worker writes its own rows).
         if self.workers == 1:
-            return self._advance_block(self.cache, None, seeds, actions, positions, previous, codes, unlocked)
+            return self._advance_block(self.cache, None, seeds, actions, positions, previous, codes, unlocked, shown)
         if self._row_pool is None:
             threads = max(1, torch.get_num_threads() // self.workers)
             self._row_pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="dream-rows",
@@ -288,7 +294,7 @@ class DreamCore:
                 part = slice(a, b)
                 return self._advance_block(self.cache.shard(a, b), None, seeds[part], actions[part], positions[part],
                                            previous[part], None if codes is None else codes[part],
-                                           None if unlocked is None else unlocked[part])
+                                           None if unlocked is None else unlocked[part], shown[part])
 
         parts = [f.result() for f in [self._row_pool.submit(shard, int(a), int(b))
                                       for a, b in zip(bounds[:-1], bounds[1:])]]
@@ -297,13 +303,12 @@ class DreamCore:
 
     def _advance_block(self, cache, index: torch.Tensor | None, seeds: list[int], actions: torch.Tensor,
                        positions: list[int], previous: torch.Tensor, codes: torch.Tensor | None,
-                       unlocked: torch.Tensor | None) -> dict:
+                       unlocked: torch.Tensor | None, shown: torch.Tensor) -> dict:
         out = advance_rows(self.world.dit, self.world.codec, self.world.sampling, cache, index, actions, positions,
                            seeds, previous, self.sampler_steps,
                            outcome=self.outcome, shown_codes=codes, unlocked=unlocked)
-        frames = float_to_frames(self.world.codec.decode(out["latents"]).float())  # (R, H, W, 3) uint8
         return {
-            "frames": frames,
+            "frames": shown_frames(self.world.codec, self.world.sampling, out, shown, codes),  # (R, H, W, 3) uint8
             "reward": out["sampled_reward"],
             "termination_logit": out["termination_logit"].cpu(),
             "terminated": out["terminated"],
@@ -326,7 +331,8 @@ class DreamCore:
                 [self.queues[row][-1].codes if self.queues[row] else self.codes[row] for row in need])
             unlocked = None if self.unlocked is None else torch.stack(
                 [self.queues[row][-1].unlocked if self.queues[row] else self.unlocked[row] for row in need])
-            out = self._advance(need, actions, positions, previous, codes, unlocked)
+            shown = torch.stack([self.queues[row][-1].frame if self.queues[row] else self.frames[row] for row in need])
+            out = self._advance(need, actions, positions, previous, codes, unlocked, shown)
             for j, row in enumerate(need):
                 self.queues[row].append(
                     Speculated(actions[j], out["frames"][j], float(out["reward"][j]), float(out["termination_logit"][j]),
