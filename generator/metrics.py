@@ -206,6 +206,38 @@ def summarize_shifts(counts: dict, *more: dict) -> dict:
     return total
 
 
+def grey_view(frames: torch.Tensor, tile: int = 7, view: tuple[int, int] = (7, 9), max_spread: float = 15.0
+              ) -> torch.Tensor:
+    """Whether each uint8 frame ``(..., H, W, 3)`` shows its world view grey ``(...)`` bool: the mean over the view
+    of each pixel's channel spread (max minus min) is at most ``max_spread`` grey levels. Crafter draws the view
+    of a sleeping player so (colour removed, a faint blue tint: spread about 8-10), and no waking view, day or night,
+    comes close (20 and more on held-out frames), so for Crafter this reads "asleep" off the frame."""
+    rows, cols = view
+    area = frames[..., : rows * tile, : cols * tile, :].float()
+    return (area.max(-1).values - area.min(-1).values).mean((-1, -2)) <= max_spread
+
+
+def state_agreement(real: torch.Tensor, dream: torch.Tensor, mask: torch.Tensor | None = None) -> dict:
+    """How a boolean per-step state of the dream ``(B, T)`` (e.g. `grey_view`) agrees with the real one: counts
+    of the real state, the dream's, both, and of the steps where it starts in either (``mask``: the steps to
+    count), so `summarize_states` can pool batches."""
+    keep = torch.ones_like(real, dtype=torch.bool) if mask is None else mask.bool()
+    real, dream = real.bool() & keep, dream.bool() & keep
+    return {"steps": int(keep.sum()), "real": int(real.sum()), "dream": int(dream.sum()),
+            "both": int((real & dream).sum()), "disagree": int((real != dream).sum()),
+            "windows": int(real.shape[0]), "windows_disagreeing": int((real != dream).any(-1).sum())}
+
+
+def summarize_states(*counts: dict) -> dict:
+    """`state_agreement` counts summed, with the dream's precision and recall of the real state and the share
+    of counted steps on which they disagree (``None`` where a denominator is 0)."""
+    total = {key: sum(c[key] for c in counts) for key in counts[0]}
+    total["precision"] = total["both"] / total["dream"] if total["dream"] else None
+    total["recall"] = total["both"] / total["real"] if total["real"] else None
+    total["disagreement"] = total["disagree"] / total["steps"] if total["steps"] else None
+    return total
+
+
 def distinct_tiles(frames: torch.Tensor, tile: int = 7, view: tuple[int, int] = (7, 9), tolerance: float = 0.0
                    ) -> torch.Tensor:
     """Number of different tiles in each frame's world view ``(...)`` for uint8 frames ``(..., H, W, 3)``.

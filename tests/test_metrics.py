@@ -94,3 +94,21 @@ def test_shown_targets_follow_the_player_out_of_the_prompt_view():
     unclear = clear.clone()
     unclear[0, 1] = False
     assert shown_targets(shift, unclear, actions)[0].tolist() == [True, True] + [False] * 8
+
+
+def test_a_grey_view_reads_as_asleep_and_disagreements_are_counted():
+    from generator.metrics import grey_view, state_agreement, summarize_states
+
+    g = torch.Generator().manual_seed(0)
+    awake = torch.randint(0, 256, (2, 64, 64, 3), generator=g, dtype=torch.uint8)
+    luma = (awake.float() @ torch.tensor([0.299, 0.587, 0.114]))[..., None]
+    asleep = (0.5 * luma + 0.5 * torch.tensor([0.0, 0.0, 16.0])).round().to(torch.uint8)  # Crafter's sleep filter
+    asleep[:, 49:] = awake[:, 49:]  # the inventory keeps its colours
+    assert grey_view(asleep).tolist() == [True, True] and grey_view(awake).tolist() == [False, False]
+    real = torch.tensor([[False, True, True, False]])
+    dream = torch.tensor([[False, False, True, True]])
+    total = summarize_states(state_agreement(real, dream), state_agreement(real, real))
+    assert (total["real"], total["dream"], total["both"], total["disagree"]) == (4, 4, 3, 2)
+    assert total["precision"] == total["recall"] == 0.75 and total["windows_disagreeing"] == 1
+    masked = state_agreement(real, dream, torch.tensor([[True, True, True, False]]))
+    assert (masked["steps"], masked["disagree"]) == (3, 1)

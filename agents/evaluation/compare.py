@@ -41,7 +41,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from generator.metrics import precision_recall, shift_agreement, shown_targets, summarize_shifts, view_shift
+from generator.metrics import (grey_view, precision_recall, shift_agreement, shown_targets, state_agreement,
+                               summarize_shifts, summarize_states, view_shift)
 from generator.data import EpisodeDataset
 from generator.pretrained import WorldModel
 from generator.metrics import mse, psnr_from_mse
@@ -230,7 +231,7 @@ def _compare_windows(dataset: EpisodeDataset, generate, context_frames: int, hor
     sums = {key: torch.zeros(horizon, dtype=torch.float64)
             for key in ("mse", "copy_mse", "ssim", "copy_ssim", "idm_dream", "idm_real", "count")}
     reward_pred, reward_real, end_pred, end_real, masks = [], [], [], [], []
-    shifts, short_shifts, shown_shifts, unshown_shifts = [], [], [], []
+    shifts, short_shifts, shown_shifts, unshown_shifts, asleep = [], [], [], [], []
     clips = {"real": [], "dream": []}
     for start in tqdm(range(0, len(chosen), batch_size), disable=not progress, desc=desc):
         picked = chosen[start : start + batch_size]
@@ -260,6 +261,7 @@ def _compare_windows(dataset: EpisodeDataset, generate, context_frames: int, hor
             for kept, into in ((shown, shown_shifts), (~shown, unshown_shifts)):
                 into.append(shift_agreement(torch.cat([last, real], 1), torch.cat([last, dream], 1),
                                             mask.bool() & kept))
+            asleep.append(state_agreement(grey_view(real), grey_view(dream), mask.bool()))  # a sleeping player
         if idm is not None:
             device = next(idm.parameters()).device
             labels = idm.labels(actions[:, context_frames:].reshape(-1, *actions.shape[2:]))  # (B*K, k)
@@ -299,6 +301,7 @@ def _compare_windows(dataset: EpisodeDataset, generate, context_frames: int, hor
         "view_shift_short": summarize_shifts(*short_shifts) if short_shifts else None,
         "view_shift_shown": summarize_shifts(*shown_shifts) if shown_shifts else None,
         "view_shift_unshown": summarize_shifts(*unshown_shifts) if unshown_shifts else None,
+        "asleep": summarize_states(*asleep) if asleep else None,
         "reward": {"threshold": reward_threshold, **events(rp, rr)},
         "termination": {"threshold_logit": termination_threshold, **events(ep, er)},
         "windows": len(chosen),

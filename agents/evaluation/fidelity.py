@@ -462,6 +462,20 @@ def markdown(results: dict, reference: dict, config: FidelityConfig, rule_refere
         if redrawn is not None and name_s in redrawn.get("skipped", {}):
             lines += ["", f"(No redrawn-game reference: {redrawn['skipped'][name_s]}.)"]
         lines.append("")
+    sleep_rows = [(name, stream.partition("=")[0], r["streams"][stream.partition("=")[0]]["open_loop"].get("asleep"))
+                  for name, r in results.items() for stream in config.streams]
+    if any(a for *_, a in sleep_rows):
+        lines += ["### A sleeping player (Crafter's grey view) in the open-loop windows", "",
+                  "| model | stream | real asleep (steps) | dream asleep | dream's precision / recall | steps disagreeing "
+                  "| windows disagreeing |", "|---|---|---|---|---|---|---|"]
+        for name, stream, a in sleep_rows:
+            if a:
+                p = "-" if a["precision"] is None else f"{a['precision']:.2f}"
+                r = "-" if a["recall"] is None else f"{a['recall']:.2f}"
+                lines.append(f"| {name} | {stream} | {a['real']} | {a['dream']} | {p} / {r} | "
+                             f"{a['disagreement']:.3f} ({a['disagree']} of {a['steps']}) | "
+                             f"{a['windows_disagreeing']} of {a['windows']} |")
+        lines.append("")
     lines += ["### Outcomes on real transitions", "",
               "| model | stream | reward > 0: precision / recall (positives) | achievement: P / R (positives) | "
               "termination: P / R (positives) |", "|---|---|---|---|---|"]
