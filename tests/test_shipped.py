@@ -35,6 +35,8 @@ def test_shipped_weights_fit_the_budget_and_match_their_config():
     assert world.outcome.config.reward_values == world.dit.config.reward_values
     # the view's move is decided first: the outcome model's motion head draws it, the DiT is conditioned on it
     assert world.outcome.config.motion_classes == world.dit.config.motion_classes == 5
+    # unchanged tiles keep the pixels they were shown with (the prompt's own light), not their codes' copies
+    assert world.sampling.carry_tiles
     export = world.info.training["export"]  # the export that attached it, somewhere in the chain of exports
     while "outcome" not in export:
         export = export["previous"]
