@@ -212,9 +212,12 @@ def grey_view(frames: torch.Tensor, tile: int = 7, view: tuple[int, int] = (7, 9
     of each pixel's channel spread (max minus min) is at most ``max_spread`` grey levels. Crafter draws the view
     of a sleeping player so (colour removed, a faint blue tint: spread about 8-10), and no waking view, day or night,
     comes close (20 and more on held-out frames), so for Crafter this reads "asleep" off the frame."""
-    rows, cols = view
-    area = frames[..., : rows * tile, : cols * tile, :].float()
-    return (area.max(-1).values - area.min(-1).values).mean((-1, -2)) <= max_spread
+    lead = frames.shape[:-3]
+    tiles = _world_tiles(frames.reshape(-1, *frames.shape[-3:]), tile, view)  # (N, rows, cols, tile * tile * 3)
+    pixels = tiles.reshape(len(tiles), -1, 3)  # every pixel of the view, channels last
+    spread = (pixels.max(-1).values - pixels.min(-1).values).mean(-1)
+    return (spread <= max_spread).reshape(lead)
+
 
 
 def state_agreement(real: torch.Tensor, dream: torch.Tensor, mask: torch.Tensor | None = None) -> dict:

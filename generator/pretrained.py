@@ -332,7 +332,8 @@ def run_export(config: ExportConfig) -> str:
     world = export_model(config.checkpoint, config.out, prompts_from=config.prompts_from,
                          prompt_count=config.prompt_count, sampler_steps=config.sampler_steps,
                          context_noise=config.context_noise, shift=config.shift, solver=config.solver,
-                         temperature=config.temperature, carry_tiles=config.carry_tiles, places_from=config.places_from, outcome=config.outcome)
+                         temperature=config.temperature, carry_tiles=config.carry_tiles,
+                         places_from=config.places_from, outcome=config.outcome)
     clips = "none" if world.prompts is None else tuple(world.prompts["frames"].shape)
     return f"wrote {config.out}: sampling {world.sampling}, prompt clips {clips}"
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from generator.metrics import mse, psnr, psnr_from_mse
-from generator.sampler import advance_rows, prompt_rows, shown_frames
+from generator.sampler import advance_rows, prompt_rows, reads_shown_codes, shown_frames
 
 
 @torch.no_grad()
@@ -51,9 +51,8 @@ def open_loop_rollout(
     frames, out_latents, rewards, terminations, reward_logits = [], [], [], [], []
     actions = actions.to(device)
     outcome = getattr(world, "outcome", None)
-    carry = bool(getattr(sampling, "carry_tiles", False))
-    # the last prompt frame's tiles, for an outcome model, and as shown, for tiles carried over (`shown_frames`)
-    codes = codec.indices(latents[:, -1].float()) if outcome is not None or carry else None
+    # the last prompt frame's tiles and pixels as shown (`reads_shown_codes`, `shown_frames`)
+    codes = codec.indices(latents[:, -1].float()) if reads_shown_codes(sampling, outcome) else None
     shown = prompt_frames[:, -1].to(device)
     unlocked = prompt_unlocked
     for i in range(k):

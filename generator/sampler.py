@@ -462,7 +462,7 @@ def advance_rows(
         motion = draw_motion(outcome.motion_logits(shown_codes, actions, action_reading=reading), seeds, positions)
     sample = dict(solver=sampling.solver, renoise=noise[:, 2:], previous=previous,
                   temperature=sampling.temperature, motion=motion)
-    with_codes = outcome is not None or bool(getattr(sampling, "carry_tiles", False))
+    with_codes = reads_shown_codes(sampling, outcome)
     if sampling.commit_pass:
         x = generate_frames(dit, cache, rows, actions, pos, noise[:, 0], steps, sampling.shift, **sample)
         x, codes = _snap(codec, x, with_codes)
@@ -514,6 +514,13 @@ def advance_rows(
         "motion": motion,
         **extra,
     }
+
+
+def reads_shown_codes(sampling, outcome) -> bool:
+    """Whether the steps of a world need each row's previous frame's tile codes as shown (`shown_codes`): an
+    outcome model reads the transition off them, and carried tiles (`SamplingConfig.carry_tiles`) compare with
+    them; `advance_rows` then returns each new frame's codes."""
+    return outcome is not None or bool(getattr(sampling, "carry_tiles", False))
 
 
 @functools.lru_cache(maxsize=None)

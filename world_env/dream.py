@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from generator.sampler import advance_rows, prompt_rows, shown_frames
+from generator.sampler import advance_rows, prompt_rows, reads_shown_codes, shown_frames
 from world_env.speculation import SpeculationController
 
 
@@ -60,7 +60,7 @@ class Speculated:
     termination_logit: float
     terminated: bool  # sampled
     committed: torch.Tensor  # (C, h, w) the latent as cached: the next frame's previous frame
-    codes: torch.Tensor | None  # (N,) its tile codes as shown (worlds with an outcome model or carried tiles; else None)
+    codes: torch.Tensor | None  # (N,) its tile codes as shown, where the world reads them (`reads_shown_codes`)
     unlocked: torch.Tensor | None = None  # (E,) achievements unlocked after it (outcome models with an event head)
 
 
@@ -110,9 +110,9 @@ class DreamCore:
         # A world with an outcome model reads each transition off the tiles shown, and one that carries unchanged
         # tiles over (`SamplingConfig.carry_tiles`) compares with them: each row's last frame's codes.
         self.outcome = getattr(world, "outcome", None)
-        tracks_codes = self.outcome is not None or bool(getattr(world.sampling, "carry_tiles", False))
         self.codes = (torch.zeros(num_envs, world.codec.config.tile_grid[0] * world.codec.config.tile_grid[1],
-                                  dtype=torch.long, device=self.device) if tracks_codes else None)
+                                  dtype=torch.long, device=self.device)
+                      if reads_shown_codes(world.sampling, self.outcome) else None)
         # Each row's last frame as shown `(B, H, W, 3)` uint8: unchanged tiles keep its pixels (`shown_frames`).
         self.frames = torch.zeros(num_envs, *world.codec.frame_size, 3, dtype=torch.uint8, device=self.device)
         # An outcome model with an event head pays each achievement once per episode: each row's unlocked set.

@@ -462,12 +462,13 @@ def markdown(results: dict, reference: dict, config: FidelityConfig, rule_refere
         if redrawn is not None and name_s in redrawn.get("skipped", {}):
             lines += ["", f"(No redrawn-game reference: {redrawn['skipped'][name_s]}.)"]
         lines.append("")
-    sleep_rows = [(name, stream.partition("=")[0], r["streams"][stream.partition("=")[0]]["open_loop"].get("asleep"))
-                  for name, r in results.items() for stream in config.streams]
+    stream_names = [stream.partition("=")[0] for stream in config.streams]
+    sleep_rows = [(name, stream, r["streams"][stream]["open_loop"].get("asleep"))
+                  for name, r in results.items() for stream in stream_names]
     if any(a for *_, a in sleep_rows):
         lines += ["### A sleeping player (Crafter's grey view) in the open-loop windows", "",
-                  "| model | stream | real asleep (steps) | dream asleep | dream's precision / recall | steps disagreeing "
-                  "| windows disagreeing |", "|---|---|---|---|---|---|---|"]
+                  "| model | stream | real asleep (steps) | dream asleep | dream's precision / recall | "
+                  "steps disagreeing | windows disagreeing |", "|---|---|---|---|---|---|---|"]
         for name, stream, a in sleep_rows:
             if a:
                 p = "-" if a["precision"] is None else f"{a['precision']:.2f}"
