@@ -7,7 +7,8 @@ tiles over 2 inventory rows, the player in the middle tile, `docs/results.md`).
 - `view_shift`: which one-tile displacement of the world view best explains the next frame (none, or one tile
   in one of four directions), and whether that is unambiguous (the best fit clearly beats every other one). A move
   in Crafter shifts the whole world view by exactly one tile; a blocked move, or any other action, shifts nothing.
-- `motion_labels`: `view_shift` along clips, as the labels a motion-conditioned model trains on.
+- `motion_labels`: `view_shift` along clips (with the sleeping view, `grey_view`, where asked), as the labels a
+  motion-conditioned model trains on.
 - `shift_agreement`: on steps where the real game's shift is unambiguous, how often the dream's shift equals it,
   separately where the real view moved and where it stayed.
 - `distinct_tiles`: the number of different tiles in a frame's world view: a world collapsing to a static field
@@ -104,20 +105,58 @@ def view_shift(
 
 
 NOT_GIVEN_MOTION = len(SHIFTS)  # `motion_labels`' index of a step whose view shift is not known
+# Motion classes that also say whether the new frame shows the sleeping view (`grey_view`): class c is the shift
+# `SHIFTS[c % len(SHIFTS)]` into a frame awake (c < len(SHIFTS)) or asleep; "not given" is SLEEP_MOTION_CLASSES.
+SLEEP_MOTION_CLASSES = 2 * len(SHIFTS)
 
 
-def motion_labels(frames: torch.Tensor, has_action: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
+def motion_shift(motion: torch.Tensor, classes: int) -> torch.Tensor:
+    """The `SHIFTS` index of motion classes `(...)` of a `classes`-class condition (`len(SHIFTS)`, or
+    `SLEEP_MOTION_CLASSES` with the sleep state), `NOT_GIVEN_MOTION` where the class is "not given" (`classes`):
+    the row of `generator.model.shift_maps` that applies it."""
+    motion = motion.long()
+    return torch.where(motion >= classes, NOT_GIVEN_MOTION, motion.clamp_min(0) % len(SHIFTS))
+
+
+def sleep_look(frames: torch.Tensor) -> torch.Tensor:
+    """uint8 frames ``(..., H, W, 3)`` drawn as Crafter draws a sleeping player's view: colour removed (ITU-R 601
+    luma, as PIL's) and tinted half way to (0, 0, 16). What an awake frame is compared in when the next frame is
+    asleep (or the last one was), so the view's shift across falling asleep or waking up can be read."""
+    luma = (frames.float() * torch.tensor([0.299, 0.587, 0.114], device=frames.device)).sum(-1, keepdim=True)
+    return (0.5 * luma + 0.5 * torch.tensor([0.0, 0.0, 16.0], device=frames.device)).round().clamp(0, 255).to(
+        torch.uint8)
+
+
+def motion_labels(frames: torch.Tensor, has_action: torch.Tensor | None = None, sleep: bool = False,
+                  **kwargs) -> torch.Tensor:
     """How the view moved into each frame of clips ``(B, T, H, W, 3)`` uint8: ``(B, T)`` long, an index into
     `SHIFTS` where `view_shift` reads it unambiguously, else `NOT_GIVEN_MOTION` (the first frame, a frame with no
     previous action in ``has_action`` ``(B, T)``, a uniform field that fits every shift). The labels the motion
-    condition (`generator.model.DiTConfig.motion_classes`) and the outcome model's motion head train on."""
+    condition (`generator.model.DiTConfig.motion_classes`) and the outcome model's motion head train on.
+
+    With ``sleep``, classes of `SLEEP_MOTION_CLASSES`: the shift plus ``len(SHIFTS)`` where the frame shows the
+    sleeping view (`grey_view`), "not given" `SLEEP_MOTION_CLASSES`. A sleeping view is labelled "stayed" (Crafter's
+    sleeping player cannot move); across waking the sleeping frame is compared with the awake one's `sleep_look`."""
     b, t = frames.shape[:2]
-    labels = torch.full((b, t), NOT_GIVEN_MOTION, dtype=torch.long)
+    not_given = SLEEP_MOTION_CLASSES if sleep else NOT_GIVEN_MOTION
+    labels = torch.full((b, t), not_given, dtype=torch.long)
     if t > 1:
-        shift, clear = view_shift(frames[:, :-1].cpu(), frames[:, 1:].cpu(), **kwargs)
-        labels[:, 1:] = torch.where(clear, shift, torch.full_like(shift, NOT_GIVEN_MOTION))
+        frames = frames.cpu()
+        before, after = frames[:, :-1], frames[:, 1:]
+        if sleep:
+            asleep = grey_view(frames, kwargs.get("tile", 7), kwargs.get("view", (7, 9)))  # (B, T)
+            woke_or_slept = (asleep[:, :-1] != asleep[:, 1:])[..., None, None, None]
+            before = torch.where(woke_or_slept & ~asleep[:, :-1, None, None, None], sleep_look(before), before)
+            after = torch.where(woke_or_slept & ~asleep[:, 1:, None, None, None], sleep_look(after), after)
+        shift, clear = view_shift(before, after, **kwargs)
+        if sleep:
+            # A sleeping player does not move, and the step it falls asleep is its sleep action: a sleeping view
+            # came without a shift, however dark and uniform the night makes it.
+            shift = torch.where(asleep[:, 1:], len(SHIFTS), shift)
+            clear = clear | asleep[:, 1:]
+        labels[:, 1:] = torch.where(clear, shift, torch.full_like(shift, not_given))
     if has_action is not None:
-        labels[~has_action.bool().cpu()] = NOT_GIVEN_MOTION
+        labels[~has_action.bool().cpu()] = not_given
     return labels
 
 

@@ -21,7 +21,7 @@ from einops import rearrange
 from torch import nn
 
 from generator.actions import ActionEmbedding
-from generator.metrics import SHIFTS
+from generator.metrics import SHIFTS, SLEEP_MOTION_CLASSES, motion_shift
 
 if TYPE_CHECKING:
     from generator.kv_cache import KVCache
@@ -91,6 +91,8 @@ class DiTConfig:
     # The embeddings start at zero. The motion is also applied: a frame's previous-frame input (input recycling) is
     # the previous frame with its view region (`motion_view`) shifted by the motion, so the copy the network already
     # makes of it follows the motion, and only the tiles entering the view and the player are new.
+    # `SLEEP_MOTION_CLASSES` (10) also tells whether the frame shows the sleeping view (`generator.metrics.grey_view`):
+    # falling asleep and waking are then decided before the frame as well, instead of being blended into it.
     motion_classes: int = 0
     motion_view: tuple[int, int] = (7, 9)  # (rows, cols) of the scrolling view from the top-left token (Crafter's)
     # the view's token the player stays in ((-1, -1): none): its sprite is not carried along by a shift
@@ -103,9 +105,10 @@ class DiTConfig:
             raise ValueError(f"motion_classes must be >= 0 (0: no motion condition), got {self.motion_classes}")
         self.motion_view = tuple(int(v) for v in self.motion_view)
         self.motion_player = tuple(int(v) for v in self.motion_player)
-        if self.motion_classes and self.motion_classes != len(SHIFTS):
+        if self.motion_classes not in (0, len(SHIFTS), SLEEP_MOTION_CLASSES):
             raise ValueError(f"motion_classes {self.motion_classes}: the motions are the {len(SHIFTS)} view shifts of "
-                             f"generator.metrics.SHIFTS; use {len(SHIFTS)} (or 0 for no motion condition)")
+                             f"generator.metrics.SHIFTS; use {len(SHIFTS)}, {SLEEP_MOTION_CLASSES} (each shift into an "
+                             "awake or a sleeping view) or 0 for no motion condition")
         if self.day_period < 0:
             raise ValueError(f"day_period must be >= 0 steps (0: no day clock), got {self.day_period}")
         self.reward_values = tuple(float(v) for v in self.reward_values)
@@ -400,6 +403,18 @@ def shift_maps(grid: tuple[int, int], view: tuple[int, int], player: tuple[int, 
     return torch.stack(maps + [own.flatten()])
 
 
+def widen_motion_state(state: dict[str, torch.Tensor], module: str = "motion") -> dict[str, torch.Tensor]:
+    """A DiT state dict with `len(SHIFTS)` motion classes made one of `SLEEP_MOTION_CLASSES`: every shift's
+    embedding is copied to the shift into an awake and into a sleeping view, and "not given" kept, so the widened
+    model starts with the source's outputs (a fine-tune then teaches it the sleep half)."""
+    out = dict(state)
+    index = torch.cat([torch.arange(SLEEP_MOTION_CLASSES) % len(SHIFTS), torch.tensor([len(SHIFTS)])])
+    for key, value in state.items():
+        if key.startswith(module + ".") and key.endswith(".weight") and value.shape[0] == len(SHIFTS) + 1:
+            out[key] = value[index].clone()
+    return out
+
+
 class MotionEmbedding(nn.Module):
     """The view-motion condition (`DiTConfig.motion_classes`): an embedding per class plus "not given" (the last
     index), added to the per-frame condition and, with `tokens`, to every token (zero at initialisation), and the
@@ -418,7 +433,7 @@ class MotionEmbedding(nn.Module):
         """Previous-frame tokens `(B, T, N, D)` with each frame's view shifted by its motion `(B, T)`."""
         if motion is None:
             return previous_tokens
-        source = self.maps.to(previous_tokens.device)[motion.long().clamp(0, self.classes)]  # (B, T, N)
+        source = self.maps.to(previous_tokens.device)[motion_shift(motion, self.classes)]  # (B, T, N)
         return previous_tokens.gather(2, source[..., None].expand_as(previous_tokens))
 
     def reset_parameters(self) -> None:

@@ -40,7 +40,7 @@ from torch.nn import functional as F
 from generator.actions import ActionEmbedding
 from generator.checkpoint import (CheckpointError, checkpoint_folder, load_checkpoint, load_state_into,
                                   save_checkpoint)
-from generator.metrics import SHIFTS, precision_recall
+from generator.metrics import SHIFTS, SLEEP_MOTION_CLASSES, motion_shift, precision_recall
 
 KIND = "nextframe-outcome"
 
@@ -68,6 +68,8 @@ class OutcomeConfig:
     # under the action, read off the frame before and the action alone, as the game decides it (a move into grass
     # walks, into a tree or water or while asleep it does not). A motion-conditioned DiT (`DiTConfig.motion_classes`)
     # is told a motion drawn from it before each frame is generated (`generator.sampler.draw_motion`).
+    # `generator.metrics.SLEEP_MOTION_CLASSES` (10): each shift into an awake or a sleeping view (falling asleep
+    # needs the sleep action and energy below its maximum, waking a full energy count or damage: all on the frame).
     motion_classes: int = 0
 
     def __post_init__(self):
@@ -79,8 +81,10 @@ class OutcomeConfig:
             raise ValueError(f"events must be distinct achievement names, got {self.events}")
         if self.event_input not in ("transition", "action"):
             raise ValueError(f"event_input must be 'transition' or 'action', got {self.event_input!r}")
-        if self.motion_classes < 0:
-            raise ValueError(f"motion_classes must be >= 0 (0: no motion head), got {self.motion_classes}")
+        if self.motion_classes not in (0, len(SHIFTS), SLEEP_MOTION_CLASSES):
+            raise ValueError(f"motion_classes must be 0 (no motion head), {len(SHIFTS)} (the view shifts) or "
+                             f"{SLEEP_MOTION_CLASSES} (shifts into an awake or a sleeping view), got "
+                             f"{self.motion_classes}")
         if self.codes < 1 or min(self.grid) < 1:
             raise ValueError(f"an outcome model needs codes >= 1 and a grid of at least 1x1, got codes={self.codes}, "
                              f"grid={self.grid}")
@@ -311,7 +315,7 @@ class Transitions:
     unlocked: torch.Tensor | None = None
     rest: torch.Tensor | None = None
     achievements: tuple[str, ...] = ()
-    motion: torch.Tensor | None = None  # (M,) long: the real view shift (`generator.metrics.SHIFTS`), -1 unclear
+    motion: torch.Tensor | None = None  # (M,) long: the real motion class (`motion_labels`), -1 unclear
 
     def __len__(self) -> int:
         return len(self.rewards)
@@ -334,11 +338,12 @@ class Transitions:
 @torch.no_grad()
 def dataset_transitions(codec, data: str | Path | list, split: str, val_fraction: float = 0.1,
                         chunk: int = 512, progress: bool = False, events: bool = True,
-                        unlock_reward: float = 1.0, motion: bool = False) -> Transitions:
+                        unlock_reward: float = 1.0, motion: bool = False, sleep: bool = False) -> Transitions:
     """Every transition (not an episode's first step) of `data`'s `split`, its frames encoded as the dream would
     show them (`codec.encode`, then `codec.indices`). With `events` and datasets that all record the same
     achievement counters, also their event labels (`event_labels`). With `motion`, also the view shift of each
-    transition (`generator.metrics.motion_labels` in the codec's view geometry; -1 where it cannot be read)."""
+    transition (`generator.metrics.motion_labels` in the codec's view geometry, with `sleep` also whether the frame
+    after shows the sleeping view; -1 where it cannot be read)."""
     from tqdm.auto import tqdm
 
     from generator.data import open_datasets
@@ -346,7 +351,7 @@ def dataset_transitions(codec, data: str | Path | list, split: str, val_fraction
     dataset = open_datasets(data, split=split, val_fraction=val_fraction)
     names = tuple(getattr(dataset, "achievements", [])) if events else ()
     from generator.codec import motion_geometry
-    from generator.metrics import NOT_GIVEN_MOTION, motion_labels
+    from generator.metrics import motion_labels
 
     keys = ("before", "after", "actions", "rewards", "terminated") + (("motion",) if motion else ()) + (
         ("event", "unlocked", "rest") if names else ())
@@ -358,8 +363,9 @@ def dataset_transitions(codec, data: str | Path | list, split: str, val_fraction
                            for i in range(0, len(episode["frames"]), chunk)])  # (L + 1, N)
         keep = ~episode["is_first"][1:]
         if motion:
-            shifts = motion_labels(episode["frames"][None], **motion_geometry(codec.config))[0, 1:]
-            parts["motion"].append(torch.where(shifts == NOT_GIVEN_MOTION, -1, shifts)[keep])
+            shifts = motion_labels(episode["frames"][None], sleep=sleep, **motion_geometry(codec.config))[0, 1:]
+            not_given = SLEEP_MOTION_CLASSES if sleep else len(SHIFTS)
+            parts["motion"].append(torch.where(shifts == not_given, -1, shifts)[keep])
         parts["before"].append(codes[:-1][keep].to(torch.int16))
         parts["after"].append(codes[1:][keep].to(torch.int16))
         parts["actions"].append(episode["actions"][1:][keep])
@@ -400,6 +406,9 @@ class OutcomeTrainConfig:
     # a motion head (`OutcomeConfig.motion_classes`), trained on the view shifts of the real frames: what a
     # motion-conditioned world model draws each frame's motion from
     motion: bool = False
+    # the motion head's classes also say whether the frame after shows the sleeping view (needs `motion`; for a DiT
+    # with `generator.metrics.SLEEP_MOTION_CLASSES` motion classes)
+    sleep: bool = False
     val_fraction: float = 0.1
     eval_every: int = 1000
     device: str = "cpu"
@@ -413,6 +422,8 @@ class OutcomeTrainConfig:
     def __post_init__(self):
         if not 0.0 <= self.event_fraction < 1.0:
             raise ValueError(f"event_fraction must be in [0, 1), got {self.event_fraction}")
+        if self.sleep and not self.motion:
+            raise ValueError("sleep adds the sleeping view to the motion head's classes: give motion too (--motion)")
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError(f"steps and batch_size must be >= 1, got {self.steps} and {self.batch_size}")
 
@@ -486,18 +497,24 @@ def evaluate_outcome(model: OutcomeModel, data: Transitions, batch_size: int = 2
         hits = torch.cat(named)
         report["event_class"] = float(hits.float().mean()) if len(hits) else None
     if motion:
-        report["motion"] = motion_report(torch.cat(motion))
+        report["motion"] = motion_report(torch.cat(motion), model.config.motion_classes)
     return report
 
 
-def motion_report(pairs: torch.Tensor) -> dict:
+def motion_report(pairs: torch.Tensor, classes: int = len(SHIFTS)) -> dict:
     """How often the motion head's most likely class is the real one `(M, 2)` (real, predicted; real -1 unclear,
-    not counted), where the real view moved and where it stayed, as `generator.metrics.shift_agreement` counts."""
-    real, predicted = pairs[:, 0], pairs[:, 1]
+    not counted): its view shift, where the real view moved and where it stayed, as
+    `generator.metrics.shift_agreement` counts; for `SLEEP_MOTION_CLASSES` heads also the sleeping view's
+    precision / recall (``asleep``)."""
+    counted = pairs[pairs[:, 0] >= 0]
+    real, predicted = motion_shift(counted[:, 0], classes), motion_shift(counted[:, 1], classes)
     moved, stayed = real > 0, real == 0
-    return {"moved_steps": int(moved.sum()), "stayed_steps": int(stayed.sum()),
-            "moved_agreement": float((predicted[moved] == real[moved]).float().mean()) if moved.any() else None,
-            "stayed_agreement": float((predicted[stayed] == 0).float().mean()) if stayed.any() else None}
+    report = {"moved_steps": int(moved.sum()), "stayed_steps": int(stayed.sum()),
+              "moved_agreement": float((predicted[moved] == real[moved]).float().mean()) if moved.any() else None,
+              "stayed_agreement": float((predicted[stayed] == 0).float().mean()) if stayed.any() else None}
+    if classes == SLEEP_MOTION_CLASSES:
+        report["asleep"] = precision_recall(counted[:, 1] >= len(SHIFTS), counted[:, 0] >= len(SHIFTS))
+    return report
 
 
 def train_outcome(config: OutcomeTrainConfig) -> dict:
@@ -516,16 +533,16 @@ def train_outcome(config: OutcomeTrainConfig) -> dict:
     codec = world.codec
     torch.manual_seed(config.seed)
     train_set = dataset_transitions(codec, config.data, "train", config.val_fraction, progress=config.progress,
-                                    events=config.events, motion=config.motion)
+                                    events=config.events, motion=config.motion, sleep=config.sleep)
     val_set = dataset_transitions(codec, config.data, "val", config.val_fraction, progress=config.progress,
-                                  events=config.events, motion=config.motion)
+                                  events=config.events, motion=config.motion, sleep=config.sleep)
     if train_set.achievements != val_set.achievements:
         raise ValueError(f"{config.data}: the train and val splits record different achievement counters")
     outcome_config = OutcomeConfig(
         codes=codec.config.codes, grid=tuple(codec.config.tile_grid), action_space=world.dit.config.action_space,
         reward_values=tuple(world.dit.config.reward_values) or OutcomeConfig.reward_values, dim=config.dim,
         depth=config.depth, heads=config.heads, events=train_set.achievements, event_input=config.event_input,
-        motion_classes=len(SHIFTS) if config.motion else 0,
+        motion_classes=(SLEEP_MOTION_CLASSES if config.sleep else len(SHIFTS)) if config.motion else 0,
     )
     model = OutcomeModel(outcome_config, codec.codebook.cpu()).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -536,7 +553,7 @@ def train_outcome(config: OutcomeTrainConfig) -> dict:
                       max_minutes=config.max_minutes, ckpt_every=config.ckpt_every, log_every=config.log_every,
                       progress=config.progress, modules={"model": model}, optimizers={"optimizer": optimizer},
                       schedulers={"scheduler": scheduler}, generators={"data_generator": generator},
-                      fixed=("dim", "depth", "heads", "world", "events", "event_input", "motion"))
+                      fixed=("dim", "depth", "heads", "world", "events", "event_input", "motion", "sleep"))
     history = []
     with run:
         while run.running:
@@ -556,6 +573,8 @@ def train_outcome(config: OutcomeTrainConfig) -> dict:
                 if "motion" in val:
                     scalars.update({f"motion_{kind}": val["motion"][f"{kind}_agreement"] or 0.0
                                     for kind in ("moved", "stayed")})
+                    scalars.update({f"motion_asleep_{rate}": val["motion"]["asleep"][rate] or 0.0
+                                    for rate in ("precision", "recall") if "asleep" in val["motion"]})
                 run.log(scalars, "val")
                 history.append({"step": run.step, **scalars})
     # Every process ends with the model as it stands (a chunk of a longer run, `stop_at`, saves one too: the RL loop
@@ -584,6 +603,7 @@ def attach_outcome(world, outcome: OutcomeModel, where: str = "outcome model") -
     if wants and outcome.config.motion_classes != wants:
         raise CheckpointError(f"{where} has {outcome.config.motion_classes} motion classes, and this world model is "
                               f"conditioned on {wants}: the dream draws each frame's view motion from the outcome "
-                              "model; train one with `nextframe train-outcome --motion`")
+                              "model; train one with `nextframe train-outcome --motion`"
+                              + (" --sleep" if wants == SLEEP_MOTION_CLASSES else ""))
     world.outcome = outcome.to(world.device).eval()
 

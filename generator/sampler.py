@@ -28,6 +28,7 @@ import torch
 
 from generator.codec import TileCodec, float_to_frames, untile
 from generator.kv_cache import KVCache
+from generator.metrics import SLEEP_MOTION_CLASSES, motion_shift
 from generator.model import DiT, DiTOutput, shift_maps
 
 _MASK64 = (1 << 64) - 1
@@ -396,7 +397,8 @@ def prompt_motion(dit: DiT, codec, latents: torch.Tensor, has_action: torch.Tens
 
     decoded = codec.decode(latents.flatten(0, 1).float())  # (R * T, 3, H, W)
     frames = float_to_frames(decoded).reshape(*latents.shape[:2], *decoded.shape[-2:], 3)
-    return motion_labels(frames, has_action, **motion_geometry(codec.config)).to(latents.device)
+    sleep = dit.config.motion_classes == SLEEP_MOTION_CLASSES
+    return motion_labels(frames, has_action, sleep=sleep, **motion_geometry(codec.config)).to(latents.device)
 
 
 def draw_motion(motion_logits: torch.Tensor, seeds: list[int], positions: list[int]) -> torch.Tensor:
@@ -443,7 +445,8 @@ def advance_rows(
     A motion-conditioned model (`DiTConfig.motion_classes`) is told how the view moves into the new frame:
     `motion` `(R,)` where the caller knows it (self-rollout training: the real clip's), else drawn per row from an
     outcome model with a motion head reading `shown_codes` and the action (`draw_motion`), else not given. The
-    motion used is returned as `motion` (None for other models).
+    motion used is returned as `motion`, and the view shift it names as `shift` (`generator.metrics.motion_shift`;
+    both None for other models).
 
     Returns `latents` `(R, C, h, w)` (the frame shown), `reward` and `termination_logit` `(R,)` (the outcome head's
     expected reward and termination logit), `reward_logits` `(R, K)` for reward-class models (else None),
@@ -512,6 +515,7 @@ def advance_rows(
         "committed": context_latents(x, noise[:, 1], sampling.context_noise),
         "codes": codes,
         "motion": motion,
+        "shift": None if motion is None else motion_shift(motion, dit.config.motion_classes),
         **extra,
     }
 
@@ -545,12 +549,12 @@ def shown_frames(codec, sampling, step: dict, previous_frames: torch.Tensor | No
     if previous_frames is None or previous_codes is None or step.get("codes") is None:
         raise ValueError("carry_tiles shows unchanged tiles as they were shown: pass the previous frames shown and "
                          "their codes (advance_rows returns a frame's codes when sampling.carry_tiles is on)")
-    config, motion = codec.config, step.get("motion")
-    if motion is None:
+    config, shift = codec.config, step.get("shift")
+    if shift is None:
         source = torch.arange(config.tile_grid[0] * config.tile_grid[1]).expand(len(frames), -1)
     else:
         maps = _tile_sources(tuple(config.tile_grid), tuple(config.motion_view), tuple(config.motion_player))
-        source = maps[motion.long().cpu().clamp(0, len(maps) - 1)]
+        source = maps[shift.long().cpu()]
     return codec.carry_tiles(frames, step["codes"], previous_frames, previous_codes, source)
 
 

@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from generator.checkpoint import load_state_into
 from generator.codec import CodecConfig, build_codec, load_codec
 from generator.data import EpisodeDataset, open_datasets
-from generator.model import DiT, dit_config
+from generator.metrics import SHIFTS, SLEEP_MOTION_CLASSES
+from generator.model import DiT, dit_config, widen_motion_state
 from generator.pretrained import (SamplingConfig, WorldModel, WorldModelInfo, build_prompts, resolve_device,
                                   resolved_folders)
 from generator.run import TrainingRun, lr_schedule, update_ema
@@ -173,8 +174,9 @@ def flow_matching_loss(
     if learn_mask is not None:
         learn = learn & learn_mask.to(device)
     told = {}
-    if getattr(model, "module", model).config.motion_classes:
-        told["motion"] = batch_motion(batch, config.motion_dropout, generator).to(device)
+    classes = getattr(model, "module", model).config.motion_classes
+    if classes:
+        told["motion"] = batch_motion(batch, config.motion_dropout, generator, classes).to(device)
     out = model(noisy, levels, batch["actions"].to(device), positions, has_action=has_action, valid=valid,
                 previous=previous, **told)
     target = noise - latents
@@ -226,25 +228,26 @@ def flow_matching_loss(
     return loss, metrics
 
 
-def label_motion(batch: dict, codec) -> dict:
+def label_motion(batch: dict, codec, classes: int = len(SHIFTS)) -> dict:
     """`batch` with ``motion`` `(B, T)`: how the view moved into each frame of its real clips
-    (`generator.metrics.motion_labels`, in the tile codec's view geometry), what a motion-conditioned model learns
-    with."""
+    (`generator.metrics.motion_labels`, in the tile codec's view geometry; with `SLEEP_MOTION_CLASSES` `classes`
+    also whether the frame shows the sleeping view), what a motion-conditioned model learns under."""
     from generator.codec import motion_geometry
     from generator.metrics import motion_labels
 
-    return {**batch, "motion": motion_labels(batch["frames"], ~batch["is_first"], **motion_geometry(codec.config))}
+    sleep = classes == SLEEP_MOTION_CLASSES
+    return {**batch, "motion": motion_labels(batch["frames"], ~batch["is_first"], sleep=sleep,
+                                             **motion_geometry(codec.config))}
 
 
-def batch_motion(batch: dict, dropout: float, generator: torch.Generator) -> torch.Tensor:
-    """The batch's ``motion`` labels (`label_motion`) with a share `dropout` of the frames told "not given"."""
-    from generator.metrics import NOT_GIVEN_MOTION
-
+def batch_motion(batch: dict, dropout: float, generator: torch.Generator, classes: int = len(SHIFTS)) -> torch.Tensor:
+    """The batch's ``motion`` labels (`label_motion`) with a share `dropout` of the frames told "not given"
+    (`classes`, the model's motion classes)."""
     if "motion" not in batch:
         raise ValueError("a motion-conditioned model trains on batches with motion labels: label_motion(batch, codec)")
     motion = batch["motion"]
     if dropout:
-        motion = torch.where(torch.rand(motion.shape, generator=generator) < dropout, NOT_GIVEN_MOTION, motion)
+        motion = torch.where(torch.rand(motion.shape, generator=generator) < dropout, classes, motion)
     return motion
 
 
@@ -284,7 +287,8 @@ def self_rollout(
     previous = prompt_rows(dit, codec, sampling, cache, None, latents[:, :r], actions[:, :r], has_action[:, :r], seeds,
                            sampler_steps=steps, first_positions=first)
     # a motion-conditioned model rolls out under the real clip's motion, which its last frame is then learned with
-    motion = batch_motion(batch, 0.0, generator).to(latents.device) if dit.config.motion_classes else None
+    motion = batch_motion(batch, 0.0, generator, dit.config.motion_classes).to(latents.device) \
+        if dit.config.motion_classes else None
     rolled = latents.clone()
     for i in range(r, t - 1):
         out = advance_rows(dit, codec, sampling, cache, None, actions[:, i], [q + i for q in first], seeds, previous,
@@ -428,6 +432,10 @@ def build_world_model(config: TrainConfig, dataset: EpisodeDataset) -> WorldMode
                 # Added to a model without it: the part starts as a no-op (zero weights), the rest is the source.
                 del differ[key]
                 state = {**state, **{k: v for k, v in dit.state_dict().items() if k.startswith(module + ".")}}
+        if differ.get("motion_classes") == (len(SHIFTS), SLEEP_MOTION_CLASSES):
+            # Shifts widened to shifts into an awake or a sleeping view: both start as the source's shift.
+            del differ["motion_classes"]
+            state = widen_motion_state(state)
         if differ:
             raise ValueError(f"--init {config.init}: its DiT differs from the one this run builds (init, run): {differ}")
         load_state_into(dit, state, what=f"{config.init}/model.safetensors")
@@ -507,7 +515,7 @@ def train(config: TrainConfig) -> dict:
         while run.running:
             batch = dataset.sample(config.batch_size, data_generator, weights=window_weights)
             if model.config.motion_classes:
-                batch = label_motion(batch, codec)
+                batch = label_motion(batch, codec, model.config.motion_classes)
             with torch.no_grad():
                 latents = codec.encode(batch["frames"].to(device))  # (B, T, C, h, w)
             learn_mask = None

@@ -237,3 +237,106 @@ def test_a_shift_carries_the_view_but_not_the_player_sprite():
     assert right[1].tolist() == [3, 3, 5]  # the player's tile takes the tile it walked onto; its sprite stays put
     assert torch.equal(right[3], own[3])  # the status row never moves
     assert torch.equal(maps[NOT_GIVEN_MOTION], own.flatten()) and torch.equal(maps[0], own.flatten())
+
+
+def test_sleep_motion_labels_say_when_the_view_falls_asleep_and_read_the_shift_across_waking():
+    from generator.metrics import SLEEP_MOTION_CLASSES, grey_view, motion_shift, sleep_look
+
+    textures = tile_textures(6, seed=3)
+    world = torch.randint(0, 6, (6, 6), generator=torch.Generator().manual_seed(0))
+    views = torch.stack([world[1:4, 1:4], world[1:4, 2:5], world[1:4, 2:5], world[1:4, 2:5], world[2:5, 2:5]])
+    frames = tile_frames(views, textures)[None].clone()  # (1, 5, 16, 16, 3): moves right, stays twice, down
+    frames[0, 2:4] = sleep_look(frames[0, 2:4])  # asleep on frames 2 and 3, awake again (and moved) on frame 4
+    geometry = {"tile": 5, "view": (3, 3), "player": None}
+    assert grey_view(frames, 5, (3, 3)).tolist() == [[False, False, True, True, False]]
+    labels = motion_labels(frames, sleep=True, **geometry)
+    asleep = len(SHIFTS)  # the "stayed" class into a sleeping view
+    assert labels.tolist() == [[SLEEP_MOTION_CLASSES, SHIFTS.index((0, -1)), asleep, asleep, SHIFTS.index((-1, 0))]]
+    # without the sleep classes, falling asleep and waking cannot be read as shifts
+    assert motion_labels(frames, **geometry)[0, 2] == NOT_GIVEN_MOTION
+    assert motion_labels(frames, **geometry)[0, 4] == NOT_GIVEN_MOTION
+    # a dark, uniform sleeping view still came without a shift
+    dark = sleep_look(tile_frames(torch.zeros(1, 2, 3, 3, dtype=torch.long), textures))
+    assert motion_labels(dark, sleep=True, **geometry).tolist() == [[SLEEP_MOTION_CLASSES, asleep]]
+    # the shift a class applies: awake or asleep alike; "not given" is the identity map's row
+    assert motion_shift(torch.tensor([0, 3, 5, 8, 10]), SLEEP_MOTION_CLASSES).tolist() == [0, 3, 0, 3,
+                                                                                            NOT_GIVEN_MOTION]
+    assert motion_shift(torch.tensor([2, 5]), len(SHIFTS)).tolist() == [2, NOT_GIVEN_MOTION]
+
+
+def test_a_motion_condition_widened_with_sleep_starts_as_the_source_and_then_tells_sleep_apart():
+    from generator.metrics import SLEEP_MOTION_CLASSES
+    from generator.model import widen_motion_state
+
+    def build(classes):
+        torch.manual_seed(0)
+        return DiT(dit_config("tiles", latent_size=(15, 15), patch_size=5, dim=32, depth=2, heads=2, window_frames=4,
+                              action_space={"type": "Discrete", "n": 3, "start": 0}, codebook_size=6,
+                              motion_classes=classes, motion_view=(3, 3)))
+
+    source, widened = build(len(SHIFTS)), build(SLEEP_MOTION_CLASSES)
+    with torch.no_grad():
+        for p in source.parameters():
+            p.normal_(0, 0.05)
+    widened.load_state_dict(widen_motion_state(source.state_dict()))
+    x = torch.randn(1, 3, 3, 15, 15)
+    args = (x, torch.full((1, 3), 0.5), torch.zeros(1, 3, dtype=torch.long), torch.arange(3)[None])
+    previous = torch.randn(1, 3, 3, 15, 15)
+    shifts = torch.tensor([[1, 0, len(SHIFTS)]])  # right, stayed, not given
+    expected = source(*args, previous=previous, motion=shifts).code_logits
+    awake = widened(*args, previous=previous, motion=torch.tensor([[1, 0, SLEEP_MOTION_CLASSES]])).code_logits
+    asleep = widened(*args, previous=previous, motion=torch.tensor([[6, 5, SLEEP_MOTION_CLASSES]])).code_logits
+    assert torch.allclose(awake, expected, atol=1e-6) and torch.allclose(asleep, expected, atol=1e-6)
+    with torch.no_grad():
+        widened.motion.cond.weight[5:SLEEP_MOTION_CLASSES].normal_(0, 1.0)  # training tells the sleep half apart
+    told = widened(*args, previous=previous, motion=torch.tensor([[1, 0, 10]])).code_logits
+    assert torch.allclose(told, expected, atol=1e-6)
+    told = widened(*args, previous=previous, motion=torch.tensor([[6, 5, 10]])).code_logits
+    assert not torch.allclose(told[:, 0], expected[:, 0], atol=1e-3)
+    with pytest.raises(ValueError, match="awake or a sleeping view"):
+        dit_config("tiles", motion_classes=7)
+
+
+def test_the_motion_report_of_a_sleep_head_scores_shifts_and_the_sleeping_view():
+    from generator.outcome import OutcomeTrainConfig, motion_report
+
+    # (real, predicted): stayed asleep twice (one called awake), a move right called right-awake, an unclear step
+    pairs = torch.tensor([[5, 5], [5, 0], [1, 1], [0, 5], [-1, 3]])
+    report = motion_report(pairs, 10)
+    assert report["moved_steps"] == 1 and report["moved_agreement"] == 1.0
+    assert report["stayed_steps"] == 3 and report["stayed_agreement"] == 1.0  # every stayed step's shift is right
+    assert report["asleep"]["precision"] == 0.5 and report["asleep"]["recall"] == 0.5
+    with pytest.raises(ValueError, match="give motion too"):
+        OutcomeTrainConfig(world="w", data="d", out="o", sleep=True)
+
+
+def test_a_sleep_conditioned_world_fine_tunes_from_a_shift_one_and_its_dream_draws_the_joint_class(walled, tmp_path):
+    from generator.metrics import SLEEP_MOTION_CLASSES
+    from generator.outcome import OutcomeTrainConfig, train_outcome
+    from generator.pretrained import WorldModel, export_model
+    from generator.sampler import advance_rows, prompt_rows
+    from generator.train import TrainConfig, train
+
+    root, data, _, _ = walled
+    overrides = {"dim": 32, "depth": 2, "heads": 2, "window_frames": 4, "reward_values": [0.0, 1.0],
+                 "motion_classes": SLEEP_MOTION_CLASSES}
+    train(TrainConfig(data=str(data), model="tiles", codec=str(root / "codec"), batch_size=4, clip_frames=4, lr=3e-3,
+                      warmup_steps=2, ckpt_every=100, log_every=5, eval_windows=2, progress=False, sampler_steps=1,
+                      model_overrides=overrides, out=str(tmp_path / "sleep"), steps=2,
+                      init=str(root / "tuned" / "model")))
+    train_outcome(OutcomeTrainConfig(world=str(tmp_path / "sleep" / "model"), data=str(data), out=str(tmp_path / "o"),
+                                     steps=20, batch_size=64, dim=16, depth=1, heads=2, val_fraction=0.3,
+                                     eval_every=0, log_every=100, progress=False, motion=True, sleep=True))
+    with pytest.raises(Exception, match="--sleep"):  # a shift-only outcome model cannot drive it
+        export_model(tmp_path / "sleep" / "model", tmp_path / "bad", outcome=root / "outcome")
+    export_model(tmp_path / "sleep" / "model", tmp_path / "world", outcome=tmp_path / "o")
+    world = WorldModel.from_pretrained(tmp_path / "world")
+    assert world.dit.config.motion_classes == world.outcome.config.motion_classes == SLEEP_MOTION_CLASSES
+    latents = world.codec.encode(world.prompts["frames"][:2, :2])
+    cache = world.dit.new_cache(2)
+    previous = prompt_rows(world.dit, world.codec, world.sampling, cache, None, latents,
+                           world.prompts["actions"][:2, :2], world.prompts["has_action"][:2, :2], [3, 4])
+    step = advance_rows(world.dit, world.codec, world.sampling, cache, None, torch.tensor([0, 1]), [2, 2], [3, 4],
+                        previous, outcome=world.outcome, shown_codes=world.codec.indices(latents[:, -1]))
+    assert ((step["motion"] >= 0) & (step["motion"] < SLEEP_MOTION_CLASSES)).all()
+    assert torch.equal(step["shift"], step["motion"] % len(SHIFTS))  # the shift the class applies
