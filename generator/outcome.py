@@ -409,6 +409,9 @@ class OutcomeTrainConfig:
     # the motion head's classes also say whether the frame after shows the sleeping view (needs `motion`; for a DiT
     # with `generator.metrics.SLEEP_MOTION_CLASSES` motion classes)
     sleep: bool = False
+    # start from a trained outcome model (its run folder, or a world-model folder that holds one) of the same shape
+    # instead of random weights; a shift-only motion head is widened to `sleep`'s classes (`widen_outcome_state`)
+    init: str | None = None
     val_fraction: float = 0.1
     eval_every: int = 1000
     device: str = "cpu"
@@ -517,6 +520,39 @@ def motion_report(pairs: torch.Tensor, classes: int = len(SHIFTS)) -> dict:
     return report
 
 
+def widen_outcome_state(state: dict[str, torch.Tensor], offset: int) -> dict[str, torch.Tensor]:
+    """An outcome model's state with a `len(SHIFTS)`-class motion head (its logits from `offset` in the head) made one
+    of `SLEEP_MOTION_CLASSES`: each shift's row copied to the shift into an awake and into a sleeping view, so the
+    widened head starts as the source's (a fine-tune then tells sleep apart)."""
+    index = torch.cat([torch.arange(offset), offset + torch.arange(SLEEP_MOTION_CLASSES) % len(SHIFTS)])
+    return {**state, "head.weight": state["head.weight"][index].clone(), "head.bias": state["head.bias"][index].clone()}
+
+
+def initial_outcome_state(path: str | Path, model: OutcomeModel) -> dict[str, torch.Tensor]:
+    """The state a fine-tune of `model` starts from: the outcome model at `path` (an outcome run or model folder, or
+    a world-model folder that holds one), which must have `model`'s shape except for a shift-only motion head where
+    `model`'s also says sleep (widened, `widen_outcome_state`)."""
+    from generator.pretrained import KIND as WORLD_KIND, WorldModel
+
+    config, _ = load_checkpoint(checkpoint_folder(path))
+    if config.get("kind") == WORLD_KIND:
+        source = WorldModel.from_pretrained(path).outcome
+        if source is None:
+            raise ValueError(f"--init {path}: this world model holds no outcome model; pass an outcome run folder")
+    else:
+        source = load_outcome(path)
+    theirs, ours = source.config.to_dict(), model.config.to_dict()
+    differ = {key: (theirs.get(key), ours[key]) for key in ours if theirs.get(key) != ours[key]}
+    state = {k: v.cpu() for k, v in source.state_dict().items()}
+    if differ.get("motion_classes") == (len(SHIFTS), SLEEP_MOTION_CLASSES):
+        del differ["motion_classes"]
+        state = widen_outcome_state(state, model.motion_offset)
+    if differ:
+        raise ValueError(f"--init {path}: its outcome model differs from the one this run builds (init, run): "
+                         f"{differ}; give the same --dim, --depth, --heads, --event-input and --world")
+    return state
+
+
 def train_outcome(config: OutcomeTrainConfig) -> dict:
     """Train (or resume) an outcome model for `config.world`'s tile codec; save `out/model/` (at the end of every
     process, also one stopped early by `stop_at` or `max_minutes`). Returns the run's summary with ``val``
@@ -544,7 +580,10 @@ def train_outcome(config: OutcomeTrainConfig) -> dict:
         depth=config.depth, heads=config.heads, events=train_set.achievements, event_input=config.event_input,
         motion_classes=(SLEEP_MOTION_CLASSES if config.sleep else len(SHIFTS)) if config.motion else 0,
     )
-    model = OutcomeModel(outcome_config, codec.codebook.cpu()).to(device)
+    model = OutcomeModel(outcome_config, codec.codebook.cpu())
+    if config.init:
+        model.load_state_dict(initial_outcome_state(config.init, model))
+    model = model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = lr_schedule(optimizer, config.steps, max(1, min(100, config.steps // 20)), min_lr_ratio=0.0)
     generator = torch.Generator().manual_seed(config.seed)
@@ -553,7 +592,7 @@ def train_outcome(config: OutcomeTrainConfig) -> dict:
                       max_minutes=config.max_minutes, ckpt_every=config.ckpt_every, log_every=config.log_every,
                       progress=config.progress, modules={"model": model}, optimizers={"optimizer": optimizer},
                       schedulers={"scheduler": scheduler}, generators={"data_generator": generator},
-                      fixed=("dim", "depth", "heads", "world", "events", "event_input", "motion", "sleep"))
+                      fixed=("dim", "depth", "heads", "world", "events", "event_input", "motion", "sleep", "init"))
     history = []
     with run:
         while run.running:

@@ -324,9 +324,21 @@ def test_a_sleep_conditioned_world_fine_tunes_from_a_shift_one_and_its_dream_dra
                       warmup_steps=2, ckpt_every=100, log_every=5, eval_windows=2, progress=False, sampler_steps=1,
                       model_overrides=overrides, out=str(tmp_path / "sleep"), steps=2,
                       init=str(root / "tuned" / "model")))
-    train_outcome(OutcomeTrainConfig(world=str(tmp_path / "sleep" / "model"), data=str(data), out=str(tmp_path / "o"),
-                                     steps=20, batch_size=64, dim=16, depth=1, heads=2, val_fraction=0.3,
-                                     eval_every=0, log_every=100, progress=False, motion=True, sleep=True))
+    from generator.outcome import load_outcome
+
+    # the sleep head starts from the shift-only outcome model: each shift's logit copied to awake and asleep
+    tune = dict(world=str(tmp_path / "sleep" / "model"), data=str(data), steps=1, batch_size=64, lr=0.0, dim=32,
+                depth=2, heads=2, val_fraction=0.3, eval_every=0, log_every=100, progress=False, motion=True,
+                sleep=True, init=str(root / "outcome"))
+    train_outcome(OutcomeTrainConfig(**tune, out=str(tmp_path / "o")))
+    source, widened = load_outcome(root / "outcome"), load_outcome(tmp_path / "o")
+    assert widened.config.motion_classes == SLEEP_MOTION_CLASSES
+    before, after, actions = torch.randint(0, 6, (4, 9)), torch.randint(0, 6, (4, 9)), torch.tensor([0, 1, 2, 0])
+    theirs, ours = source(before, after, actions), widened(before, after, actions)
+    assert torch.allclose(ours.reward_logits, theirs.reward_logits, atol=1e-5)
+    assert torch.allclose(ours.motion_logits, theirs.motion_logits.repeat(1, 2), atol=1e-5)
+    with pytest.raises(ValueError, match="differs"):
+        train_outcome(OutcomeTrainConfig(**{**tune, "dim": 16}, out=str(tmp_path / "o2")))
     with pytest.raises(Exception, match="--sleep"):  # a shift-only outcome model cannot drive it
         export_model(tmp_path / "sleep" / "model", tmp_path / "bad", outcome=root / "outcome")
     export_model(tmp_path / "sleep" / "model", tmp_path / "world", outcome=tmp_path / "o")
