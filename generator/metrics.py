@@ -120,34 +120,37 @@ def motion_shift(motion: torch.Tensor, classes: int) -> torch.Tensor:
 
 def sleep_look(frames: torch.Tensor) -> torch.Tensor:
     """uint8 frames ``(..., H, W, 3)`` drawn as Crafter draws a sleeping player's view: colour removed (ITU-R 601
-    luma, as PIL's) and tinted half way to (0, 0, 16). What an awake frame is compared in when the next frame is
-    asleep (or the last one was), so the view's shift across falling asleep or waking up can be read."""
+    luma, as PIL's) and tinted half way to (0, 0, 16). What the awake frame after a sleeping one is compared in, so
+    the view's shift across waking up can be read."""
     luma = (frames.float() * torch.tensor([0.299, 0.587, 0.114], device=frames.device)).sum(-1, keepdim=True)
     return (0.5 * luma + 0.5 * torch.tensor([0.0, 0.0, 16.0], device=frames.device)).round().clamp(0, 255).to(
         torch.uint8)
 
 
-def motion_labels(frames: torch.Tensor, has_action: torch.Tensor | None = None, sleep: bool = False,
+def motion_labels(frames: torch.Tensor, has_action: torch.Tensor | None = None, classes: int = len(SHIFTS),
                   **kwargs) -> torch.Tensor:
     """How the view moved into each frame of clips ``(B, T, H, W, 3)`` uint8: ``(B, T)`` long, an index into
     `SHIFTS` where `view_shift` reads it unambiguously, else `NOT_GIVEN_MOTION` (the first frame, a frame with no
     previous action in ``has_action`` ``(B, T)``, a uniform field that fits every shift). The labels the motion
     condition (`generator.model.DiTConfig.motion_classes`) and the outcome model's motion head train on.
 
-    With ``sleep``, classes of `SLEEP_MOTION_CLASSES`: the shift plus ``len(SHIFTS)`` where the frame shows the
-    sleeping view (`grey_view`), "not given" `SLEEP_MOTION_CLASSES`. A sleeping view is labelled "stayed" (Crafter's
-    sleeping player cannot move); across waking the sleeping frame is compared with the awake one's `sleep_look`."""
+    With `SLEEP_MOTION_CLASSES` ``classes``: the shift plus ``len(SHIFTS)`` where the frame shows the sleeping view
+    (`grey_view`), "not given" `SLEEP_MOTION_CLASSES`. A sleeping view is labelled "stayed" (Crafter's sleeping
+    player cannot move); across waking the sleeping frame is compared with the awake one's `sleep_look`."""
+    if classes not in (len(SHIFTS), SLEEP_MOTION_CLASSES):
+        raise ValueError(f"motion label classes must be {len(SHIFTS)} (the view shifts) or {SLEEP_MOTION_CLASSES} "
+                         f"(each shift into an awake or a sleeping view), got {classes}")
     b, t = frames.shape[:2]
-    not_given = SLEEP_MOTION_CLASSES if sleep else NOT_GIVEN_MOTION
+    sleep, not_given = classes == SLEEP_MOTION_CLASSES, classes
     labels = torch.full((b, t), not_given, dtype=torch.long)
     if t > 1:
         frames = frames.cpu()
         before, after = frames[:, :-1], frames[:, 1:]
         if sleep:
-            asleep = grey_view(frames, kwargs.get("tile", 7), kwargs.get("view", (7, 9)))  # (B, T)
-            woke_or_slept = (asleep[:, :-1] != asleep[:, 1:])[..., None, None, None]
-            before = torch.where(woke_or_slept & ~asleep[:, :-1, None, None, None], sleep_look(before), before)
-            after = torch.where(woke_or_slept & ~asleep[:, 1:, None, None, None], sleep_look(after), after)
+            asleep = grey_view(frames, **{k: kwargs[k] for k in ("tile", "view") if k in kwargs})  # (B, T)
+            waking = (asleep[:, :-1] & ~asleep[:, 1:])[..., None, None, None]
+            if waking.any():
+                after = torch.where(waking, sleep_look(after), after)
         shift, clear = view_shift(before, after, **kwargs)
         if sleep:
             # A sleeping player does not move, and the step it falls asleep is its sleep action: a sleeping view

@@ -408,7 +408,7 @@ def widen_motion_state(state: dict[str, torch.Tensor], module: str = "motion") -
     embedding is copied to the shift into an awake and into a sleeping view, and "not given" kept, so the widened
     model starts with the source's outputs (a fine-tune then teaches it the sleep half)."""
     out = dict(state)
-    index = torch.cat([torch.arange(SLEEP_MOTION_CLASSES) % len(SHIFTS), torch.tensor([len(SHIFTS)])])
+    index = motion_shift(torch.arange(SLEEP_MOTION_CLASSES + 1), SLEEP_MOTION_CLASSES)  # each class's shift row
     for key, value in state.items():
         if key.startswith(module + ".") and key.endswith(".weight") and value.shape[0] == len(SHIFTS) + 1:
             out[key] = value[index].clone()

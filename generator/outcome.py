@@ -39,7 +39,7 @@ from torch.nn import functional as F
 
 from generator.actions import ActionEmbedding
 from generator.checkpoint import (CheckpointError, checkpoint_folder, load_checkpoint, load_state_into,
-                                  save_checkpoint)
+                                  read_checkpoint_config, save_checkpoint)
 from generator.metrics import SHIFTS, SLEEP_MOTION_CLASSES, motion_shift, precision_recall
 
 KIND = "nextframe-outcome"
@@ -353,6 +353,8 @@ def dataset_transitions(codec, data: str | Path | list, split: str, val_fraction
     from generator.codec import motion_geometry
     from generator.metrics import motion_labels
 
+    classes = SLEEP_MOTION_CLASSES if sleep else len(SHIFTS)
+
     keys = ("before", "after", "actions", "rewards", "terminated") + (("motion",) if motion else ()) + (
         ("event", "unlocked", "rest") if names else ())
     parts = {key: [] for key in keys}
@@ -363,9 +365,8 @@ def dataset_transitions(codec, data: str | Path | list, split: str, val_fraction
                            for i in range(0, len(episode["frames"]), chunk)])  # (L + 1, N)
         keep = ~episode["is_first"][1:]
         if motion:
-            shifts = motion_labels(episode["frames"][None], sleep=sleep, **motion_geometry(codec.config))[0, 1:]
-            not_given = SLEEP_MOTION_CLASSES if sleep else len(SHIFTS)
-            parts["motion"].append(torch.where(shifts == not_given, -1, shifts)[keep])
+            shifts = motion_labels(episode["frames"][None], classes=classes, **motion_geometry(codec.config))[0, 1:]
+            parts["motion"].append(torch.where(shifts == classes, -1, shifts)[keep])
         parts["before"].append(codes[:-1][keep].to(torch.int16))
         parts["after"].append(codes[1:][keep].to(torch.int16))
         parts["actions"].append(episode["actions"][1:][keep])
@@ -524,7 +525,8 @@ def widen_outcome_state(state: dict[str, torch.Tensor], offset: int) -> dict[str
     """An outcome model's state with a `len(SHIFTS)`-class motion head (its logits from `offset` in the head) made one
     of `SLEEP_MOTION_CLASSES`: each shift's row copied to the shift into an awake and into a sleeping view, so the
     widened head starts as the source's (a fine-tune then tells sleep apart)."""
-    index = torch.cat([torch.arange(offset), offset + torch.arange(SLEEP_MOTION_CLASSES) % len(SHIFTS)])
+    index = torch.cat([torch.arange(offset), offset + motion_shift(torch.arange(SLEEP_MOTION_CLASSES),
+                                                                  SLEEP_MOTION_CLASSES)])
     return {**state, "head.weight": state["head.weight"][index].clone(), "head.bias": state["head.bias"][index].clone()}
 
 
@@ -534,8 +536,7 @@ def initial_outcome_state(path: str | Path, model: OutcomeModel) -> dict[str, to
     `model`'s also says sleep (widened, `widen_outcome_state`)."""
     from generator.pretrained import KIND as WORLD_KIND, WorldModel
 
-    config, _ = load_checkpoint(checkpoint_folder(path))
-    if config.get("kind") == WORLD_KIND:
+    if read_checkpoint_config(checkpoint_folder(path)).get("kind") == WORLD_KIND:
         source = WorldModel.from_pretrained(path).outcome
         if source is None:
             raise ValueError(f"--init {path}: this world model holds no outcome model; pass an outcome run folder")

@@ -28,7 +28,7 @@ import torch
 
 from generator.codec import TileCodec, float_to_frames, untile
 from generator.kv_cache import KVCache
-from generator.metrics import SLEEP_MOTION_CLASSES, motion_shift
+from generator.metrics import motion_shift
 from generator.model import DiT, DiTOutput, shift_maps
 
 _MASK64 = (1 << 64) - 1
@@ -397,8 +397,8 @@ def prompt_motion(dit: DiT, codec, latents: torch.Tensor, has_action: torch.Tens
 
     decoded = codec.decode(latents.flatten(0, 1).float())  # (R * T, 3, H, W)
     frames = float_to_frames(decoded).reshape(*latents.shape[:2], *decoded.shape[-2:], 3)
-    sleep = dit.config.motion_classes == SLEEP_MOTION_CLASSES
-    return motion_labels(frames, has_action, sleep=sleep, **motion_geometry(codec.config)).to(latents.device)
+    return motion_labels(frames, has_action, dit.config.motion_classes, **motion_geometry(codec.config)).to(
+        latents.device)
 
 
 def draw_motion(motion_logits: torch.Tensor, seeds: list[int], positions: list[int]) -> torch.Tensor:

@@ -235,8 +235,7 @@ def label_motion(batch: dict, codec, classes: int = len(SHIFTS)) -> dict:
     from generator.codec import motion_geometry
     from generator.metrics import motion_labels
 
-    sleep = classes == SLEEP_MOTION_CLASSES
-    return {**batch, "motion": motion_labels(batch["frames"], ~batch["is_first"], sleep=sleep,
+    return {**batch, "motion": motion_labels(batch["frames"], ~batch["is_first"], classes,
                                              **motion_geometry(codec.config))}
 
 

@@ -249,7 +249,7 @@ def test_sleep_motion_labels_say_when_the_view_falls_asleep_and_read_the_shift_a
     frames[0, 2:4] = sleep_look(frames[0, 2:4])  # asleep on frames 2 and 3, awake again (and moved) on frame 4
     geometry = {"tile": 5, "view": (3, 3), "player": None}
     assert grey_view(frames, 5, (3, 3)).tolist() == [[False, False, True, True, False]]
-    labels = motion_labels(frames, sleep=True, **geometry)
+    labels = motion_labels(frames, classes=SLEEP_MOTION_CLASSES, **geometry)
     asleep = len(SHIFTS)  # the "stayed" class into a sleeping view
     assert labels.tolist() == [[SLEEP_MOTION_CLASSES, SHIFTS.index((0, -1)), asleep, asleep, SHIFTS.index((-1, 0))]]
     # without the sleep classes, falling asleep and waking cannot be read as shifts
@@ -257,7 +257,7 @@ def test_sleep_motion_labels_say_when_the_view_falls_asleep_and_read_the_shift_a
     assert motion_labels(frames, **geometry)[0, 4] == NOT_GIVEN_MOTION
     # a dark, uniform sleeping view still came without a shift
     dark = sleep_look(tile_frames(torch.zeros(1, 2, 3, 3, dtype=torch.long), textures))
-    assert motion_labels(dark, sleep=True, **geometry).tolist() == [[SLEEP_MOTION_CLASSES, asleep]]
+    assert motion_labels(dark, classes=SLEEP_MOTION_CLASSES, **geometry).tolist() == [[SLEEP_MOTION_CLASSES, asleep]]
     # the shift a class applies: awake or asleep alike; "not given" is the identity map's row
     assert motion_shift(torch.tensor([0, 3, 5, 8, 10]), SLEEP_MOTION_CLASSES).tolist() == [0, 3, 0, 3,
                                                                                             NOT_GIVEN_MOTION]
