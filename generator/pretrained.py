@@ -47,6 +47,11 @@ class SamplingConfig:
     # were shown, under their own light, instead of becoming their codes' copies (`generator.sampler.shown_frames`).
     # Only what is shown changes: the model reads the codes either way.
     carry_tiles: bool = False
+    # Motion-conditioned models: divides the outcome model's motion logits before each row's view motion is drawn
+    # (`generator.sampler.draw_motion`); 0 takes the most likely motion. Below 1 where the game's move rule is a
+    # function of the frame shown and the action (Crafter: the tile the player faces), so the head's spread is its
+    # own error, not the game's chance.
+    motion_temperature: float = 1.0
 
 
 @dataclass
@@ -318,6 +323,8 @@ class ExportConfig:
     temperature: float | None = None  # new default temperature of the categorical solver's draws
     # tile models: unchanged tiles keep the pixels they were shown with (`SamplingConfig.carry_tiles`)
     carry_tiles: bool | None = None
+    # motion-conditioned models: new default temperature of the view-motion draw (0: the most likely motion)
+    motion_temperature: float | None = None
     prompts_from: str | None = None  # dataset to rebuild the prompt bank from
     prompt_count: int = 32  # clips in a rebuilt prompt bank
     # tile models: dataset(s) whose train split teaches the codec which codes each tile position shows
@@ -333,7 +340,7 @@ def run_export(config: ExportConfig) -> str:
                          prompt_count=config.prompt_count, sampler_steps=config.sampler_steps,
                          context_noise=config.context_noise, shift=config.shift, solver=config.solver,
                          temperature=config.temperature, carry_tiles=config.carry_tiles,
-                         places_from=config.places_from, outcome=config.outcome)
+                         motion_temperature=config.motion_temperature, places_from=config.places_from, outcome=config.outcome)
     clips = "none" if world.prompts is None else tuple(world.prompts["frames"].shape)
     return f"wrote {config.out}: sampling {world.sampling}, prompt clips {clips}"
 

@@ -401,12 +401,18 @@ def prompt_motion(dit: DiT, codec, latents: torch.Tensor, has_action: torch.Tens
         latents.device)
 
 
-def draw_motion(motion_logits: torch.Tensor, seeds: list[int], positions: list[int]) -> torch.Tensor:
+def draw_motion(motion_logits: torch.Tensor, seeds: list[int], positions: list[int],
+                temperature: float = 1.0) -> torch.Tensor:
     """Each row's view motion `(R,)` into its next frame, drawn from the outcome model's motion head's logits
-    `(R, M)` (`OutcomeModel.motion_logits`: it reads the frame shown and the action) with one uniform from the row's
-    own `(seed, position)` stream."""
+    `(R, M)` (`OutcomeModel.motion_logits`: it reads the frame shown and the action) divided by `temperature` with
+    one uniform from the row's own `(seed, position)` stream; `temperature` 0 takes each row's most likely motion."""
     from generator.outcome import draw_classes
 
+    if temperature < 0:
+        raise ValueError(f"motion_temperature must be >= 0 (0: the most likely motion), got {temperature}")
+    if temperature == 0:
+        return motion_logits.argmax(-1)
+    motion_logits = motion_logits / temperature
     uniforms = row_uniforms(seeds, [int(q) for q in positions], MOTION_STREAM, 1)[:, 0]
     return draw_classes(motion_logits, uniforms).to(motion_logits.device)
 
@@ -462,7 +468,8 @@ def advance_rows(
     if dit.config.motion_classes and motion is None and outcome is not None and outcome.config.motion_classes \
             and shown_codes is not None:
         reading = outcome.read_action(shown_codes, actions)
-        motion = draw_motion(outcome.motion_logits(shown_codes, actions, action_reading=reading), seeds, positions)
+        motion = draw_motion(outcome.motion_logits(shown_codes, actions, action_reading=reading), seeds, positions,
+                             getattr(sampling, "motion_temperature", 1.0))
     sample = dict(solver=sampling.solver, renoise=noise[:, 2:], previous=previous,
                   temperature=sampling.temperature, motion=motion)
     with_codes = reads_shown_codes(sampling, outcome)

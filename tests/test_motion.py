@@ -212,6 +212,12 @@ def test_the_dream_draws_each_rows_motion_from_its_own_stream(walled, tmp_path):
     assert torch.equal(step([0, 1, 2], actions)["motion"], together["motion"])  # same seeds, same draws
     told = torch.tensor([4, 4, 4])
     assert torch.equal(step([0, 1, 2], actions, motion=told)["motion"], told)  # a caller that knows it decides
+    sharp = export_model(tmp_path / "world", tmp_path / "sharp", motion_temperature=0.0)
+    sharp = WorldModel.from_pretrained(tmp_path / "sharp")
+    assert sharp.sampling.motion_temperature == 0.0
+    reading = world.outcome.motion_logits(world.codec.indices(latents[:, -1]), actions)
+    world.sampling = sharp.sampling
+    assert torch.equal(step([0, 1, 2], actions)["motion"], reading.argmax(-1))  # the most likely motion
     without = OutcomeModel(OutcomeConfig(codes=world.outcome.config.codes, grid=(3, 3),
                                          action_space=world.dit.config.action_space, reward_values=(0.0, 1.0), dim=8,
                                          depth=1, heads=1), world.codec.codebook.cpu())
@@ -225,6 +231,22 @@ def test_the_dream_draws_each_rows_motion_from_its_own_stream(walled, tmp_path):
     config_path.write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match="shifts a view"):
         WorldModel.from_pretrained(tmp_path / "world")
+
+
+def test_the_motion_temperature_sharpens_each_rows_draw_and_zero_takes_the_most_likely():
+    from generator.sampler import draw_motion
+
+    logits = torch.tensor([[0.0, 1.0, 0.5, -1.0, 0.2]]).repeat(2000, 1)
+    seeds, positions = list(range(2000)), [3] * 2000
+    counts = {t: torch.bincount(draw_motion(logits, seeds, positions, t), minlength=5) for t in (1.0, 0.25)}
+    assert counts[1.0][1] < 0.5 * 2000 < counts[0.25][1]  # the most likely class gains share as the draw sharpens
+    assert (counts[1.0] > 0).all()
+    assert torch.equal(draw_motion(logits, seeds, positions, 0.0), torch.ones(2000, dtype=torch.long))
+    assert torch.equal(draw_motion(logits, seeds, positions), draw_motion(logits, seeds, positions, 1.0))
+    assert torch.equal(draw_motion(logits[:5], seeds[:5], positions[:5], 0.25),
+                       draw_motion(logits, seeds, positions, 0.25)[:5])  # each row from its own stream
+    with pytest.raises(ValueError, match="motion_temperature must be >= 0"):
+        draw_motion(logits, seeds, positions, -0.5)
 
 
 def test_a_shift_carries_the_view_but_not_the_player_sprite():
