@@ -237,6 +237,31 @@ def shown_targets(
     return shown
 
 
+def in_step(
+    real_shift: torch.Tensor,
+    real_clear: torch.Tensor,
+    dream_shift: torch.Tensor,
+    actions: torch.Tensor,
+    move_shifts: dict[int, int] | None = None,
+) -> torch.Tensor:
+    """Which open-loop steps find the dream's player where the real one is, ``(B, K)`` bool: every earlier step's view
+    shift agreed with the real game's (`view_shift` of each, ``real_shift`` / ``real_clear`` / ``dream_shift``
+    ``(B, K)``), and no earlier move's real shift was ambiguous (the places could part unseen). ``actions``
+    ``(B, K)``: each step's action; ``move_shifts`` the move actions (Crafter's by default).
+
+    After the first disagreement the two players stand on different tiles, and whether the real one walks or is
+    stopped no longer says what the dream's should do at its own place: agreement on the steps still in step is
+    action following, the rest mixes in how far the two worlds have parted.
+    """
+    move_shifts = CRAFTER_MOVE_SHIFTS if move_shifts is None else move_shifts
+    actions = actions.reshape(*real_shift.shape, -1)[..., 0].long()
+    moves = torch.zeros_like(real_clear)
+    for action in move_shifts:
+        moves |= actions == action
+    parted = (real_clear & (dream_shift != real_shift)) | (~real_clear & moves)
+    return (parted.long().cumsum(1) - parted.long()) == 0
+
+
 def summarize_shifts(counts: dict, *more: dict) -> dict:
     """Sum the counts of several `shift_agreement` results and recompute the agreement rates."""
     keys = ("moved_steps", "moved_agreed", "stayed_steps", "stayed_agreed", "ambiguous_steps")

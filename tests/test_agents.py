@@ -410,7 +410,7 @@ def test_ppo_trains_in_a_dream_and_is_scored_in_real_crafter(tmp_path):
 
 def test_view_shift_agreement_is_also_reported_over_the_first_horizons(tmp_path, monkeypatch):
     """A dream that follows the real walk for 4 frames and then freezes agrees on every moved step of horizons 1-4
-    (`view_shift_short`) and on none after."""
+    (`view_shift_short`) and on none after; in step (`view_shift_in_step`) it is scored up to its first miss."""
     from test_metrics import view_at, world
 
     grid = world(1)
@@ -438,3 +438,6 @@ def test_view_shift_agreement_is_also_reported_over_the_first_horizons(tmp_path,
     short, full = metrics["view_shift_short"], metrics["view_shift"]
     assert short["moved_steps"] == 4 * len(dataset) and short["moved_agreement"] == 1.0
     assert full["moved_steps"] == 8 * len(dataset) and full["moved_agreement"] == 0.5
+    # in step up to the first disagreement (horizon 5, which still counts), not after it
+    together = metrics["view_shift_in_step"]
+    assert together["moved_steps"] == 5 * len(dataset) and together["moved_agreement"] == 0.8

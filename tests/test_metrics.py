@@ -96,6 +96,40 @@ def test_shown_targets_follow_the_player_out_of_the_prompt_view():
     assert shown_targets(shift, unclear, actions)[0].tolist() == [True, True] + [False] * 8
 
 
+def test_in_step_holds_until_the_dream_and_the_real_view_first_part():
+    """Steps count as in step until the first one whose shifts disagree (that step itself still counts) or whose
+    real move cannot be read; an unreadable step of another action does not part the players."""
+    from generator.metrics import in_step, shift_agreement, view_shift
+
+    left, noop = 1, 0
+    actions = torch.tensor([[left, noop, left, left, noop], [noop, left, noop, left, left]])
+    real = torch.tensor([[1, 0, 1, 0, 0], [0, 1, 0, 1, 1]])
+    dream = torch.tensor([[1, 0, 1, 1, 0], [0, 1, 2, 1, 1]])  # row 0 walks where the game stopped at step 3
+    clear = torch.ones(2, 5, dtype=torch.bool)
+    assert in_step(real, clear, dream, actions).tolist() == [[True] * 4 + [False], [True] * 3 + [False] * 2]
+    unclear = clear.clone()
+    unclear[0, 1] = unclear[1, 1] = False  # row 0: a noop nobody can read; row 1: a move nobody can read
+    assert in_step(real, unclear, dream, actions).tolist() == [[True] * 4 + [False], [True] * 2 + [False] * 3]
+    # wired to the frames: a textured view that a dream shifts once where the game held it, then both move
+    generator = torch.Generator().manual_seed(0)
+    world = torch.randint(0, 255, (20, 20, 3), generator=generator, dtype=torch.uint8)
+
+    def view(x):  # a 9 x 7 tile view of the world, its left edge at tile column x, on a 64 x 64 frame
+        frame = torch.zeros(64, 64, 3, dtype=torch.uint8)
+        frame[:49, :63] = world.repeat_interleave(7, 0).repeat_interleave(7, 1)[:49, x * 7:x * 7 + 63]
+        return frame
+
+    real_frames = torch.stack([view(x) for x in (5, 5, 4, 3)])[None]  # stayed, then moved left twice
+    dream_frames = torch.stack([view(x) for x in (5, 4, 3, 2)])[None]  # moved at once, then kept moving
+    moves = torch.tensor([[left, left, left]])
+    rs, rc = view_shift(real_frames[:, :-1], real_frames[:, 1:])
+    ds, _ = view_shift(dream_frames[:, :-1], dream_frames[:, 1:])
+    together = in_step(rs, rc, ds, moves)
+    assert together.tolist() == [[True, False, False]]
+    counts = shift_agreement(real_frames, dream_frames, together)
+    assert (counts["stayed_steps"], counts["stayed_agreed"], counts["moved_steps"]) == (1, 0, 0)
+
+
 def test_a_grey_view_reads_as_asleep_and_disagreements_are_counted():
     from generator.metrics import grey_view, state_agreement, summarize_states
 

@@ -16,7 +16,10 @@ them) and generates ``horizon`` frames driven by the next real actions. Per hori
   the frames themselves, with no learned model in the loop; also over horizons 1-4 (``view_shift_short``) and split
   by whether the prompt showed the tile each move stepped towards (``view_shift_shown`` / ``view_shift_unshown``,
   `generator.metrics.shown_targets`): a move towards terrain the prompt never showed is decided by what the dream
-  had to invent;
+  had to invent; and on the steps still in step (``view_shift_in_step``, `generator.metrics.in_step`): every
+  earlier step's shift agreed, so the dream's player stands where the real one does. Past the first disagreement
+  the two stand on different tiles, and the real game's shift says how far the worlds have parted, not whether the
+  dream followed the action;
 - ``reward`` and ``termination``: precision and recall of the model's outcome head against the real episode.
   A predicted reward counts as positive above ``reward_threshold`` (0.5), a real one likewise: Crafter pays +1 for
   an achievement unlocked and +-0.1 per health point, so 0.5 separates achievements from health changes. A
@@ -41,7 +44,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from generator.metrics import (grey_view, precision_recall, shift_agreement, shown_targets, state_agreement,
+from generator.metrics import (grey_view, in_step, precision_recall, shift_agreement, shown_targets, state_agreement,
                                summarize_shifts, summarize_states, view_shift)
 from generator.data import EpisodeDataset
 from generator.pretrained import WorldModel
@@ -231,7 +234,7 @@ def _compare_windows(dataset: EpisodeDataset, generate, context_frames: int, hor
     sums = {key: torch.zeros(horizon, dtype=torch.float64)
             for key in ("mse", "copy_mse", "ssim", "copy_ssim", "idm_dream", "idm_real", "count")}
     reward_pred, reward_real, end_pred, end_real, masks = [], [], [], [], []
-    shifts, short_shifts, shown_shifts, unshown_shifts, asleep = [], [], [], [], []
+    shifts, short_shifts, shown_shifts, unshown_shifts, in_step_shifts, asleep = [], [], [], [], [], []
     clips = {"real": [], "dream": []}
     for start in tqdm(range(0, len(chosen), batch_size), disable=not progress, desc=desc):
         picked = chosen[start : start + batch_size]
@@ -261,6 +264,10 @@ def _compare_windows(dataset: EpisodeDataset, generate, context_frames: int, hor
             for kept, into in ((shown, shown_shifts), (~shown, unshown_shifts)):
                 into.append(shift_agreement(torch.cat([last, real], 1), torch.cat([last, dream], 1),
                                             mask.bool() & kept))
+            dream_shift, _ = view_shift(torch.cat([last, dream[:, :-1]], 1), dream)
+            together = in_step(real_shift, real_clear, dream_shift, actions[:, context_frames:])
+            in_step_shifts.append(shift_agreement(torch.cat([last, real], 1), torch.cat([last, dream], 1),
+                                                  mask.bool() & together))
             asleep.append(state_agreement(grey_view(real), grey_view(dream), mask.bool()))  # a sleeping player
         if idm is not None:
             device = next(idm.parameters()).device
@@ -301,6 +308,7 @@ def _compare_windows(dataset: EpisodeDataset, generate, context_frames: int, hor
         "view_shift_short": summarize_shifts(*short_shifts) if short_shifts else None,
         "view_shift_shown": summarize_shifts(*shown_shifts) if shown_shifts else None,
         "view_shift_unshown": summarize_shifts(*unshown_shifts) if unshown_shifts else None,
+        "view_shift_in_step": summarize_shifts(*in_step_shifts) if in_step_shifts else None,
         "asleep": summarize_states(*asleep) if asleep else None,
         "reward": {"threshold": reward_threshold, **events(rp, rr)},
         "termination": {"threshold_logit": termination_threshold, **events(ep, er)},

@@ -430,9 +430,10 @@ def markdown(results: dict, reference: dict, config: FidelityConfig, rule_refere
         name_s = stream.partition("=")[0]
         lines += [f"### {name_s} actions", "",
                   "| model | steps | moved | stayed | moved h1-4 | stayed h1-4 | moved, shown terrain | "
-                  "stayed, shown terrain | " + " | ".join(f"PSNR h{h}" for h in horizons)
+                  "stayed, shown terrain | moved, in step | stayed, in step | "
+                  + " | ".join(f"PSNR h{h}" for h in horizons)
                   + " | " + " | ".join(f"SSIM h{h}" for h in horizons) + " | PSNR > copy at | SSIM > copy at |",
-                  "|" + "---|" * (8 + 2 * len(horizons) + 2)]
+                  "|" + "---|" * (10 + 2 * len(horizons) + 2)]
         copy = None
         rows = [(name, r["streams"][name_s]["open_loop"]) for name, r in results.items()]
         rows += [(f"real game, unseen redrawn ({m['redrawn']})", m)
@@ -440,6 +441,7 @@ def markdown(results: dict, reference: dict, config: FidelityConfig, rule_refere
         for name, m in rows:
             copy = m
             vs, short, shown = m["view_shift"] or {}, m.get("view_shift_short") or {}, m.get("view_shift_shown") or {}
+            together = m.get("view_shift_in_step") or {}
 
             def rate(key, counts=vs):
                 value = counts.get(key)
@@ -454,10 +456,12 @@ def markdown(results: dict, reference: dict, config: FidelityConfig, rule_refere
                 f"{rate('stayed_agreement', short)} ({short.get('stayed_steps', 0)}) | "
                 f"{rate('moved_agreement', shown)} ({shown.get('moved_steps', 0)}) | "
                 f"{rate('stayed_agreement', shown)} ({shown.get('stayed_steps', 0)}) | "
+                f"{rate('moved_agreement', together)} ({together.get('moved_steps', 0)}) | "
+                f"{rate('stayed_agreement', together)} ({together.get('stayed_steps', 0)}) | "
                 + " | ".join(f"{m['psnr'][h - 1]:.2f}" for h in horizons) + " | "
                 + " | ".join(f"{m['ssim'][h - 1]:.3f}" for h in horizons)
                 + f" | {above_p}/{len(m['psnr'])} | {above_s}/{len(m['ssim'])} |")
-        lines.append("| copy last frame | - | - | - | - | - | - | - | " + " | ".join(f"{copy['copy_last_psnr'][h - 1]:.2f}" for h in horizons)
+        lines.append("| copy last frame | - | - | - | - | - | - | - | - | - | " + " | ".join(f"{copy['copy_last_psnr'][h - 1]:.2f}" for h in horizons)
                      + " | " + " | ".join(f"{copy['copy_last_ssim'][h - 1]:.3f}" for h in horizons) + " | - | - |")
         if redrawn is not None and name_s in redrawn.get("skipped", {}):
             lines += ["", f"(No redrawn-game reference: {redrawn['skipped'][name_s]}.)"]
