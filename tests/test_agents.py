@@ -441,3 +441,7 @@ def test_view_shift_agreement_is_also_reported_over_the_first_horizons(tmp_path,
     # in step up to the first disagreement (horizon 5, which still counts), not after it
     together = metrics["view_shift_in_step"]
     assert together["moved_steps"] == 5 * len(dataset) and together["moved_agreement"] == 0.8
+    # the SSIM gap to copy-last, paired by window: its mean is the gap of the means, with a spread over windows
+    gap = metrics["ssim_gap"]
+    assert gap["mean"] == pytest.approx([a - b for a, b in zip(metrics["ssim"], metrics["copy_last_ssim"])])
+    assert all(g > 0 for g in gap["mean"][:4]) and all(e >= 0 for e in gap["stderr"])

@@ -8,6 +8,8 @@ them) and generates ``horizon`` frames driven by the next real actions. Per hori
 - ``psnr``: PSNR of the mean squared error over all windows at ``h`` (`generator.metrics.psnr_from_mse`; well defined
   when a real frame repeats exactly), ``ssim``: mean `ssim`; both also for ``copy_last`` (the last context frame
   held still), the baseline a world model has to beat;
+  ``ssim_gap``: the SSIM gap to copy-last paired by window, its mean and the standard error of that mean per
+  horizon (whether "above copy-last at h" is more than the windows' spread);
 - ``idm_accuracy_dream`` / ``idm_accuracy_real``: how often an inverse dynamics model (`agents.evaluation.idm`, trained on real
   play) recovers the real action from the dream's transition ``(dream[h-1], dream[h])`` versus from the real one
   (``dream[0]`` is the last real context frame). A dream that ignores its actions falls to the IDM's majority rate;
@@ -233,7 +235,7 @@ def _compare_windows(dataset: EpisodeDataset, generate, context_frames: int, hor
     video_picks = set(_evenly_spaced(len(chosen), video_rows)) if video_rows else set()
     sums = {key: torch.zeros(horizon, dtype=torch.float64)
             for key in ("mse", "copy_mse", "ssim", "copy_ssim", "idm_dream", "idm_real", "count")}
-    reward_pred, reward_real, end_pred, end_real, masks = [], [], [], [], []
+    reward_pred, reward_real, end_pred, end_real, masks, ssim_gaps = [], [], [], [], [], []
     shifts, short_shifts, shown_shifts, unshown_shifts, in_step_shifts, asleep = [], [], [], [], [], []
     clips = {"real": [], "dream": []}
     for start in tqdm(range(0, len(chosen), batch_size), disable=not progress, desc=desc):
@@ -249,8 +251,10 @@ def _compare_windows(dataset: EpisodeDataset, generate, context_frames: int, hor
         mask = (batch["valid"][:, context_frames:] & batch["valid"][:, context_frames - 1 : context_frames]).double()
         sums["mse"] += (mse(dream, real) * mask).sum(0)
         sums["copy_mse"] += (mse(copy_last, real) * mask).sum(0)
-        sums["ssim"] += (ssim(dream, real) * mask).sum(0)
-        sums["copy_ssim"] += (ssim(copy_last, real) * mask).sum(0)
+        window_ssim, window_copy_ssim = ssim(dream, real), ssim(copy_last, real)  # (B, K)
+        sums["ssim"] += (window_ssim * mask).sum(0)
+        sums["copy_ssim"] += (window_copy_ssim * mask).sum(0)
+        ssim_gaps.append(window_ssim.double() - window_copy_ssim.double())
         sums["count"] += mask.sum(0)
         # View shifts from the last context frame on: step h is frame h-1 -> h of the real episode and the dream.
         if reads_view_shift:
@@ -290,6 +294,11 @@ def _compare_windows(dataset: EpisodeDataset, generate, context_frames: int, hor
     empty = sums["count"] == 0  # horizons no window reached (every episode ended before): NaN, null in JSON
     count = sums["count"].masked_fill(empty, float("nan"))
     mask = torch.cat(masks)
+    # The SSIM gap to copy-last per horizon, paired by window, with the standard error of its mean over windows.
+    gaps, counted = torch.cat(ssim_gaps).masked_fill(~mask, 0.0), mask.double().sum(0)
+    gap_mean = gaps.sum(0) / counted
+    gap_var = ((gaps - gap_mean) ** 2 * mask).sum(0) / (counted - 1).clamp_min(1)
+    gap_stderr = (gap_var / counted).sqrt().masked_fill(counted < 2, float("nan"))
     rp, rr, ep, er = (torch.cat(x) for x in (reward_pred, reward_real, end_pred, end_real))
 
     def events(predicted: torch.Tensor, real: torch.Tensor) -> dict:
@@ -303,6 +312,7 @@ def _compare_windows(dataset: EpisodeDataset, generate, context_frames: int, hor
         "copy_last_psnr": psnr_from_mse(sums["copy_mse"] / count).tolist(),
         "ssim": (sums["ssim"] / count).tolist(),
         "copy_last_ssim": (sums["copy_ssim"] / count).tolist(),
+        "ssim_gap": {"mean": gap_mean.masked_fill(empty, float("nan")).tolist(), "stderr": gap_stderr.tolist()},
         "frames_per_horizon": sums["count"].long().tolist(),
         "view_shift": summarize_shifts(*shifts) if shifts else None,
         "view_shift_short": summarize_shifts(*short_shifts) if short_shifts else None,

@@ -432,8 +432,8 @@ def markdown(results: dict, reference: dict, config: FidelityConfig, rule_refere
                   "| model | steps | moved | stayed | moved h1-4 | stayed h1-4 | moved, shown terrain | "
                   "stayed, shown terrain | moved, in step | stayed, in step | "
                   + " | ".join(f"PSNR h{h}" for h in horizons)
-                  + " | " + " | ".join(f"SSIM h{h}" for h in horizons) + " | PSNR > copy at | SSIM > copy at |",
-                  "|" + "---|" * (10 + 2 * len(horizons) + 2)]
+                  + " | " + " | ".join(f"SSIM h{h}" for h in horizons) + " | PSNR > copy at | SSIM > copy at | SSIM above / below copy by 2 s.e. at |",
+                  "|" + "---|" * (10 + 2 * len(horizons) + 3)]
         copy = None
         rows = [(name, r["streams"][name_s]["open_loop"]) for name, r in results.items()]
         rows += [(f"real game, unseen redrawn ({m['redrawn']})", m)
@@ -449,6 +449,10 @@ def markdown(results: dict, reference: dict, config: FidelityConfig, rule_refere
 
             above_p = sum(a > b for a, b in zip(m["psnr"], m["copy_last_psnr"]))
             above_s = sum(a > b for a, b in zip(m["ssim"], m["copy_last_ssim"]))
+            gap = m.get("ssim_gap")
+            surely = "-" if not gap else (
+                f"{sum(g - 2 * e > 0 for g, e in zip(gap['mean'], gap['stderr']))} / "
+                f"{sum(g + 2 * e < 0 for g, e in zip(gap['mean'], gap['stderr']))}")
             lines.append(
                 f"| {name} | {m.get('sampler_steps', '-')} | {rate('moved_agreement')} ({vs.get('moved_steps', 0)}) | "
                 f"{rate('stayed_agreement')} ({vs.get('stayed_steps', 0)}) | "
@@ -460,9 +464,9 @@ def markdown(results: dict, reference: dict, config: FidelityConfig, rule_refere
                 f"{rate('stayed_agreement', together)} ({together.get('stayed_steps', 0)}) | "
                 + " | ".join(f"{m['psnr'][h - 1]:.2f}" for h in horizons) + " | "
                 + " | ".join(f"{m['ssim'][h - 1]:.3f}" for h in horizons)
-                + f" | {above_p}/{len(m['psnr'])} | {above_s}/{len(m['ssim'])} |")
+                + f" | {above_p}/{len(m['psnr'])} | {above_s}/{len(m['ssim'])} | {surely} |")
         lines.append("| copy last frame | - | - | - | - | - | - | - | - | - | " + " | ".join(f"{copy['copy_last_psnr'][h - 1]:.2f}" for h in horizons)
-                     + " | " + " | ".join(f"{copy['copy_last_ssim'][h - 1]:.3f}" for h in horizons) + " | - | - |")
+                     + " | " + " | ".join(f"{copy['copy_last_ssim'][h - 1]:.3f}" for h in horizons) + " | - | - | - |")
         if redrawn is not None and name_s in redrawn.get("skipped", {}):
             lines += ["", f"(No redrawn-game reference: {redrawn['skipped'][name_s]}.)"]
         lines.append("")
