@@ -6,7 +6,10 @@ episodes recorded with that policy, e.g. sticky-random and the movement-heavy ex
 - **open loop** (`agents.evaluation.compare.compare_dream_real`): PSNR and SSIM per horizon 1..``horizon`` beside copy-last-
   frame, and **action following**: agreement of the dream's view shift with the real game's on steps where the real
   shift is unambiguous, where the real view moved and where it stayed (`generator.metrics.view_shift`), over all
-  horizons and over horizons 1-4, where the dream still shows the prompt's world;
+  horizons, over horizons 1-4, where the dream still shows the prompt's world, on the steps the prompt showed the
+  terrain of, and in step (`generator.metrics.in_step`: while every earlier shift agreed, so the dream's player
+  stands where the real one does); and how many horizons' SSIM lies above or below copy-last's by two standard
+  errors of the window-paired gap (``ssim_gap``);
 - **outcomes on real transitions**: the reward and termination heads read on real frames (teacher forced), against
   the recorded rewards: precision/recall of positive rewards (any, and achievements: > 0.5) and termination recall;
 
