@@ -169,10 +169,17 @@ def shift_agreement(real: torch.Tensor, dream: torch.Tensor, mask: torch.Tensor 
     ``real`` and ``dream`` are ``(B, T, H, W, 3)`` uint8 with the same first frame(s) semantics: the shift at step
     t is from frame t-1 to frame t of each. ``mask`` ``(B, T - 1)`` marks the steps to count. Counts only steps
     where the real shift is unambiguous; returns the counts and the agreement where the real view ``moved`` and
-    where it ``stayed`` (``None`` when no such step), plus the confusion counts by shift index.
+    where it ``stayed`` (``None`` when no such step), plus the confusion counts by shift index (`shift_counts`).
     """
     real_shift, real_clear = view_shift(real[:, :-1], real[:, 1:], **kwargs)  # (B, T-1)
     dream_shift, _ = view_shift(dream[:, :-1], dream[:, 1:], **kwargs)
+    return shift_counts(real_shift, real_clear, dream_shift, mask)
+
+
+def shift_counts(real_shift: torch.Tensor, real_clear: torch.Tensor, dream_shift: torch.Tensor,
+                 mask: torch.Tensor | None = None) -> dict:
+    """`shift_agreement` of shifts already read (`view_shift` of the real and the dream frames, ``(B, K)`` each),
+    for callers that score the same steps under several masks."""
     counted = real_clear if mask is None else real_clear & mask.bool()
     moved = counted & (real_shift != 0)
     stayed = counted & (real_shift == 0)
@@ -255,9 +262,7 @@ def in_step(
     """
     move_shifts = CRAFTER_MOVE_SHIFTS if move_shifts is None else move_shifts
     actions = actions.reshape(*real_shift.shape, -1)[..., 0].long()
-    moves = torch.zeros_like(real_clear)
-    for action in move_shifts:
-        moves |= actions == action
+    moves = torch.isin(actions, torch.tensor(list(move_shifts), dtype=torch.long))
     parted = (real_clear & (dream_shift != real_shift)) | (~real_clear & moves)
     return (parted.long().cumsum(1) - parted.long()) == 0
 

@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from generator.metrics import (grey_view, in_step, precision_recall, shift_agreement, shown_targets, state_agreement,
+from generator.metrics import (grey_view, in_step, precision_recall, shift_counts, shown_targets, state_agreement,
                                summarize_shifts, summarize_states, view_shift)
 from generator.data import EpisodeDataset
 from generator.pretrained import WorldModel
@@ -258,20 +258,20 @@ def _compare_windows(dataset: EpisodeDataset, generate, context_frames: int, hor
         sums["count"] += mask.sum(0)
         # View shifts from the last context frame on: step h is frame h-1 -> h of the real episode and the dream.
         if reads_view_shift:
-            shifts.append(shift_agreement(torch.cat([last, real], 1), torch.cat([last, dream], 1), mask.bool()))
-            early = mask.bool().clone()
-            early[:, SHORT_HORIZON:] = False
-            short_shifts.append(shift_agreement(torch.cat([last, real], 1), torch.cat([last, dream], 1), early))
-            # Split by whether the prompt showed the terrain that decided each step (`shown_targets`).
+            # Each step's shift read once, then scored under several masks (`shift_counts`).
             real_shift, real_clear = view_shift(torch.cat([last, real[:, :-1]], 1), real)
+            dream_shift, _ = view_shift(torch.cat([last, dream[:, :-1]], 1), dream)
+            counted = mask.bool()
+            shifts.append(shift_counts(real_shift, real_clear, dream_shift, counted))
+            early = counted.clone()
+            early[:, SHORT_HORIZON:] = False
+            short_shifts.append(shift_counts(real_shift, real_clear, dream_shift, early))
+            # Split by whether the prompt showed the terrain that decided each step (`shown_targets`).
             shown = shown_targets(real_shift, real_clear, actions[:, context_frames:])
             for kept, into in ((shown, shown_shifts), (~shown, unshown_shifts)):
-                into.append(shift_agreement(torch.cat([last, real], 1), torch.cat([last, dream], 1),
-                                            mask.bool() & kept))
-            dream_shift, _ = view_shift(torch.cat([last, dream[:, :-1]], 1), dream)
+                into.append(shift_counts(real_shift, real_clear, dream_shift, counted & kept))
             together = in_step(real_shift, real_clear, dream_shift, actions[:, context_frames:])
-            in_step_shifts.append(shift_agreement(torch.cat([last, real], 1), torch.cat([last, dream], 1),
-                                                  mask.bool() & together))
+            in_step_shifts.append(shift_counts(real_shift, real_clear, dream_shift, counted & together))
             asleep.append(state_agreement(grey_view(real), grey_view(dream), mask.bool()))  # a sleeping player
         if idm is not None:
             device = next(idm.parameters()).device
@@ -296,7 +296,7 @@ def _compare_windows(dataset: EpisodeDataset, generate, context_frames: int, hor
     mask = torch.cat(masks)
     # The SSIM gap to copy-last per horizon, paired by window, with the standard error of its mean over windows.
     gaps, counted = torch.cat(ssim_gaps).masked_fill(~mask, 0.0), mask.double().sum(0)
-    gap_mean = gaps.sum(0) / counted
+    gap_mean = gaps.sum(0) / counted  # NaN where no window reached the horizon
     gap_var = ((gaps - gap_mean) ** 2 * mask).sum(0) / (counted - 1).clamp_min(1)
     gap_stderr = (gap_var / counted).sqrt().masked_fill(counted < 2, float("nan"))
     rp, rr, ep, er = (torch.cat(x) for x in (reward_pred, reward_real, end_pred, end_real))
@@ -312,7 +312,7 @@ def _compare_windows(dataset: EpisodeDataset, generate, context_frames: int, hor
         "copy_last_psnr": psnr_from_mse(sums["copy_mse"] / count).tolist(),
         "ssim": (sums["ssim"] / count).tolist(),
         "copy_last_ssim": (sums["copy_ssim"] / count).tolist(),
-        "ssim_gap": {"mean": gap_mean.masked_fill(empty, float("nan")).tolist(), "stderr": gap_stderr.tolist()},
+        "ssim_gap": {"mean": gap_mean.tolist(), "stderr": gap_stderr.tolist()},
         "frames_per_horizon": sums["count"].long().tolist(),
         "view_shift": summarize_shifts(*shifts) if shifts else None,
         "view_shift_short": summarize_shifts(*short_shifts) if short_shifts else None,
